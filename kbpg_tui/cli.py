@@ -1,0 +1,254 @@
+"""The ``kbpg`` command line.
+
+Exit codes: 0 success, 1 the work failed, 2 bad input (inventory, answers file,
+credentials). Secrets are never printed; bad input never ends in a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import __version__
+from .core import credentials as creds
+from .core import inventory as inv
+from .core import settings as cfg
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+ANSWERS_FILE = "kbpg.toml"
+
+
+class BadInput(Exception):
+    """Input the operator must fix; the CLI prints it and exits 2."""
+
+
+def _answers_path(args: argparse.Namespace) -> Path:
+    explicit = getattr(args, "answers", None)
+    return Path(explicit) if explicit else args.workdir / ANSWERS_FILE
+
+
+def load_answers(args: argparse.Namespace, required: bool = False) -> cfg.Settings:
+    """kbpg.toml from ``--answers`` or the work directory; defaults when absent and not required."""
+    path = _answers_path(args)
+    if not path.exists() and not getattr(args, "answers", None) and not required:
+        return cfg.Settings()
+    try:
+        return cfg.load_settings(path)
+    except cfg.SettingsError as exc:
+        raise BadInput(str(exc)) from None
+
+
+def _resolve(args: argparse.Namespace, relative: str) -> Path:
+    path = Path(relative).expanduser()
+    return path if path.is_absolute() else args.workdir / path
+
+
+# --- inventory -----------------------------------------------------------------------
+
+def cmd_inventory(args: argparse.Namespace) -> int:
+    settings = load_answers(args)
+    path = Path(args.path) if args.path else _resolve(args, settings.inventory.path)
+    try:
+        selection = inv.load_selection(path, settings.inventory.db_rule, settings.inventory.haproxy_rule)
+    except inv.InventoryError as exc:
+        errors = exc.errors
+        if args.json:
+            print(json.dumps({"source": exc.source, "ok": False,
+                              "problems": [vars(problem) for problem in exc.problems]}, indent=2, ensure_ascii=False))
+        for problem in exc.problems:
+            print(problem.render(exc.source), file=sys.stderr)
+        print(f"{len(errors)} error(s) in {exc.source}: nothing selected.", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.json:
+        print(json.dumps({"ok": True, **selection.to_dict()}, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    print(f"{selection.source}: {len(selection.db_nodes)} DB nodes, {len(selection.haproxy_nodes)} HAProxy nodes")
+    for title, rule, nodes in (
+        ("DB nodes", settings.inventory.db_rule, selection.db_nodes),
+        ("HAProxy nodes", settings.inventory.haproxy_rule, selection.haproxy_nodes),
+    ):
+        print(f"\n{title} ({', '.join(f'{k}={v}' for k, v in rule.items())}):")
+        for server in nodes:
+            print(f"  {server.hostname:<16} {server.ip_private:<16} ssh as {server.user_ssh:<10} (line {server.line})")
+    for warning in selection.warnings:
+        print(warning.render(selection.source), file=sys.stderr)
+    return EXIT_OK
+
+
+# --- credentials -----------------------------------------------------------------------
+
+def _env_path(args: argparse.Namespace) -> Path:
+    return args.workdir / creds.ENV_FILE
+
+
+def _read_existing(path: Path) -> creds.Credentials | None:
+    if not path.exists():
+        return None
+    try:
+        return creds.read_env(path)
+    except creds.CredentialsError as exc:
+        raise BadInput(f"{exc}\nFix or move the file away; kbpg never overwrites credentials it cannot read.") from None
+
+
+def cmd_credentials_generate(args: argparse.Namespace) -> int:
+    path = _env_path(args)
+    existing = _read_existing(path)
+    credentials, generated = creds.generate(existing)
+    problems = credentials.validate()
+    if problems:
+        raise BadInput(f"{path}: " + "; ".join(problems))
+    written = creds.write_env(path, credentials)
+    for name in creds.REQUIRED_NAMES:
+        print(f"  {name:<22} {'generated' if name in generated else 'kept'}")
+    if existing is not None and generated:
+        print(f"{path}: added {len(generated)} missing value(s); existing values kept.")
+    elif existing is not None:
+        print(f"{path}: every value already set; nothing regenerated (rotation is an explicit action).")
+    else:
+        print(f"{path}: written (0600).")
+    return EXIT_OK
+
+
+def cmd_credentials_export(args: argparse.Namespace) -> int:
+    path = _env_path(args)
+    credentials = _read_existing(path)
+    if credentials is None and not args.from_env:
+        raise BadInput(f"{path}: not found; run `kbpg credentials generate`, or pass --from-env")
+    credentials = creds.Credentials(credentials or {})
+    typed: list[str] = []
+    if args.from_env:
+        for name in creds.REQUIRED_NAMES:
+            value = os.environ.get(name)
+            if value is None:
+                continue
+            if (problem := creds.check_value(name, value)):
+                raise BadInput(problem)
+            if creds.is_secret_name(name):
+                strength = creds.password_strength(value)
+                if strength.weak and not args.allow_weak:
+                    raise BadInput(
+                        f"{name} is weak ({', '.join(strength.reasons)}); use a stronger one, "
+                        "or pass --allow-weak to keep it anyway"
+                    )
+            credentials[name] = value
+            typed.append(name)
+        credentials, generated = creds.generate(credentials)
+    else:
+        generated = []
+    problems = credentials.validate()
+    if problems:
+        raise BadInput(f"{path}: " + "; ".join(problems))
+    target = Path(args.to) if args.to else path
+    written = creds.write_env(target, credentials)
+    for name in creds.REQUIRED_NAMES:
+        origin = "from environment" if name in typed else "generated" if name in generated else "kept"
+        print(f"  {name:<22} {origin}")
+    print(f"{target}: {'written' if written else 'unchanged'} (0600).")
+    return EXIT_OK
+
+
+# --- answers file -----------------------------------------------------------------------
+
+def cmd_answers_check(args: argparse.Namespace) -> int:
+    path = _answers_path(args)
+    try:
+        cfg.load_settings(path)
+    except cfg.SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"{path}: valid")
+    return EXIT_OK
+
+
+def cmd_answers_init(args: argparse.Namespace) -> int:
+    path = _answers_path(args)
+    if path.exists():
+        print(f"{path}: already exists; left as it is.")
+        return EXIT_OK
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    cfg.save_settings(cfg.Settings(), path)
+    print(f"{path}: written with the defaults.")
+    return EXIT_OK
+
+
+# --- parser ---------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kbpg",
+        description="Install and check a highly available PostgreSQL cluster (Patroni/Raft, HAProxy, "
+        "PgBouncer, pgvector) on your own servers over SSH.",
+    )
+    parser.add_argument("--version", action="version", version=f"kbpg {__version__}")
+    parser.add_argument(
+        "--workdir", type=Path, default=Path.cwd(),
+        help="where kbpg.toml, credentials/, logs/ and known_hosts live (default: the current directory)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = commands.add_parser("inventory", help="show the nodes servers.tsv selects, or every error in it")
+    p.add_argument("path", nargs="?", help="servers.tsv (default: inventory.path of kbpg.toml, or ./servers.tsv)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--answers", help="kbpg.toml holding the selection rules (default: WORKDIR/kbpg.toml)")
+    p.set_defaults(handler=cmd_inventory)
+
+    p = commands.add_parser("credentials", help="write credentials/postgres.env")
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    g = sub.add_parser("generate", help="generate every missing value; never replaces an existing one")
+    g.set_defaults(handler=cmd_credentials_generate)
+    e = sub.add_parser("export", help="(re)write postgres.env, optionally taking typed values from the environment")
+    e.add_argument("--from-env", action="store_true",
+                   help="take POSTGRES_*/PATRONI_* values present in the environment (typed passwords)")
+    e.add_argument("--allow-weak", action="store_true", help="accept typed passwords the strength check calls weak")
+    e.add_argument("--to", help="write to this path instead of WORKDIR/credentials/postgres.env")
+    e.set_defaults(handler=cmd_credentials_export)
+
+    p = commands.add_parser("answers", help="the kbpg.toml answers file")
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    c = sub.add_parser("check", help="validate kbpg.toml; every bad key is named")
+    c.add_argument("--answers", help="path (default: WORKDIR/kbpg.toml)")
+    c.set_defaults(handler=cmd_answers_check)
+    i = sub.add_parser("init", help="write a kbpg.toml with the defaults if there is none")
+    i.add_argument("--answers", help="path (default: WORKDIR/kbpg.toml)")
+    i.set_defaults(handler=cmd_answers_init)
+
+    _add_optional_commands(commands)
+    return parser
+
+
+def _add_optional_commands(commands: argparse._SubParsersAction) -> None:
+    """Commands whose modules register themselves (the lab)."""
+    try:
+        from .core.lab.cli import add_lab_parser
+    except ImportError:
+        return
+    add_lab_parser(commands)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.workdir = args.workdir.expanduser().resolve()
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return EXIT_OK
+    try:
+        return handler(args)
+    except BadInput as exc:
+        print(f"kbpg: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except creds.CredentialsError as exc:
+        print(f"kbpg: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("kbpg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

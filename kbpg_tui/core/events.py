@@ -1,0 +1,140 @@
+"""Typed events the core emits while it works.
+
+The engine never prints and never touches a screen: it hands these frozen
+dataclasses to a callback. The plain CLI prints them, the TUI turns them into
+Textual messages, tests collect them. One engine drives all three.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Union
+
+
+class Status(str, enum.Enum):
+    """Outcome of a task, a step or a check."""
+
+    RUNNING = "running"
+    CHANGED = "changed"
+    UNCHANGED = "unchanged"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:  # so f-strings show "changed", not "Status.CHANGED"
+        return self.value
+
+
+class Level(str, enum.Enum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _now() -> float:
+    return time.monotonic()
+
+
+@dataclass(frozen=True)
+class StepStarted:
+    step: str  # "02"
+    title: str  # "Patroni cluster"
+    hosts: tuple[str, ...] = ()
+    at: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class TaskStarted:
+    step: str
+    host: str
+    task: str
+    at: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class OutputLine:
+    """One line of a remote command's output (already redacted)."""
+
+    step: str
+    host: str
+    stream: str  # "stdout" | "stderr"
+    text: str
+    at: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class TaskFinished:
+    step: str
+    host: str
+    task: str
+    status: Status
+    detail: str = ""
+    elapsed: float = 0.0
+    at: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class StepFinished:
+    step: str
+    title: str
+    status: Status
+    changed: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    elapsed: float = 0.0
+    detail: str = ""
+    at: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class HostKeyUnknown:
+    """An SSH host key kbpg has never seen; the operator must accept it explicitly."""
+
+    host: str
+    address: str
+    key_type: str
+    fingerprint: str  # OpenSSH "SHA256:..." form
+    at: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Progress of a long piece of work that is not a step (lab build, waits)."""
+
+    text: str
+    fraction: float | None = None  # 0..1 when known
+    at: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class Message:
+    level: Level
+    text: str
+    host: str = ""
+    at: float = field(default_factory=_now)
+
+
+Event = Union[StepStarted, TaskStarted, OutputLine, TaskFinished, StepFinished, HostKeyUnknown, Progress, Message]
+EventSink = Callable[[Event], None]
+
+
+def discard(_event: Event) -> None:
+    """An event sink that drops everything."""
+
+
+class EventCollector:
+    """An event sink that keeps every event (tests, reports)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+
+    def of_type(self, kind: type) -> list:
+        return [event for event in self.events if isinstance(event, kind)]

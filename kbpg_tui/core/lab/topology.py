@@ -1,0 +1,95 @@
+"""The lab's fixed layout: hosts, addresses, names and the machine paths it uses.
+
+Everything lives in 198.18.0.0/24 (RFC 2544 benchmarking range): lab traffic must
+stay on this machine's own test hosts, never reach 10.x or any real network.
+The DB and HAProxy hosts mirror the real inventory's 10.0.0.x layout (.120-.122,
+.11-.12, LB .10) so that what is tried here reads like production.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SUBNET = "198.18.0.0/24"
+PREFIX_LEN = 24
+BRIDGE_ADDRESS = "198.18.0.1"
+BRIDGE_NAME = "kbpglab0"
+# Every netns, veth and cgroup the lab makes starts with this, so that `down`
+# can sweep what a crashed `up` left behind even without a state file.
+NAME_PREFIX = "kbpglab"
+DOMAIN = "lab.kbpg.test"  # RFC 2606 .test: never resolvable outside
+
+LB_ADDRESS = "198.18.0.10"
+REPO_PORT = 80
+REPO_URL = f"http://{LB_ADDRESS}:{REPO_PORT}/"
+REPO_SUITE = "kbpg-lab"
+REPO_COMPONENT = "main"
+REPO_MOUNT = "/srv/kbpg-lab-repo"  # where the LB stand-in sees the repository
+LB_PORTS = (5432, 5433, 6432)  # PostgreSQL write, read-only, PgBouncer
+
+SUDO_USER = "kbops"
+SUDO_UID = 1000
+
+POSTGRESQL_VERSION = 17  # trixie's; production defaults to 16 from PGDG
+
+# Machine-side places. The image cache survives reboots; run state does not need to.
+CACHE_ROOT = Path("/var/cache/kbpg-lab")
+HOSTS_ROOT = Path("/var/lib/kbpg-lab/hosts")
+RUN_ROOT = Path("/run/kbpg-lab")
+STATE_FILE = RUN_ROOT / "state.json"
+LOCK_FILE = RUN_ROOT / "lock"
+CGROUP_GROUP = NAME_PREFIX  # directory under the cgroup2 root holding one cgroup per host
+
+
+@dataclass(frozen=True)
+class LabHost:
+    """One host of the lab and its place in the inventory."""
+
+    name: str
+    address: str
+    kind: str  # "db" | "haproxy" | "lb"
+    user_ssh: str = "root"
+    fqdn_label: str = ""
+    public_address: str = ""
+
+    @property
+    def octet(self) -> int:
+        return int(self.address.rsplit(".", 1)[1])
+
+    @property
+    def netns(self) -> str:
+        return f"{NAME_PREFIX}-{self.name}"
+
+    @property
+    def veth_host(self) -> str:
+        # IFNAMSIZ is 16 including the NUL: keep names short and unique by octet.
+        return f"{NAME_PREFIX}-v{self.octet}"
+
+    @property
+    def veth_peer(self) -> str:
+        return f"{NAME_PREFIX}-p{self.octet}"
+
+    @property
+    def fqdn(self) -> str:
+        return f"{self.fqdn_label or self.name}.{DOMAIN}"
+
+
+HOSTS: tuple[LabHost, ...] = (
+    LabHost("lb-lab", LB_ADDRESS, "lb", fqdn_label="lb", public_address="198.18.1.10"),
+    LabHost("haproxy-01", "198.18.0.11", "haproxy", fqdn_label="haproxy1", public_address="198.18.1.11"),
+    LabHost("haproxy-02", "198.18.0.12", "haproxy", user_ssh=SUDO_USER, fqdn_label="haproxy2", public_address="198.18.1.12"),
+    LabHost("db-master-01", "198.18.0.120", "db", fqdn_label="db-master", public_address="198.18.1.120"),
+    LabHost("db-slave-01", "198.18.0.121", "db", fqdn_label="db-slave1", public_address="198.18.1.121"),
+    LabHost("db-slave-02", "198.18.0.122", "db", fqdn_label="db-slave2", public_address="198.18.1.122"),
+)
+
+CLUSTER_HOSTS: tuple[LabHost, ...] = tuple(host for host in HOSTS if host.kind != "lb")
+
+
+def host_by_name(name: str) -> LabHost:
+    """The lab host called ``name``; KeyError if there is none."""
+    for host in HOSTS:
+        if host.name == name:
+            return host
+    raise KeyError(name)
