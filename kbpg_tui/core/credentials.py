@@ -163,7 +163,8 @@ class Credentials(dict):
 
 
 def is_secret_name(name: str) -> bool:
-    return name.endswith(("_PASS", "_PASSWORD", "_SECRET"))
+    """Whether a postgres.env variable holds a secret (POSTGRES_SUPERPASS, *_PASSWORD, ...)."""
+    return name in PASSWORD_NAMES or name.endswith(("PASS", "PASSWORD", "SECRET"))
 
 
 def generate(existing: Credentials | None = None) -> tuple[Credentials, list[str]]:
