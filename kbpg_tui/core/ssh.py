@@ -1,0 +1,559 @@
+"""Remote execution over SSH (paramiko), done carefully.
+
+- Host keys: kbpg keeps its own known_hosts. An unknown key is accepted only by
+  an explicit yes from the operator (a callback the UI answers) or because it is
+  pinned in kbpg.toml; a changed key is always refused. Never ``AutoAddPolicy``.
+- Connect, banner and auth timeouts; keepalive; a timeout per command.
+- Output is streamed while the command runs, decoded incrementally (a UTF-8
+  character split across two packets is never mangled), and the exit status is
+  read last, after the channel is drained.
+- Non-root users go through ``sudo``: passwordless when the host allows it, else
+  ``sudo -S`` with the password on stdin (never in argv) and a clear error when
+  the password is wrong.
+- Secrets reach hosts through stdin or uploaded files only.
+- Every command run is written to the log (redacted), with its exit status and time.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import hashlib
+import logging
+import os
+import shlex
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import paramiko
+
+from .events import EventSink, HostKeyUnknown, OutputLine
+from .files import atomic_write
+from .logs import redact
+
+log = logging.getLogger("kbpg.ssh")
+
+KEEPALIVE_SECONDS = 15
+OUTPUT_TAIL_LINES = 40
+MAX_CAPTURE_BYTES = 16 * 1024 * 1024  # beyond this only the tail is kept; lines still stream out
+_POLL_SECONDS = 0.05
+
+
+class SshError(Exception):
+    """Something went wrong talking to a host; the message names the host and what to do."""
+
+
+class HostKeyError(SshError):
+    """A host key was unknown (and not accepted) or has changed."""
+
+
+class SudoError(SshError):
+    """sudo refused: no password given, or a wrong one."""
+
+
+class CommandTimeout(SshError):
+    """A command ran past its timeout; it was stopped."""
+
+
+class Cancelled(SshError):
+    """The operator cancelled; the command's channel was closed."""
+
+
+@dataclass(frozen=True)
+class Host:
+    """Where and how to connect: a servers.tsv row reduced to what SSH needs."""
+
+    name: str  # HOSTNAME
+    address: str  # IP_PRIVEE
+    user: str = "root"  # USER_SSH
+    port: int = 22
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass
+class Result:
+    """The outcome of one remote command."""
+
+    command: str
+    exit_status: int
+    stdout: str
+    stderr: str
+    elapsed: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+    def tail(self, lines: int = OUTPUT_TAIL_LINES) -> str:
+        text = (self.stderr.strip() or self.stdout.strip()).splitlines()
+        return "\n".join(text[-lines:])
+
+
+class RemoteCommandError(SshError):
+    def __init__(self, host: Host, result: Result, what: str = ""):
+        self.host = host
+        self.result = result
+        summary = what or _short(result.command)
+        tail = redact(result.tail(12))
+        super().__init__(f"{host.name}: {summary} failed (exit {result.exit_status})" + (f":\n{tail}" if tail else ""))
+
+
+def _short(command: str, limit: int = 80) -> str:
+    first = command.strip().splitlines()[0] if command.strip() else command
+    return first if len(first) <= limit else first[: limit - 1] + "…"
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """The OpenSSH ``SHA256:...`` fingerprint of a key."""
+    return key.fingerprint if hasattr(key, "fingerprint") else "SHA256:" + _b64_sha256(key.asbytes())
+
+
+def _b64_sha256(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode().rstrip("=")
+
+
+# --- host keys -----------------------------------------------------------------------
+
+HostKeyPrompt = Callable[[HostKeyUnknown], bool]
+
+
+class KnownHosts:
+    """kbpg's own known_hosts file (OpenSSH format), shared by all connections of a run."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._keys = paramiko.HostKeys()
+        if self.path.exists():
+            self._keys.load(str(self.path))
+
+    @staticmethod
+    def _entry(address: str, port: int) -> str:
+        return address if port == 22 else f"[{address}]:{port}"
+
+    def lookup(self, address: str, port: int = 22) -> dict[str, paramiko.PKey]:
+        with self._lock:
+            return dict(self._keys.lookup(self._entry(address, port)) or {})
+
+    def add(self, address: str, port: int, key: paramiko.PKey) -> None:
+        """Remember an accepted key and save the file atomically (0600)."""
+        with self._lock:
+            self._keys.add(self._entry(address, port), key.get_name(), key)
+            lines = []
+            for entry in self._keys.keys():
+                for key_type, known in self._keys[entry].items():
+                    lines.append(f"{entry} {key_type} {known.get_base64()}\n")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path, "".join(lines).encode(), mode=0o600)
+
+
+class _Policy(paramiko.MissingHostKeyPolicy):
+    """Unknown key: accept if pinned or if the operator says yes; otherwise refuse, saying how to pin."""
+
+    def __init__(self, host: Host, known_hosts: KnownHosts, pinned: dict[str, str],
+                 prompt: HostKeyPrompt | None, sink: EventSink):
+        self.host, self.known_hosts, self.pinned, self.prompt, self.sink = host, known_hosts, pinned, prompt, sink
+
+    def missing_host_key(self, client, hostname, key) -> None:  # noqa: ANN001 (paramiko's signature)
+        seen = fingerprint(key)
+        pin = self.pinned.get(self.host.address) or self.pinned.get(self.host.name)
+        if pin:
+            if pin != seen:
+                raise HostKeyError(
+                    f"{self.host.name} ({self.host.address}): host key {seen} does not match the pinned {pin} "
+                    "in kbpg.toml [ssh.pinned_host_keys]; refusing to connect"
+                )
+            self.known_hosts.add(self.host.address, self.host.port, key)
+            return
+        event = HostKeyUnknown(self.host.name, self.host.address, key.get_name(), seen)
+        self.sink(event)
+        if self.prompt is not None and self.prompt(event):
+            self.known_hosts.add(self.host.address, self.host.port, key)
+            log.info("%s: host key %s %s accepted by the operator", self.host.name, key.get_name(), seen)
+            return
+        if self.prompt is None:
+            raise HostKeyError(
+                f"{self.host.name} ({self.host.address}): unknown host key {key.get_name()} {seen}. "
+                "Check it on the host (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), then accept it in the "
+                f"wizard or pin it in kbpg.toml:\n  [ssh.pinned_host_keys]\n  \"{self.host.address}\" = \"{seen}\""
+            )
+        raise HostKeyError(f"{self.host.name} ({self.host.address}): host key {seen} declined by the operator")
+
+
+# --- streaming ---------------------------------------------------------------------------
+
+class Channel(Protocol):
+    """The part of paramiko.Channel the runner uses (a fake one drives the unit tests)."""
+
+    def recv_ready(self) -> bool: ...
+    def recv(self, nbytes: int) -> bytes: ...
+    def recv_stderr_ready(self) -> bool: ...
+    def recv_stderr(self, nbytes: int) -> bytes: ...
+    def exit_status_ready(self) -> bool: ...
+    def recv_exit_status(self) -> int: ...
+    def sendall(self, data: bytes) -> None: ...
+    def shutdown_write(self) -> None: ...
+    def close(self) -> None: ...
+
+
+LineCallback = Callable[[str, str], None]  # (stream, line)
+
+
+class _Stream:
+    """Incremental UTF-8 decoding into lines, with a bounded capture."""
+
+    def __init__(self, name: str, on_line: LineCallback | None):
+        self.name = name
+        self.on_line = on_line
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.partial = ""
+        self.captured: list[str] = []
+        self.captured_bytes = 0
+        self.dropped = False
+
+    def feed(self, data: bytes, final: bool = False) -> None:
+        text = self.partial + self.decoder.decode(data, final=final)
+        lines = text.split("\n")
+        self.partial = "" if final else lines.pop()
+        if final and lines and lines[-1] == "":
+            lines.pop()
+        for line in lines:
+            self._keep(line)
+
+    def _keep(self, line: str) -> None:
+        line = line.rstrip("\r")
+        self.captured.append(line)
+        self.captured_bytes += len(line) + 1
+        while self.captured_bytes > MAX_CAPTURE_BYTES and len(self.captured) > 1:
+            self.captured_bytes -= len(self.captured.pop(0)) + 1
+            self.dropped = True
+        if self.on_line is not None:
+            self.on_line(self.name, line)
+
+    def text(self) -> str:
+        prefix = "[… earlier output dropped …]\n" if self.dropped else ""
+        return prefix + "\n".join(self.captured) + ("\n" if self.captured else "")
+
+
+def pump(
+    channel: Channel,
+    stdin: bytes | None,
+    timeout: float | None,
+    cancel: threading.Event | None,
+    on_line: LineCallback | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    wait: Callable[[float], None] = time.sleep,
+) -> tuple[int, str, str]:
+    """Feed stdin, stream stdout/stderr until the command ends, then read its exit status.
+
+    Raises :class:`CommandTimeout` or :class:`Cancelled` (after closing the channel).
+    """
+    if stdin:
+        channel.sendall(stdin)
+    channel.shutdown_write()
+    out, err = _Stream("stdout", on_line), _Stream("stderr", on_line)
+    deadline = clock() + timeout if timeout else None
+    while True:
+        busy = False
+        if channel.recv_ready():
+            data = channel.recv(65536)
+            if data:
+                out.feed(data)
+                busy = True
+        if channel.recv_stderr_ready():
+            data = channel.recv_stderr(65536)
+            if data:
+                err.feed(data)
+                busy = True
+        if busy:
+            continue
+        # Drained: only now is the exit status meaningful (and recv_exit_status cannot block on a full window).
+        if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+            break
+        if cancel is not None and cancel.is_set():
+            channel.close()
+            raise Cancelled("cancelled")
+        if deadline is not None and clock() > deadline:
+            channel.close()
+            out.feed(b"", final=True)
+            err.feed(b"", final=True)
+            raise CommandTimeout(f"no end after {timeout:.0f} s; stopped. Last output:\n{(err.text() or out.text())[-2000:]}")
+        wait(_POLL_SECONDS)
+    out.feed(b"", final=True)
+    err.feed(b"", final=True)
+    return channel.recv_exit_status(), out.text(), err.text()
+
+
+# --- connections -----------------------------------------------------------------------
+
+@dataclass
+class SshOptions:
+    key_file: str | None = None
+    connect_timeout: float = 10
+    command_timeout: float = 900
+    pinned_host_keys: dict[str, str] = field(default_factory=dict)
+
+
+SUDO_PROMPT = "[kbpg-sudo-prompt]"
+
+
+class Connection:
+    """One SSH connection to one host, able to run commands as root (directly or through sudo)."""
+
+    def __init__(
+        self,
+        host: Host,
+        options: SshOptions,
+        known_hosts: KnownHosts,
+        sink: EventSink,
+        prompt: HostKeyPrompt | None = None,
+        sudo_password: str | None = None,
+        cancel: threading.Event | None = None,
+    ):
+        self.host = host
+        self.options = options
+        self.known_hosts = known_hosts
+        self.sink = sink
+        self.prompt = prompt
+        self.sudo_password = sudo_password
+        self.cancel = cancel
+        self.client: paramiko.SSHClient | None = None
+        self.sudo_mode: str | None = None  # "root" | "nopasswd" | "password"
+        self._lock = threading.Lock()
+
+    # -- connecting
+
+    def connect(self) -> "Connection":
+        if self.client is not None and self.client.get_transport() and self.client.get_transport().is_active():
+            return self
+        host = self.host
+        client = paramiko.SSHClient()
+        for key_type, key in self.known_hosts.lookup(host.address, host.port).items():
+            client.get_host_keys().add(KnownHosts._entry(host.address, host.port), key_type, key)
+        client.set_missing_host_key_policy(_Policy(host, self.known_hosts, self.options.pinned_host_keys, self.prompt, self.sink))
+        timeout = self.options.connect_timeout
+        try:
+            client.connect(
+                hostname=host.address,
+                port=host.port,
+                username=host.user,
+                key_filename=self.options.key_file or None,
+                timeout=timeout,
+                banner_timeout=timeout,
+                auth_timeout=timeout,
+                channel_timeout=timeout,
+                allow_agent=not self.options.key_file,
+                look_for_keys=not self.options.key_file,
+            )
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise HostKeyError(
+                f"{host.name} ({host.address}): HOST KEY CHANGED: expected {fingerprint(exc.expected_key)}, "
+                f"got {fingerprint(exc.key)}. This can be a reinstalled server or an attack; refusing. If the "
+                f"change is expected, remove the {host.address} line from {self.known_hosts.path}."
+            ) from None
+        except HostKeyError:
+            client.close()
+            raise
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            raise SshError(
+                f"{host.name} ({host.address}): SSH login as {host.user} refused ({exc}); check USER_SSH in "
+                "servers.tsv and that kbpg's key is in the user's authorized_keys"
+            ) from None
+        except (socket.timeout, TimeoutError):
+            client.close()
+            raise SshError(
+                f"{host.name} ({host.address}): no SSH answer within {timeout:.0f} s; check the address in "
+                "servers.tsv, that the host is up, and the firewall (port 22)"
+            ) from None
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            client.close()
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise SshError(f"{host.name} ({host.address}): cannot connect over SSH: {reason}") from None
+        transport = client.get_transport()
+        assert transport is not None
+        transport.set_keepalive(KEEPALIVE_SECONDS)
+        self.client = client
+        log.info("%s: connected to %s@%s:%s", host.name, host.user, host.address, host.port)
+        self._check_sudo()
+        return self
+
+    def _check_sudo(self) -> None:
+        if self.host.user == "root":
+            self.sudo_mode = "root"
+            return
+        # -k ignores a cached timestamp, -n never prompts: success means NOPASSWD.
+        if self._exec("sudo -k -n true", None, timeout=self.options.connect_timeout * 3).exit_status == 0:
+            self.sudo_mode = "nopasswd"
+            return
+        if not self.sudo_password:
+            raise SudoError(
+                f"{self.host.name}: {self.host.user} needs a sudo password; put it in KBPG_SUDO_PASSWORD "
+                "(environment or credentials/sudo.env), or give the user passwordless sudo"
+            )
+        check = self._exec(f"sudo -S -k -p {shlex.quote(SUDO_PROMPT)} true", (self.sudo_password + "\n").encode(),
+                           timeout=self.options.connect_timeout * 3)
+        if check.exit_status != 0:
+            if "incorrect password" in check.stderr or "Sorry, try again" in check.stderr or "password is required" in check.stderr:
+                raise SudoError(f"{self.host.name}: wrong sudo password for {self.host.user}; check KBPG_SUDO_PASSWORD")
+            raise SudoError(f"{self.host.name}: {self.host.user} cannot use sudo: {redact(check.tail(3))}")
+        self.sudo_mode = "password"
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    # -- running
+
+    def _exec(self, command: str, stdin: bytes | None, timeout: float | None,
+              on_line: LineCallback | None = None) -> Result:
+        if self.client is None:
+            raise SshError(f"{self.host.name}: not connected")
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise SshError(f"{self.host.name}: the SSH connection was lost")
+        started = time.monotonic()
+        try:
+            channel = transport.open_session(timeout=self.options.connect_timeout)
+            channel.exec_command(command)
+            status, stdout, stderr = pump(channel, stdin, timeout, self.cancel, on_line)
+        except (CommandTimeout, Cancelled) as exc:
+            log.warning("%s: %s: %s", self.host.name, _short(command), exc)
+            if isinstance(exc, CommandTimeout):
+                raise CommandTimeout(f"{self.host.name}: `{_short(command)}` {exc}") from None
+            raise Cancelled(f"{self.host.name}: cancelled") from None
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise SshError(f"{self.host.name}: SSH channel failed during `{_short(command)}`: {exc}") from None
+        return Result(command, status, stdout, stderr, time.monotonic() - started)
+
+    def run(
+        self,
+        script: str,
+        stdin: bytes | str | None = None,
+        timeout: float | None = None,
+        on_line: LineCallback | None = None,
+        check: bool = True,
+        what: str = "",
+    ) -> Result:
+        """Run a bash script as root on the host.
+
+        The script travels as a ``bash -c`` argument, so it must hold no secret:
+        secrets go through ``stdin`` (or an uploaded file).
+        """
+        if self.client is None:
+            self.connect()
+        if isinstance(stdin, str):
+            stdin = stdin.encode("utf-8")
+        body = "set -o pipefail; export LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive; " + script
+        command = "bash -c " + shlex.quote(body)
+        if self.sudo_mode == "nopasswd":
+            command = "sudo -n -- " + command
+        elif self.sudo_mode == "password":
+            command = f"sudo -S -k -p {shlex.quote(SUDO_PROMPT)} -- " + command
+            stdin = (self.sudo_password or "").encode() + b"\n" + (stdin or b"")
+        timeout = self.options.command_timeout if timeout is None else timeout
+        log.debug("%s $ %s", self.host.name, redact(script))
+        result = self._exec(command, stdin, timeout, on_line)
+        result.command = script
+        log.info("%s: exit %s in %.1fs: %s", self.host.name, result.exit_status, result.elapsed, redact(_short(script)))
+        if result.exit_status != 0:
+            log.debug("%s: output tail:\n%s", self.host.name, redact(result.tail()))
+        if check and result.exit_status != 0:
+            raise RemoteCommandError(self.host, result, what)
+        return result
+
+    # -- files
+
+    def upload(self, path: str, data: bytes | str, mode: int = 0o644, owner: str = "root",
+               group: str | None = None) -> bool:
+        """Write ``data`` to ``path`` atomically with mode and owner, unless it is already so.
+
+        A temp file is created beside the target (mktemp: 0600 from the start), filled
+        from stdin, given its mode and owner, then renamed over the target.
+        Returns True if anything changed.
+        """
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        group = group or owner
+        wanted = f"{mode:o} {owner} {group} {hashlib.sha256(data).hexdigest()}"
+        quoted = shlex.quote(path)
+        current = self.run(
+            f"if [ -f {quoted} ]; then printf '%s %s %s ' $(stat -c '%a %U %G' {quoted}); "
+            f"sha256sum < {quoted} | cut -d' ' -f1; fi",
+            what=f"reading {path}",
+        ).stdout.strip()
+        if current == wanted:
+            return False
+        directory = shlex.quote(os.path.dirname(path) or "/")
+        self.run(
+            f"set -e; umask 077; mkdir -p {directory}; tmp=$(mktemp {quoted}.kbpg.XXXXXX); "
+            f"trap 'rm -f \"$tmp\"' EXIT; cat > \"$tmp\"; chown {shlex.quote(owner)}:{shlex.quote(group)} \"$tmp\"; "
+            f"chmod {mode:o} \"$tmp\"; mv -f \"$tmp\" {quoted}; trap - EXIT",
+            stdin=data,
+            what=f"writing {path}",
+        )
+        return True
+
+    def read_file(self, path: str) -> bytes | None:
+        """The content of a remote file, or None if it does not exist."""
+        quoted = shlex.quote(path)
+        result = self.run(f"if [ -f {quoted} ]; then echo present; base64 -w0 < {quoted}; fi", what=f"reading {path}")
+        lines = result.stdout.split("\n", 1)
+        if lines[0] != "present":
+            return None
+        return base64.b64decode(lines[1].strip() or b"")
+
+
+class ConnectionPool:
+    """One connection per host for a run, created on demand, closed together."""
+
+    def __init__(self, options: SshOptions, known_hosts: KnownHosts, sink: EventSink,
+                 prompt: HostKeyPrompt | None = None, sudo_passwords: Callable[[Host], str | None] | None = None,
+                 cancel: threading.Event | None = None):
+        self.options = options
+        self.known_hosts = known_hosts
+        self.sink = sink
+        self.prompt = prompt
+        self.sudo_passwords = sudo_passwords or (lambda host: None)
+        self.cancel = cancel
+        self._connections: dict[str, Connection] = {}
+        self._lock = threading.Lock()
+        self._prompt_lock = threading.Lock()  # one host-key question on screen at a time
+
+    def _serial_prompt(self, event: HostKeyUnknown) -> bool:
+        assert self.prompt is not None
+        with self._prompt_lock:
+            return self.prompt(event)
+
+    def get(self, host: Host) -> Connection:
+        with self._lock:
+            connection = self._connections.get(host.name)
+            if connection is None:
+                connection = Connection(host, self.options, self.known_hosts, self.sink,
+                                        self._serial_prompt if self.prompt else None,
+                                        self.sudo_passwords(host), self.cancel)
+                self._connections[host.name] = connection
+        return connection.connect()
+
+    def close(self) -> None:
+        with self._lock:
+            for connection in self._connections.values():
+                connection.close()
+            self._connections.clear()
+
+
+def output_sink(sink: EventSink, step: str, host: Host) -> LineCallback:
+    """A line callback that forwards redacted output lines as events."""
+
+    def on_line(stream: str, line: str) -> None:
+        sink(OutputLine(step, host.name, stream, redact(line)))
+
+    return on_line

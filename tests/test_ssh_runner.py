@@ -1,0 +1,162 @@
+"""Unit tests of the streaming runner against a scripted fake channel.
+
+The same code runs against real sshd in the lab tests; this fake only lets us
+produce what is hard to provoke for real: split UTF-8 characters, exact chunking,
+a command that never ends.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from kbpg_tui.core import ssh
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeChannel:
+    """Plays a script of (time, stream, bytes) chunks, then an exit status."""
+
+    def __init__(self, clock: FakeClock, script: list[tuple[float, str, bytes]], exit_status: int | None = 0):
+        self.clock = clock
+        self.script = list(script)
+        self.exit_status = exit_status  # None: the command never ends
+        self.stdin = b""
+        self.write_closed = False
+        self.closed = False
+
+    def _ready(self, stream: str) -> bool:
+        return bool(self.script) and self.script[0][0] <= self.clock.now and self.script[0][1] == stream
+
+    def recv_ready(self) -> bool:
+        return self._ready("out")
+
+    def recv_stderr_ready(self) -> bool:
+        return self._ready("err")
+
+    def recv(self, nbytes: int) -> bytes:
+        return self._take("out", nbytes)
+
+    def recv_stderr(self, nbytes: int) -> bytes:
+        return self._take("err", nbytes)
+
+    def _take(self, stream: str, nbytes: int) -> bytes:
+        at, kind, data = self.script[0]
+        assert kind == stream
+        chunk, rest = data[:nbytes], data[nbytes:]
+        if rest:
+            self.script[0] = (at, kind, rest)
+        else:
+            self.script.pop(0)
+        return chunk
+
+    def exit_status_ready(self) -> bool:
+        return self.exit_status is not None and not self.script
+
+    def recv_exit_status(self) -> int:
+        assert not self.script, "exit status read before the output was drained"
+        assert self.exit_status is not None
+        return self.exit_status
+
+    def sendall(self, data: bytes) -> None:
+        assert not self.write_closed
+        self.stdin += data
+
+    def shutdown_write(self) -> None:
+        self.write_closed = True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def run(script, exit_status=0, timeout=None, cancel=None, stdin=None):
+    clock = FakeClock()
+    channel = FakeChannel(clock, script, exit_status)
+    lines: list[tuple[str, str]] = []
+    result = ssh.pump(channel, stdin, timeout, cancel, lambda stream, line: lines.append((stream, line)),
+                      clock=clock, wait=clock.sleep)
+    return result, lines, channel
+
+
+def test_utf8_split_across_chunks_is_decoded_whole() -> None:
+    text = "réplica prête — 日本語 ✓\n".encode("utf-8")
+    # Cut inside every multi-byte character: one byte per packet.
+    script = [(0.01 * i, "out", text[i:i + 1]) for i in range(len(text))]
+    (status, stdout, stderr), lines, _ = run(script)
+    assert status == 0
+    assert stdout == "réplica prête — 日本語 ✓\n"
+    assert lines == [("stdout", "réplica prête — 日本語 ✓")]
+    assert "\ufffd" not in stdout
+
+
+def test_lines_stream_as_they_come_and_partial_last_line_is_flushed() -> None:
+    script = [(0.0, "out", b"one\ntw"), (0.1, "err", b"warn"), (0.2, "out", b"o\nthree"), (0.3, "err", b"ing\n")]
+    (status, stdout, stderr), lines, _ = run(script, exit_status=3)
+    assert status == 3
+    assert stdout == "one\ntwo\nthree\n"
+    assert stderr == "warning\n"
+    assert lines == [("stdout", "one"), ("stdout", "two"), ("stderr", "warning"), ("stdout", "three")]
+
+
+def test_crlf_output_is_cleaned() -> None:
+    (_, stdout, _), lines, _ = run([(0, "out", b"a\r\nb\r\n")])
+    assert lines == [("stdout", "a"), ("stdout", "b")]
+
+
+def test_large_output_is_drained_before_the_exit_status() -> None:
+    big = b"".join(b"line %06d of a long apt-get log\n" % i for i in range(200_000))  # ~6.6 MB
+    script = [(0, "out", big[i:i + 32768]) for i in range(0, len(big), 32768)] + [(0, "err", b"done\n")]
+    (status, stdout, stderr), lines, _ = run(script)
+    assert status == 0
+    assert len(lines) == 200_001
+    assert stdout.count("\n") == 200_000
+    assert stdout.endswith("line 199999 of a long apt-get log\n")
+
+
+def test_capture_is_bounded_but_every_line_streams(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ssh, "MAX_CAPTURE_BYTES", 1000)
+    script = [(0, "out", b"x" * 99 + b"\n") for _ in range(100)]
+    (_, stdout, _), lines, _ = run(script)
+    assert len(lines) == 100
+    assert stdout.startswith("[… earlier output dropped …]")
+    assert len(stdout) < 1200
+
+
+def test_stdin_is_sent_then_closed() -> None:
+    (_, _, _), _, channel = run([(0, "out", b"ok\n")], stdin=b"secret\n")
+    assert channel.stdin == b"secret\n"
+    assert channel.write_closed
+
+
+def test_timeout_closes_the_channel_and_says_what_was_last_seen() -> None:
+    with pytest.raises(ssh.CommandTimeout) as caught:
+        run([(0, "out", b"waiting for lock\n")], exit_status=None, timeout=5)
+    assert "no end after 5 s" in str(caught.value)
+    assert "waiting for lock" in str(caught.value)
+
+
+def test_cancel_closes_the_channel() -> None:
+    cancel = threading.Event()
+    cancel.set()
+    clock = FakeClock()
+    channel = FakeChannel(clock, [], exit_status=None)
+    with pytest.raises(ssh.Cancelled):
+        ssh.pump(channel, None, None, cancel, None, clock=clock, wait=clock.sleep)
+    assert channel.closed
+
+
+def test_output_arriving_after_a_quiet_spell_is_not_lost() -> None:
+    script = [(0, "out", b"start\n"), (30.0, "out", b"late line\n")]
+    (_, stdout, _), _, _ = run(script, timeout=60)
+    assert stdout == "start\nlate line\n"
