@@ -22,7 +22,7 @@ DOMAIN = "lab.kbpg.test"  # RFC 2606 .test: never resolvable outside
 
 LB_ADDRESS = "198.18.0.10"
 REPO_PORT = 80
-REPO_URL = f"http://{LB_ADDRESS}:{REPO_PORT}/"
+REPO_URL = f"http://{LB_ADDRESS}/" if REPO_PORT == 80 else f"http://{LB_ADDRESS}:{REPO_PORT}/"
 REPO_SUITE = "kbpg-lab"
 REPO_COMPONENT = "main"
 REPO_MOUNT = "/srv/kbpg-lab-repo"  # where the LB stand-in sees the repository

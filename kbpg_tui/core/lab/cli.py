@@ -1,0 +1,98 @@
+"""`kbpg lab up | down | status` for the plain command line.
+
+The main CLI calls :func:`add_lab_parser` with its subparsers object; the
+parsed arguments carry ``handler`` (:func:`run_lab`), which returns the exit
+code. ``args.workdir`` (a Path, default the current directory) comes from the
+main CLI's global ``--workdir``.
+
+Until the main CLI exists: ``python -m kbpg_tui.core.lab.cli [--workdir DIR] lab up``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from kbpg_tui.core.events import Event, Message, Progress
+
+from .lab import down, status, up
+from .util import LabError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CANNOT_RUN = 2  # not root, a missing tool, no namespaces
+
+
+def add_lab_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``lab up|down|status`` on an argparse subparsers object."""
+    lab = subparsers.add_parser(
+        "lab",
+        help="a local lab of real Debian hosts to try kbpg on",
+        description="Start, stop or show the local lab: 3 DB hosts, 2 HAProxy hosts and a cloud-LB stand-in "
+        "on 198.18.0.0/24, each a namespace host with its own systemd and sshd (needs root).",
+    )
+    actions = lab.add_subparsers(dest="lab_action", metavar="{up,down,status}", required=True)
+    up_parser = actions.add_parser("up", help="build the image if needed, boot the hosts, write servers.tsv, kbpg.toml and keys")
+    up_parser.add_argument("--rebuild-image", action="store_true", help="rebuild the cached host image and repository first")
+    actions.add_parser("down", help="stop the hosts and remove everything the lab made on this machine")
+    status_parser = actions.add_parser("status", help="list the hosts and their state")
+    status_parser.add_argument("--json", action="store_true", help="machine-readable output")
+    lab.set_defaults(handler=run_lab)
+    return lab
+
+
+def _printer(out: TextIO):
+    def sink(event: Event) -> None:
+        if isinstance(event, Progress):
+            prefix = f"[{event.fraction * 100:3.0f}%] " if event.fraction is not None else "       "
+            print(prefix + event.text, file=out, flush=True)
+        elif isinstance(event, Message):
+            label = "" if event.level.value == "info" else f"{event.level.value}: "
+            print(f"       {label}{event.text}", file=out, flush=True)
+
+    return sink
+
+
+def run_lab(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Carry out ``args.lab_action``; returns the process exit code."""
+    out = out or sys.stdout
+    workdir = Path(getattr(args, "workdir", None) or Path.cwd())
+    sink = _printer(out)
+    try:
+        if args.lab_action == "up":
+            result = up(workdir, progress=sink, rebuild_image=getattr(args, "rebuild_image", False))
+            print(result.render(), file=out)
+            return EXIT_OK if result.up else EXIT_FAILED
+        if args.lab_action == "down":
+            result = down(workdir, progress=sink)
+            print(result.render(), file=out)
+            return EXIT_OK if result.state == "down" else EXIT_FAILED
+        result = status(workdir)
+        if getattr(args, "json", False):
+            print(json.dumps(result.to_dict(), indent=2), file=out)
+        else:
+            print(result.render(), file=out)
+        return EXIT_OK
+    except LabError as exc:
+        print(f"kbpg lab {args.lab_action}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"kbpg lab {args.lab_action}: interrupted; `kbpg lab down` cleans up whatever was made", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point until the main CLI registers the lab commands."""
+    parser = argparse.ArgumentParser(prog="kbpg")
+    parser.add_argument("--workdir", type=Path, default=Path.cwd(), help="work directory (default: the current one)")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_lab_parser(subparsers)
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,477 @@
+"""`kbpg lab up | down | status`: the orchestration.
+
+``up`` records what it is about to make in a state file *before* making it, so
+that ``down`` can undo a crashed ``up``; ``down`` also sweeps by name prefix
+(netns, links, cgroups) so it cleans up even without that file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from passlib.hash import sha512_crypt
+
+from . import hosts as hosts_mod
+from . import image as image_mod
+from . import ssh as ssh_mod
+from . import workdir as files
+from .topology import (
+    BRIDGE_NAME,
+    DOMAIN,
+    HOSTS,
+    LOCK_FILE,
+    REPO_URL,
+    RUN_ROOT,
+    STATE_FILE,
+    SUDO_UID,
+    SUDO_USER,
+    LabHost,
+)
+from .util import LabError, ProgressSink, Reporter, run, which_all
+
+BOOT_TIMEOUT = 120.0  # seconds from launch to `systemctl is-system-running` settling, per host
+REQUIRED_TOOLS = ("ip", "unshare", "mount", "umount", "chroot", "sh", "mknod", "hostname")
+BUILD_TOOLS = ("debootstrap", "gpg", "gpgconf", "dpkg-deb")
+
+
+@dataclass
+class HostStatus:
+    """One host as seen now."""
+
+    name: str
+    address: str
+    kind: str
+    user_ssh: str
+    running: bool = False  # its systemd is alive
+    ssh: bool = False  # sshd answers on port 22
+    system_state: str = ""  # `systemctl is-system-running`, when asked and reachable
+    failed_units: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LabStatus:
+    """The lab as a whole: ``state`` is "up", "down" or "partial"."""
+
+    state: str
+    hosts: list[HostStatus]
+    workdir: str = ""
+    image_key: str = ""
+    repo_url: str = REPO_URL
+    message: str = ""
+    changed: bool = False  # whether the call that returned this changed anything
+
+    @property
+    def up(self) -> bool:
+        return self.state == "up"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def render(self) -> str:
+        """A plain table for the CLI."""
+        lines = [f"lab: {self.state}" + (f" (work dir {self.workdir})" if self.workdir else "")]
+        if self.message:
+            lines.append(self.message)
+        lines.append(f"{'HOST':<14}{'ADDRESS':<15}{'ROLE':<9}{'USER':<7}{'SYSTEMD':<9}{'SSH':<5}STATE")
+        for host in self.hosts:
+            state = host.system_state or "-"
+            if host.failed_units:
+                state += " (failed: " + ", ".join(host.failed_units) + ")"
+            lines.append(
+                f"{host.name:<14}{host.address:<15}{host.kind:<9}{host.user_ssh:<7}"
+                f"{'running' if host.running else 'stopped':<9}{'yes' if host.ssh else 'no':<5}{state}"
+            )
+        return "\n".join(lines)
+
+
+# --- environment -------------------------------------------------------------
+
+
+def check_environment(need_build: bool) -> None:
+    """Refuse early, with exit code 2, where the lab cannot run: nothing is made before this passes."""
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces, mounts, cgroups): run it with sudo or as root", 2)
+    missing = which_all(REQUIRED_TOOLS + (BUILD_TOOLS if need_build else ()))
+    if missing:
+        packages = {"debootstrap": "debootstrap", "gpg": "gnupg", "gpgconf": "gnupg", "dpkg-deb": "dpkg", "ip": "iproute2", "unshare": "util-linux"}
+        hint = " ".join(sorted({packages.get(name, name) for name in missing}))
+        raise LabError(f"missing tools: {', '.join(missing)} (apt-get install {hint})", 2)
+    with open("/proc/filesystems", encoding="utf-8") as filesystems:
+        if "overlay" not in filesystems.read():
+            raise LabError("this kernel has no overlay filesystem (modprobe overlay)", 2)
+    for path in ("/proc/self/ns/net", "/proc/self/ns/pid", "/proc/self/ns/cgroup", "/proc/self/ns/uts", "/proc/self/ns/ipc"):
+        if not os.path.exists(path):
+            raise LabError(f"this kernel lacks namespaces ({path} missing)", 2)
+    probe = run(
+        ["unshare", "--pid", "--mount", "--uts", "--ipc", "--cgroup", "--net", "--fork", "true"], check=False
+    )
+    if probe.returncode != 0:
+        raise LabError(f"cannot create namespaces here (unshare: {probe.stderr.strip() or probe.returncode})", 2)
+
+
+@contextlib.contextmanager
+def _lab_lock() -> Iterator[None]:
+    RUN_ROOT.mkdir(parents=True, exist_ok=True)
+    with open(LOCK_FILE, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LabError("another `kbpg lab` command is running on this machine") from None
+        yield
+
+
+def _read_state() -> dict:
+    try:
+        return json.loads(STATE_FILE.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _write_state(state: dict) -> None:
+    RUN_ROOT.mkdir(parents=True, exist_ok=True)
+    files.atomic_write(STATE_FILE, (json.dumps(state, indent=2) + "\n").encode(), mode=0o644)
+
+
+# --- per-host files written into the upper directory before boot ---------------
+
+
+def _lower_stat(lowers: list[Path], relative: str) -> os.stat_result | None:
+    for layer in lowers:
+        path = layer / relative
+        if path.exists() or path.is_symlink():
+            return path.lstat()
+    return None
+
+
+def _ensure_dirs(upper: Path, lowers: list[Path], relative_dir: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> Path:
+    """Create ``relative_dir`` in the upper layer, each level with the lower layer's mode and owner.
+
+    An upper directory's attributes win in the merged view: a /root made 0755
+    here would open root's home to everyone.
+    """
+    current = upper
+    for part in Path(relative_dir).parts:
+        current = current / part
+        relative = current.relative_to(upper).as_posix()
+        if current.is_dir():
+            continue
+        below = _lower_stat(lowers, relative)
+        current.mkdir()
+        if below is not None:
+            os.chmod(current, below.st_mode & 0o7777)
+            os.chown(current, below.st_uid, below.st_gid)
+        else:
+            os.chmod(current, mode)
+            os.chown(current, uid, gid)
+    return current
+
+
+def _put(upper: Path, lowers: list[Path], relative: str, content: str, mode: int = 0o644, uid: int = 0, gid: int = 0) -> None:
+    parent = _ensure_dirs(upper, lowers, str(Path(relative).parent))
+    path = parent / Path(relative).name
+    path.write_text(content, encoding="utf-8")
+    os.chmod(path, mode)
+    os.chown(path, uid, gid)
+
+
+def _lower_text(lowers: list[Path], relative: str) -> str:
+    for layer in lowers:
+        if (layer / relative).is_file():
+            return (layer / relative).read_text(encoding="utf-8")
+    raise LabError(f"the image has no /{relative}")
+
+
+def _add_sudo_user(upper: Path, lowers: list[Path], authorized: str, password: str) -> None:
+    """The non-root USER_SSH: in group sudo, which Debian's sudoers lets run anything *with* a password."""
+    user, uid = SUDO_USER, SUDO_UID
+    days = int(time.time() // 86400)
+    # Default glibc rounds: sudo checks the password on every call in tests.
+    hashed = sha512_crypt.using(rounds=5000).hash(password)
+
+    def add_member(text: str, group: str) -> str:
+        out = []
+        for line in text.splitlines():
+            fields = line.split(":")
+            if fields[0] == group:
+                members = [m for m in fields[-1].split(",") if m]
+                fields[-1] = ",".join(members + [user])
+                line = ":".join(fields)
+            out.append(line)
+        return "\n".join(out) + "\n"
+
+    passwd = _lower_text(lowers, "etc/passwd") + f"{user}:x:{uid}:{uid}:kbpg lab sudo user:/home/{user}:/bin/bash\n"
+    group = add_member(_lower_text(lowers, "etc/group"), "sudo") + f"{user}:x:{uid}:\n"
+    shadow = _lower_text(lowers, "etc/shadow") + f"{user}:{hashed}:{days}:0:99999:7:::\n"
+    gshadow = add_member(_lower_text(lowers, "etc/gshadow"), "sudo") + f"{user}:!::\n"
+    _put(upper, lowers, "etc/passwd", passwd, 0o644)
+    _put(upper, lowers, "etc/group", group, 0o644)
+    shadow_gid = _lower_stat(lowers, "etc/shadow").st_gid  # group "shadow"
+    _put(upper, lowers, "etc/shadow", shadow, 0o640, 0, shadow_gid)
+    _put(upper, lowers, "etc/gshadow", gshadow, 0o640, 0, shadow_gid)
+    # Each sudo asks again: the tests try a wrong password right after a right one.
+    _put(upper, lowers, f"etc/sudoers.d/kbpg-lab-{user}", f"Defaults:{user} timestamp_timeout=0\n", 0o440)
+    _ensure_dirs(upper, lowers, f"home/{user}/.ssh", 0o700, uid, uid)
+    os.chmod(upper / "home" / user, 0o700)
+    _put(upper, lowers, f"home/{user}/.ssh/authorized_keys", authorized, 0o600, uid, uid)
+
+
+def _prepare_upper(host: LabHost, lowers: list[Path], host_key: files.KeyPair, operator: files.KeyPair, sudo_password: str | None) -> None:
+    """The host's own identity, written into its (fresh) upper directory before boot."""
+    upper = hosts_mod.host_paths(host).upper
+    if upper.exists():
+        shutil.rmtree(upper)
+    upper.mkdir(parents=True)
+    _put(upper, lowers, "etc/hostname", f"{host.name}\n")
+    _put(
+        upper,
+        lowers,
+        "etc/hosts",
+        f"127.0.0.1\tlocalhost\n{host.address}\t{host.fqdn}\t{host.name}\n"
+        "::1\t\tlocalhost ip6-localhost ip6-loopback\nff02::1\t\tip6-allnodes\nff02::2\t\tip6-allrouters\n",
+    )
+    _put(upper, lowers, "etc/machine-id", uuid.uuid4().hex + "\n", 0o444)
+    _put(upper, lowers, "etc/ssh/ssh_host_ed25519_key", host_key.private_openssh, 0o600)
+    _put(upper, lowers, "etc/ssh/ssh_host_ed25519_key.pub", host_key.public_line + "\n", 0o644)
+    authorized = operator.public_line + "\n"
+    _ensure_dirs(upper, lowers, "root/.ssh", 0o700)
+    os.chmod(upper / "root" / ".ssh", 0o700)
+    _put(upper, lowers, "root/.ssh/authorized_keys", authorized, 0o600)
+    if host.user_ssh != "root":
+        assert sudo_password is not None
+        _add_sudo_user(upper, lowers, authorized, sudo_password)
+
+
+# --- up / down / status --------------------------------------------------------
+
+
+def _host_status(host: LabHost, bridge_up: bool) -> HostStatus:
+    running = hosts_mod.init_pid(host) is not None
+    return HostStatus(
+        host.name,
+        host.address,
+        host.kind,
+        host.user_ssh,
+        running=running,
+        # Only through the lab's bridge: without it a packet to 198.18.0.x would
+        # follow this machine's default route out, and lab traffic stays here.
+        ssh=running and bridge_up and ssh_mod.ssh_answers(host.address, timeout=0.5),
+    )
+
+
+def _probe_system(workdir: Path, status: HostStatus) -> None:
+    """Fill in `systemctl is-system-running` and the failed units, over SSH as root."""
+    try:
+        client = ssh_mod.connect(workdir, status.address, timeout=3.0)
+    except Exception as exc:  # status must never fail on one host: it reports it
+        status.system_state = f"ssh login failed: {type(exc).__name__}"
+        return
+    try:
+        _code, out, _err = ssh_mod.execute(client, "systemctl is-system-running; systemctl list-units --failed --plain --no-legend", timeout=15)
+        lines = out.splitlines()
+        status.system_state = lines[0].strip() if lines else ""
+        status.failed_units = [line.split()[0] for line in lines[1:] if line.strip()]
+    finally:
+        client.close()
+
+
+def status(workdir: Path | None = None, probe_ssh: bool = True) -> LabStatus:
+    """What runs now: each host's systemd and sshd (and, with the lab key, its system state)."""
+    state = _read_state()
+    recorded_workdir = state.get("workdir", "")
+    key_dir = Path(recorded_workdir) if recorded_workdir else workdir
+    bridge_up = BRIDGE_NAME in hosts_mod.link_names()
+    host_states = [_host_status(host, bridge_up) for host in HOSTS]
+    if probe_ssh and key_dir is not None and (key_dir / files.SSH_KEY_NAME).exists():
+        reachable = [host for host in host_states if host.ssh]
+        with ThreadPoolExecutor(max_workers=len(HOSTS)) as pool:
+            list(pool.map(lambda host: _probe_system(key_dir, host), reachable))
+    running = sum(host.running for host in host_states)
+    if running == len(HOSTS) and state.get("phase") == "up":
+        lab_state = "up"
+    elif running == 0 and not state and not any(hosts_mod.leftovers().values()):
+        lab_state = "down"
+    else:
+        lab_state = "partial"
+    message = ""
+    if lab_state == "partial":
+        message = "the lab is partly up (a crashed or unfinished `up`?): `kbpg lab down` cleans it up"
+    return LabStatus(lab_state, host_states, recorded_workdir, state.get("image_key", ""), message=message)
+
+
+def up(workdir: Path, progress: ProgressSink | None = None, rebuild_image: bool = False) -> LabStatus:
+    """Bring the lab up (building the image first if needed) and write the work dir files.
+
+    A second call while the lab is up changes nothing and says so. On failure
+    everything made so far is taken down again and LabError is raised.
+    """
+    reporter = Reporter(progress)
+    workdir = Path(workdir).resolve()
+    check_environment(need_build=rebuild_image or image_mod.cached_image() is None)
+    with _lab_lock():
+        current = status(workdir, probe_ssh=False)
+        if current.state == "up":
+            current.message = f"the lab is already up (work dir {current.workdir}): nothing changed"
+            reporter.info(current.message)
+            return current
+        if current.state == "partial":
+            reporter.progress("cleaning up what a previous lab left behind")
+            _down_locked(reporter)
+        image = image_mod.ensure_image(reporter, rebuild=rebuild_image)
+        started = time.monotonic()
+        workdir.mkdir(parents=True, exist_ok=True)
+        operator = files.ssh_key(workdir)
+        host_keys = files.host_keys(workdir)
+        sudo_password = files.sudo_password(workdir)
+        files.copy_repo_key(workdir, image.repo_key)
+        files.write_host_key_files(workdir, host_keys)
+        # Recorded before anything is made: `down` after a crash knows what to look for.
+        state = {"phase": "starting", "workdir": str(workdir), "image_key": image.key, "started_at": time.time(), "hosts": {}}
+        _write_state(state)
+        try:
+            _boot(image, host_keys, operator, sudo_password, reporter, state)
+            _wait_ready(workdir, reporter)
+        except BaseException:
+            reporter.warning("`up` failed: taking down what it made")
+            _save_console_logs(workdir)
+            _down_locked(reporter)
+            raise
+        files.write_servers_tsv(workdir)
+        fingerprints = {host.address: host_keys[host.name].fingerprint for host in HOSTS}
+        if files.write_kbpg_toml(workdir, fingerprints):
+            reporter.info(f"wrote {workdir / 'kbpg.toml'}")
+        else:
+            reporter.info(f"kept the existing {workdir / 'kbpg.toml'}")
+        state["phase"] = "up"
+        state["up_seconds"] = round(time.monotonic() - started, 1)
+        _write_state(state)
+        result = status(workdir)
+        result.changed = True
+        result.message = f"lab up in {state['up_seconds']:.1f} s; SSH key {workdir / files.SSH_KEY_NAME}"
+        reporter.progress(result.message, 1.0)
+        return result
+
+
+def _boot(image: image_mod.Image, host_keys: dict, operator: files.KeyPair, sudo_password: str, reporter: Reporter, state: dict) -> None:
+    reporter.progress("network: bridge and namespaces", 0.0)
+    hosts_mod.ensure_bridge()
+    for index, host in enumerate(HOSTS):
+        lowers = [image.lb_layer, image.rootfs] if host.kind == "lb" else [image.rootfs]
+        hosts_mod.create_network(host)
+        _prepare_upper(host, lowers, host_keys[host.name], operator, sudo_password if host.user_ssh != "root" else None)
+        pid = hosts_mod.start(host, lowers, image.repo if host.kind == "lb" else None)
+        state["hosts"][host.name] = {"launcher_pid": pid, "address": host.address}
+        _write_state(state)
+        reporter.progress(f"boot: {host.name} ({host.address}) started", 0.1 + 0.3 * (index + 1) / len(HOSTS))
+    for host in HOSTS:
+        state["hosts"][host.name]["init_pid"] = hosts_mod.wait_for_init(host)
+    _write_state(state)
+
+
+def _wait_ready(workdir: Path, reporter: Reporter) -> None:
+    """Every host answers SSH and its systemd has finished booting ("running", else a warning)."""
+    reporter.progress("waiting for SSH and for systemd to finish booting on every host", 0.45)
+    done: list[str] = []
+
+    def one(host: LabHost) -> tuple[str, str, str]:
+        client = ssh_mod.wait_for_login(workdir, host.address, BOOT_TIMEOUT)
+        try:
+            _code, out, _err = ssh_mod.execute(
+                client,
+                "systemctl is-system-running --wait; systemctl list-units --failed --plain --no-legend",
+                timeout=BOOT_TIMEOUT,
+            )
+        finally:
+            client.close()
+        lines = out.splitlines()
+        done.append(host.name)
+        reporter.progress(f"ssh: {host.name} answers ({lines[0] if lines else '?'})", 0.45 + 0.5 * len(done) / len(HOSTS))
+        return host.name, (lines[0].strip() if lines else ""), " ".join(line.split()[0] for line in lines[1:] if line.strip())
+
+    with ThreadPoolExecutor(max_workers=len(HOSTS)) as pool:
+        results = list(pool.map(one, HOSTS))
+    for name, system_state, failed in results:
+        if system_state != "running":
+            reporter.warning(f"{name}: systemd says {system_state!r}" + (f"; failed units: {failed}" if failed else ""))
+
+
+def _save_console_logs(workdir: Path) -> None:
+    """Keep each host's console (systemd's boot messages) in <workdir>/logs/lab/ for diagnosis."""
+    target = workdir / "logs" / "lab"
+    for host in HOSTS:
+        console = hosts_mod.host_paths(host).console
+        if console.exists():
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(console, target / f"{host.name}.console.log")
+
+
+def down(workdir: Path | None = None, progress: ProgressSink | None = None) -> LabStatus:
+    """Stop every host and remove every namespace, mount, process, bridge, veth and cgroup of the lab.
+
+    Works after a crashed ``up`` too (it sweeps by name, not only by the state
+    file). Leaves the work dir's files (keys, servers.tsv, kbpg.toml) in place.
+    """
+    reporter = Reporter(progress)
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root: run `kbpg lab down` with sudo or as root", 2)
+    missing = which_all(("ip", "umount"))
+    if missing:
+        raise LabError(f"missing tools: {', '.join(missing)}", 2)
+    with _lab_lock():
+        before = status(workdir, probe_ssh=False)
+        if before.state == "down":
+            before.message = "the lab is not up: nothing to do"
+            reporter.info(before.message)
+            return before
+        _down_locked(reporter)
+        after = status(workdir, probe_ssh=False)
+        after.changed = True
+        after.message = "lab down: nothing of it is left"
+        reporter.progress(after.message, 1.0)
+        return after
+
+
+def _down_locked(reporter: Reporter) -> None:
+    started = time.monotonic()
+    reporter.progress("stopping the hosts (poweroff, SIGKILL after a timeout)", 0.1)
+    outcome = hosts_mod.stop_hosts(list(HOSTS))
+    killed = [name for name, how in outcome.items() if how == "killed"]
+    if killed:
+        reporter.warning(f"did not power off in time, killed: {', '.join(killed)}")
+    reporter.progress("removing namespaces, links, cgroups and host directories", 0.7)
+    hosts_mod.sweep(list(HOSTS))
+    STATE_FILE.unlink(missing_ok=True)
+    left = {kind: items for kind, items in hosts_mod.leftovers().items() if items}
+    if left:
+        raise LabError(f"`down` could not remove everything: {left}")
+    reporter.progress(f"stopped and cleaned in {time.monotonic() - started:.1f} s", 0.95)
+
+
+def memory_usage() -> dict[str, int]:
+    """Memory (PSS, bytes) of each running host's processes: what the idle lab costs this machine."""
+    usage: dict[str, int] = {}
+    for host in HOSTS:
+        total = 0
+        for pid in hosts_mod.cgroup_pids(hosts_mod.host_cgroup(host)):
+            try:
+                with open(f"/proc/{pid}/smaps_rollup", encoding="utf-8") as rollup:
+                    for line in rollup:
+                        if line.startswith("Pss:"):
+                            total += int(line.split()[1]) * 1024
+                            break
+            except (OSError, ValueError):
+                continue
+        usage[host.name] = total
+    return usage
+
+
+__all__ = ["HostStatus", "LabStatus", "LabError", "up", "down", "status", "check_environment", "memory_usage", "DOMAIN"]
