@@ -10,12 +10,15 @@ import argparse
 import json
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
 from .core import credentials as creds
 from .core import inventory as inv
+from .core import events as ev
 from .core import settings as cfg
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -151,6 +154,90 @@ def cmd_credentials_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- install -----------------------------------------------------------------------------
+
+class PlainPrinter:
+    """Turns engine events into plain lines on stdout (no screen, no colours needed)."""
+
+    def __init__(self, verbose: bool = False, stream=None):
+        self.verbose = verbose
+        self.stream = stream or sys.stdout
+        self._last_progress = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, event: ev.Event) -> None:
+        with self._lock:
+            line = self._format(event)
+            if line is not None:
+                print(line, file=self.stream, flush=True)
+
+    def _format(self, event: ev.Event) -> str | None:
+        if isinstance(event, ev.StepStarted):
+            return f"== {event.step} {event.title}"
+        if isinstance(event, ev.TaskFinished):
+            detail = event.detail.replace("\n", "\n      ") if event.status == ev.Status.FAILED else event.detail.splitlines()[0] if event.detail else ""
+            return f"   {event.step} {event.host:<14} {event.task:<15} {event.status.value:<9} {event.elapsed:6.1f}s  {detail}"
+        if isinstance(event, ev.StepFinished):
+            return (f"== {event.step} {event.title}: {event.status.value} (changed {event.changed}, unchanged "
+                    f"{event.unchanged}, failed {event.failed}) in {event.elapsed:.1f}s")
+        if isinstance(event, ev.Message):
+            prefix = {ev.Level.WARNING: "warning", ev.Level.ERROR: "error"}.get(event.level, "note")
+            return f"   {prefix}: {event.text}"
+        if isinstance(event, ev.Progress):
+            now = time.monotonic()
+            if now - self._last_progress < 10:
+                return None
+            self._last_progress = now
+            return f"   … {event.text}"
+        if isinstance(event, ev.HostKeyUnknown):
+            return f"   host key of {event.host} ({event.address}) is unknown: {event.key_type} {event.fingerprint}"
+        if isinstance(event, ev.OutputLine) and self.verbose:
+            return f"      {event.host}| {event.text}"
+        return None
+
+
+def _terminal_prompt(event: ev.HostKeyUnknown) -> bool:
+    answer = input(f"Accept the {event.key_type} key {event.fingerprint} of {event.host} ({event.address})? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    from .core import install as inst
+    from .core.logs import setup_file_logging
+    from .core.steps import install_steps
+
+    settings = load_answers(args, required=True)
+    interactive = sys.stdin.isatty() and not args.yes
+    if not args.yes and not interactive:
+        raise BadInput("not a terminal: pass --yes to install without questions (host keys must then be known or pinned)")
+    printer = PlainPrinter(verbose=args.verbose)
+    log_path = setup_file_logging(args.workdir, "install")
+    try:
+        run = inst.prepare(args.workdir, settings, printer, _terminal_prompt if interactive else None)
+    except inv.InventoryError as exc:
+        raise BadInput(str(exc)) from None
+    selection = run.ctx.selection
+    print(f"kbpg install: {len(selection.db_nodes)} DB nodes ({', '.join(s.hostname for s in selection.db_nodes)}), "
+          f"{len(selection.haproxy_nodes)} HAProxy nodes ({', '.join(s.hostname for s in selection.haproxy_nodes)}); log: {log_path}")
+    if interactive and input("Go on? [y/N] ").strip().lower() not in ("y", "yes"):
+        print("Nothing done.")
+        return EXIT_OK
+    started = time.monotonic()
+    try:
+        reports = run.engine.run(install_steps(args.step))
+    except KeyboardInterrupt:
+        run.ctx.cancel.set()
+        raise
+    finally:
+        run.close()
+    counts = inst.summarize(reports)
+    done = bool(reports) and all(r.status in (ev.Status.CHANGED, ev.Status.UNCHANGED) for r in reports)
+    print(f"Summary: changed {counts['changed']}, unchanged {counts['unchanged']}, failed {counts['failed']}"
+          f"{', cancelled ' + str(counts['cancelled']) if counts['cancelled'] else ''} in {time.monotonic() - started:.1f}s — "
+          + ("all hosts done." if done else "NOT done: fix what is named above and run the same command again."))
+    return EXIT_OK if done else EXIT_FAILED
+
+
 # --- answers file -----------------------------------------------------------------------
 
 def cmd_answers_check(args: argparse.Namespace) -> int:
@@ -206,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--allow-weak", action="store_true", help="accept typed passwords the strength check calls weak")
     e.add_argument("--to", help="write to this path instead of WORKDIR/credentials/postgres.env")
     e.set_defaults(handler=cmd_credentials_export)
+
+    p = commands.add_parser("install", help="install the cluster, step by step, with plain progress output")
+    p.add_argument("--answers", help="kbpg.toml to replay (default: WORKDIR/kbpg.toml)")
+    p.add_argument("--yes", action="store_true", help="no questions: for unattended runs (host keys must be known or pinned)")
+    p.add_argument("--step", action="append", metavar="NN", help="run only this step (repeatable), e.g. --step 01")
+    p.add_argument("--verbose", "-v", action="store_true", help="also print the hosts' command output")
+    p.set_defaults(handler=cmd_install)
 
     p = commands.add_parser("answers", help="the kbpg.toml answers file")
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)

@@ -1,0 +1,248 @@
+"""The step engine: steps made of tasks, each task check → change → verify on its hosts.
+
+A task runs on every host of its scope in parallel (or one host after another
+when ``serial``), or once for the cluster. Each reports changed, unchanged or
+failed through events. One failing host fails the step after the others have
+finished their own work, which stays intact; a re-run checks again and continues
+from where things are. Cancellation is a ``threading.Event`` passed down to every
+remote command.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .credentials import Credentials
+from .events import EventSink, Level, Message, Status, StepFinished, StepStarted, TaskFinished, TaskStarted
+from .inventory import Selection
+from .settings import Settings
+from .ssh import Cancelled, Connection, ConnectionPool, Host, LineCallback, Result, SshError, output_sink
+
+log = logging.getLogger("kbpg.engine")
+
+CLUSTER = "cluster"  # the pseudo-host of tasks that run once for the whole cluster
+LOCAL = "local"  # the pseudo-host of tasks that run on this machine
+
+
+class TaskError(Exception):
+    """A task failed for a reason the operator can act on; the message says which and what to do."""
+
+
+@dataclass
+class Outcome:
+    status: Status
+    detail: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @classmethod
+    def changed(cls, detail: str = "", warnings: Iterable[str] = ()) -> "Outcome":
+        return cls(Status.CHANGED, detail, list(warnings))
+
+    @classmethod
+    def unchanged(cls, detail: str = "", warnings: Iterable[str] = ()) -> "Outcome":
+        return cls(Status.UNCHANGED, detail, list(warnings))
+
+    @classmethod
+    def of(cls, changed: bool, detail: str = "", warnings: Iterable[str] = ()) -> "Outcome":
+        return cls(Status.CHANGED if changed else Status.UNCHANGED, detail, list(warnings))
+
+
+@dataclass
+class Context:
+    """Everything a run needs, shared by its steps."""
+
+    settings: Settings
+    credentials: Credentials
+    selection: Selection
+    workdir: Path
+    pool: ConnectionPool
+    sink: EventSink
+    cancel: threading.Event = field(default_factory=threading.Event)
+    state: dict = field(default_factory=dict)  # facts found by one task for the next (leader, changed configs)
+
+    @property
+    def db_hosts(self) -> list[Host]:
+        return [Host(s.hostname, s.ip_private, s.user_ssh) for s in self.selection.db_nodes]
+
+    @property
+    def haproxy_hosts(self) -> list[Host]:
+        return [Host(s.hostname, s.ip_private, s.user_ssh) for s in self.selection.haproxy_nodes]
+
+    def host(self, name: str) -> Host:
+        return next(h for h in self.db_hosts + self.haproxy_hosts if h.name == name)
+
+
+@dataclass
+class TaskRun:
+    """What a task function gets: the context, its step, its host, and helpers bound to them."""
+
+    ctx: Context
+    step: str
+    host: Host | None
+
+    @property
+    def settings(self) -> Settings:
+        return self.ctx.settings
+
+    def connection(self, host: Host | None = None) -> Connection:
+        target = host or self.host
+        assert target is not None, "a cluster task must name its host"
+        return self.ctx.pool.get(target)
+
+    def lines(self, host: Host) -> LineCallback:
+        return output_sink(self.ctx.sink, self.step, host)
+
+    def run(self, script: str, host: Host | None = None, **kwargs) -> Result:
+        """Run a script as root on ``host`` (default: this task's host), streaming its output as events."""
+        target = host or self.host
+        assert target is not None
+        kwargs.setdefault("on_line", self.lines(target))
+        return self.connection(target).run(script, **kwargs)
+
+    def say(self, text: str, level: Level = Level.INFO) -> None:
+        self.ctx.sink(Message(level, text, self.host.name if self.host else ""))
+
+    def check_cancel(self) -> None:
+        if self.ctx.cancel.is_set():
+            raise Cancelled("cancelled")
+
+
+TaskFunction = Callable[[TaskRun], Outcome]
+
+
+@dataclass
+class Task:
+    name: str
+    scope: str  # "db" | "haproxy" | "all" | "cluster" | "local"
+    function: TaskFunction
+    serial: bool = False
+
+
+@dataclass
+class Step:
+    number: str
+    title: str
+    tasks: list[Task]
+
+    @property
+    def label(self) -> str:
+        return f"{self.number} {self.title}"
+
+
+@dataclass
+class TaskReport:
+    step: str
+    host: str
+    task: str
+    status: Status
+    detail: str
+    elapsed: float
+    warnings: list[str]
+
+
+@dataclass
+class StepReport:
+    step: Step
+    status: Status
+    elapsed: float
+    tasks: list[TaskReport]
+
+    def count(self, status: Status) -> int:
+        return sum(1 for task in self.tasks if task.status == status)
+
+    @property
+    def failures(self) -> list[TaskReport]:
+        return [task for task in self.tasks if task.status in (Status.FAILED, Status.CANCELLED)]
+
+
+class Engine:
+    """Runs steps against a context, emitting events; never prints."""
+
+    def __init__(self, ctx: Context, max_workers: int = 8):
+        self.ctx = ctx
+        self.max_workers = max_workers
+
+    def _hosts(self, scope: str) -> list[Host | None]:
+        if scope == "db":
+            return list(self.ctx.db_hosts)
+        if scope == "haproxy":
+            return list(self.ctx.haproxy_hosts)
+        if scope == "all":
+            return self.ctx.db_hosts + self.ctx.haproxy_hosts
+        if scope in ("cluster", "local"):
+            return [None]
+        raise ValueError(f"unknown task scope {scope!r}")
+
+    def _run_task(self, step: Step, task: Task, host: Host | None) -> TaskReport:
+        where = host.name if host else (LOCAL if task.scope == "local" else CLUSTER)
+        sink = self.ctx.sink
+        sink(TaskStarted(step.number, where, task.name))
+        started = time.monotonic()
+        try:
+            if self.ctx.cancel.is_set():
+                raise Cancelled("cancelled")
+            outcome = task.function(TaskRun(self.ctx, step.number, host))
+        except Cancelled:
+            outcome = Outcome(Status.CANCELLED, "cancelled; nothing half-done is left: re-run to continue")
+        except (TaskError, SshError) as exc:
+            outcome = Outcome(Status.FAILED, str(exc))
+        except Exception as exc:  # a bug must not take the other hosts down with it
+            log.exception("%s %s on %s: unexpected error", step.label, task.name, where)
+            outcome = Outcome(Status.FAILED, f"internal error: {type(exc).__name__}: {exc} (details in the log)")
+        elapsed = time.monotonic() - started
+        for warning in outcome.warnings:
+            sink(Message(Level.WARNING, warning, where))
+        sink(TaskFinished(step.number, where, task.name, outcome.status, outcome.detail, elapsed))
+        log.info("%s %s %s: %s in %.1fs %s", step.number, where, task.name, outcome.status, elapsed, outcome.detail)
+        return TaskReport(step.number, where, task.name, outcome.status, outcome.detail, elapsed, outcome.warnings)
+
+    def run_step(self, step: Step) -> StepReport:
+        hosts = [h.name for h in self.ctx.db_hosts + self.ctx.haproxy_hosts]
+        self.ctx.sink(StepStarted(step.number, step.title, tuple(hosts)))
+        started = time.monotonic()
+        reports: list[TaskReport] = []
+        status = Status.UNCHANGED
+        for task in step.tasks:
+            targets = self._hosts(task.scope)
+            if task.serial or len(targets) == 1:
+                batch = []
+                for host in targets:
+                    report = self._run_task(step, task, host)
+                    batch.append(report)
+                    if report.status in (Status.FAILED, Status.CANCELLED):
+                        break  # a rolling change stops at the first host that fails
+            else:
+                with ThreadPoolExecutor(max_workers=min(self.max_workers, len(targets)),
+                                        thread_name_prefix=f"kbpg-{step.number}-{task.name}") as executor:
+                    batch = list(executor.map(lambda h: self._run_task(step, task, h), targets))
+            reports += batch
+            if any(r.status == Status.CANCELLED for r in batch):
+                status = Status.CANCELLED
+                break
+            if any(r.status == Status.FAILED for r in batch):
+                status = Status.FAILED
+                break
+            if any(r.status == Status.CHANGED for r in batch):
+                status = Status.CHANGED
+        elapsed = time.monotonic() - started
+        report = StepReport(step, status, elapsed, reports)
+        detail = "; ".join(f"{r.host}: {r.detail}" for r in report.failures)
+        self.ctx.sink(StepFinished(step.number, step.title, status, report.count(Status.CHANGED),
+                                   report.count(Status.UNCHANGED), len(report.failures), elapsed, detail))
+        return report
+
+    def run(self, steps: Iterable[Step]) -> list[StepReport]:
+        """Run steps in order; stop at the first that does not end well."""
+        reports = []
+        for step in steps:
+            report = self.run_step(step)
+            reports.append(report)
+            if report.status in (Status.FAILED, Status.CANCELLED):
+                break
+        return reports

@@ -1,0 +1,447 @@
+"""Step 02: the Patroni cluster with its built-in Raft store, on the DB nodes.
+
+packages (the same versions everywhere, the distro's default cluster kept out of
+the way) → patroni.yml rendered from data with a YAML library, 0600 for postgres
+→ systemd with Restart=always → all nodes started together (Raft needs a quorum)
+→ one leader and N-1 streaming replicas → dynamic settings → roles and database
+→ ``patroni --validate-config`` on each node.
+
+Nothing here wipes a data directory, and nothing assumes which node leads:
+the leader is whatever Patroni says it is now.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import yaml
+
+from .. import credentials as creds
+from ..engine import CLUSTER, Outcome, Step, Task, TaskError, TaskRun
+from ..events import Progress
+from ..ssh import Host, Result
+from .packages import ensure_installed, ensure_source, installed_versions
+
+CONFIG_PATH = "/etc/patroni/config.yml"
+RAFT_DIR = "/var/lib/patroni/raft"
+DROPIN_PATH = "/etc/systemd/system/patroni.service.d/kbpg.conf"
+CREATECLUSTER_PATH = "/etc/postgresql-common/createcluster.d/kbpg.conf"
+PGPASS_PATH = "/var/lib/postgresql/.pgpass_patroni"
+REST_USER = "patroni"
+CLUSTER_WAIT_SECONDS = 300
+PATRONICTL = f"patronictl -c {CONFIG_PATH}"
+
+# PostgreSQL settings Patroni requires to be equal on every node: they live in the DCS.
+DCS_PARAMETERS = ("max_connections", "max_wal_senders", "max_replication_slots", "max_worker_processes",
+                  "max_prepared_transactions", "max_locks_per_transaction", "wal_level", "wal_log_hints",
+                  "track_commit_timestamp", "hot_standby")
+
+DROPIN = """# written by kbpg: Patroni must come back whatever stopped it
+[Unit]
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Restart=always
+RestartSec=5
+"""
+
+
+def package_names(run: TaskRun) -> list[str]:
+    version = run.settings.postgresql.version
+    return [f"postgresql-{version}", f"postgresql-{version}-pgvector", "patroni", "python3-pysyncobj"]
+
+
+# --- rendering -----------------------------------------------------------------------------
+
+def postgresql_parameters(run: TaskRun) -> dict:
+    pg = run.settings.postgresql
+    parameters: dict = {
+        "max_connections": pg.max_connections,
+        "shared_buffers": pg.shared_buffers,
+        "wal_level": "replica",
+        "hot_standby": "on",
+        "wal_log_hints": "on",
+        "max_wal_senders": 10,
+        "max_replication_slots": 10,
+        "wal_keep_size": "256MB",
+        "password_encryption": "scram-sha-256",
+    }
+    parameters.update(pg.parameters)
+    return parameters
+
+
+def dynamic_config(run: TaskRun) -> dict:
+    """The cluster-wide part of the configuration, kept in the DCS."""
+    patroni = run.settings.patroni
+    return {
+        "ttl": patroni.ttl,
+        "loop_wait": patroni.loop_wait,
+        "retry_timeout": patroni.retry_timeout,
+        "maximum_lag_on_failover": patroni.maximum_lag_on_failover,
+        "synchronous_mode": patroni.synchronous_mode,
+        "postgresql": {
+            "use_pg_rewind": True,
+            "use_slots": True,
+            "parameters": postgresql_parameters(run),
+        },
+    }
+
+
+def hba_rules(run: TaskRun) -> list[str]:
+    values = run.ctx.credentials
+    admin, repl = values["POSTGRES_SUPERUSER"], values["POSTGRES_REPL_USER"]
+    rules = [
+        f"local all {admin} peer map=kbpg",  # the postgres OS user (Patroni, kbpg's psql) acts as the superuser
+        "local all all scram-sha-256",
+    ]
+    for host in run.ctx.db_hosts:
+        rules.append(f"host replication {repl} {host.address}/32 scram-sha-256")
+    for host in run.ctx.db_hosts + run.ctx.haproxy_hosts:
+        rules.append(f"host all all {host.address}/32 scram-sha-256")
+    rules.append(f"host all all {run.settings.network.private_subnet} scram-sha-256")
+    rules.append("host all all 127.0.0.1/32 scram-sha-256")
+    return rules
+
+
+def render_config(run: TaskRun, host: Host) -> dict:
+    """patroni.yml for one node, as data (dumped with a YAML library, never a string template)."""
+    settings, values = run.settings, run.ctx.credentials
+    ports = settings.ports
+    version = settings.postgresql.version
+    bind = host.address if settings.network.bind == "private" else "0.0.0.0"
+    partners = [f"{h.address}:{ports.raft}" for h in run.ctx.db_hosts if h.name != host.name]
+    return {
+        "scope": values["PATRONI_CLUSTER_NAME"],
+        "namespace": "/kbpg/",
+        "name": host.name,
+        "restapi": {
+            "listen": f"{bind}:{ports.patroni_rest}",
+            "connect_address": f"{host.address}:{ports.patroni_rest}",
+            # Unsafe endpoints (restart, switchover, config changes) need these; reads stay open for HAProxy checks.
+            "authentication": {"username": REST_USER, "password": values["PATRONI_API_PASSWORD"]},
+        },
+        "ctl": {"authentication": {"username": REST_USER, "password": values["PATRONI_API_PASSWORD"]}},
+        "raft": {
+            "data_dir": RAFT_DIR,
+            "self_addr": f"{host.address}:{ports.raft}",
+            "partner_addrs": partners,
+        },
+        # Without a bootstrap section Patroni waits forever for a leader that never comes.
+        "bootstrap": {
+            "dcs": dynamic_config(run),
+            "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}, "data-checksums"],
+        },
+        "postgresql": {
+            "listen": f"{bind}:{ports.postgresql}",
+            "connect_address": f"{host.address}:{ports.postgresql}",
+            "data_dir": settings.postgresql.effective_data_dir,
+            "bin_dir": f"/usr/lib/postgresql/{version}/bin",
+            "pgpass": PGPASS_PATH,
+            "use_unix_socket": True,
+            "authentication": {
+                "superuser": {"username": values["POSTGRES_SUPERUSER"], "password": values["POSTGRES_SUPERPASS"]},
+                "replication": {"username": values["POSTGRES_REPL_USER"], "password": values["POSTGRES_REPL_PASS"]},
+                "rewind": {"username": values["POSTGRES_SUPERUSER"], "password": values["POSTGRES_SUPERPASS"]},
+            },
+            "parameters": {"unix_socket_directories": "/var/run/postgresql"},
+            "pg_hba": hba_rules(run),
+            "pg_ident": [f"kbpg postgres {values['POSTGRES_SUPERUSER']}"],
+        },
+        "watchdog": {"mode": "off"},
+        "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False, "nosync": False},
+    }
+
+
+def render_yaml(config: dict) -> str:
+    return "# written by kbpg from kbpg.toml and credentials/postgres.env; re-run kbpg to change it\n" + yaml.safe_dump(
+        config, sort_keys=False, default_flow_style=False, allow_unicode=True
+    )
+
+
+# --- tasks ----------------------------------------------------------------------------------
+
+def install_packages(run: TaskRun) -> Outcome:
+    changed = ensure_source(run)
+    # Keep postgresql-common from creating and starting its default cluster on our port.
+    changed |= run.connection().upload(CREATECLUSTER_PATH, "# written by kbpg: Patroni owns the clusters here\n"
+                                       "create_main_cluster = false\n", mode=0o644)
+    installed = ensure_installed(run, package_names(run))
+    stopped = stop_default_clusters(run)
+    details = []
+    if installed:
+        details.append("installed " + ", ".join(installed))
+    if stopped:
+        details.append("stopped and disabled the distro's default cluster " + ", ".join(stopped))
+    return Outcome.of(changed or bool(installed) or bool(stopped), "; ".join(details) or "packages present")
+
+
+def stop_default_clusters(run: TaskRun) -> list[str]:
+    """Stop and disable clusters postgresql-common made (never drop them: they may hold data)."""
+    listing = run.run("command -v pg_lsclusters >/dev/null && pg_lsclusters -h || true").stdout
+    stopped = []
+    for line in listing.splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        version, name, status = fields[0], fields[1], fields[3]
+        start_conf = f"/etc/postgresql/{version}/{name}/start.conf"
+        state = run.run(f"cat {shlex.quote(start_conf)} 2>/dev/null | grep -v '^#' | tr -d ' \\n' || true").stdout.strip()
+        if status.startswith("online") or state != "disabled":
+            run.run(
+                f"pg_ctlcluster {version} {name} stop -m fast 2>/dev/null || true; "
+                f"echo disabled > {shlex.quote(start_conf)}; systemctl disable --now postgresql@{version}-{name} 2>/dev/null || true",
+                what=f"stopping the default cluster {version}/{name}",
+            )
+            stopped.append(f"{version}/{name}")
+    return stopped
+
+
+def check_versions(run: TaskRun) -> Outcome:
+    """Nodes built separately drift: refuse different versions across the DB nodes."""
+    names = package_names(run)
+    by_host = {}
+    with ThreadPoolExecutor(max_workers=len(run.ctx.db_hosts)) as pool:
+        for host, versions in zip(run.ctx.db_hosts, pool.map(lambda h: installed_versions(TaskRun(run.ctx, run.step, h), names), run.ctx.db_hosts)):
+            by_host[host.name] = versions
+    drift = []
+    for name in names:
+        seen = {versions.get(name, "") for versions in by_host.values()}
+        if len(seen) > 1:
+            drift.append(f"{name}: " + ", ".join(f"{h}={v.get(name) or 'missing'}" for h, v in by_host.items()))
+    if drift:
+        raise TaskError("DB nodes run different versions: " + "; ".join(drift) + ". Align them (apt-get install pkg=version) before going on")
+    first = next(iter(by_host.values()))
+    return Outcome.unchanged(", ".join(f"{name} {first[name]}" for name in names[:1] + names[2:3]))
+
+
+def write_config(run: TaskRun) -> Outcome:
+    host = run.host
+    assert host is not None
+    connection = run.connection()
+    data_dir = run.settings.postgresql.effective_data_dir
+    changes = []
+    # Directories: owned by postgres, 0700. Created empty: initdb refuses a data directory with files in it.
+    fixed = run.run(
+        "fixed=''; "
+        f"for d in {shlex.quote(data_dir)} {RAFT_DIR}; do "
+        "  if [ ! -d \"$d\" ]; then install -d -o postgres -g postgres -m 0700 \"$d\"; fixed=\"$fixed $d(created)\"; "
+        "  elif [ \"$(stat -c '%U:%G %a' \"$d\")\" != 'postgres:postgres 700' ]; then "
+        "    chown postgres:postgres \"$d\"; chmod 0700 \"$d\"; fixed=\"$fixed $d(mode)\"; fi; "
+        "done; "
+        "if [ ! -d /etc/patroni ]; then install -d -o root -g postgres -m 0750 /etc/patroni; fixed=\"$fixed /etc/patroni\"; fi; "
+        "echo $fixed"
+    ).stdout.strip()
+    if fixed:
+        changes.append("directories " + fixed)
+    config_changed = connection.upload(CONFIG_PATH, render_yaml(render_config(run, host)), mode=0o600,
+                                       owner="postgres", group="postgres")
+    if config_changed:
+        changes.append(f"{CONFIG_PATH} written")
+        run.ctx.state.setdefault("patroni_config_changed", set()).add(host.name)
+    if connection.upload(DROPIN_PATH, DROPIN, mode=0o644):
+        run.run("systemctl daemon-reload")
+        changes.append("systemd drop-in (Restart=always)")
+    return Outcome.of(bool(changes), "; ".join(changes) or "configuration up to date")
+
+
+def _service_states(run: TaskRun) -> dict[str, str]:
+    def state(host: Host) -> str:
+        return run.run("systemctl is-active patroni || true", host=host).stdout.strip()
+
+    with ThreadPoolExecutor(max_workers=len(run.ctx.db_hosts)) as pool:
+        return dict(zip([h.name for h in run.ctx.db_hosts], pool.map(state, run.ctx.db_hosts)))
+
+
+def start_cluster(run: TaskRun) -> Outcome:
+    states = _service_states(run)
+    hosts = {h.name: h for h in run.ctx.db_hosts}
+    stopped = [name for name, state in states.items() if state != "active"]
+    details = []
+    if stopped:
+        # All together: Raft elects only with a quorum, so a node started alone just waits.
+        with ThreadPoolExecutor(max_workers=len(stopped)) as pool:
+            list(pool.map(lambda name: run.run("systemctl enable patroni >/dev/null 2>&1; systemctl start patroni",
+                                               host=hosts[name], what="starting patroni"), stopped))
+        details.append("started on " + ", ".join(stopped))
+    else:
+        enabled = [n for n in hosts if run.run("systemctl is-enabled patroni || true", host=hosts[n]).stdout.strip() != "enabled"]
+        for name in enabled:
+            run.run("systemctl enable patroni", host=hosts[name])
+        if enabled:
+            details.append("enabled on " + ", ".join(enabled))
+    to_reload = [n for n in run.ctx.state.get("patroni_config_changed", set()) if n not in stopped]
+    if to_reload:
+        members = cluster_members(run)
+        leaders = {m["Member"] for m in members if m.get("Role") == "Leader"}
+        # Replicas first, the leader last: a config change must not cause a needless failover.
+        for name in sorted(to_reload, key=lambda n: n in leaders):
+            run.run("systemctl reload patroni", host=hosts[name], what="reloading patroni")
+        details.append("reloaded " + ", ".join(sorted(to_reload, key=lambda n: n in leaders)))
+    return Outcome.of(bool(details), "; ".join(details) or "patroni active on every DB node")
+
+
+def cluster_members(run: TaskRun, via: Host | None = None) -> list[dict]:
+    """``patronictl list`` as data, asked on the first DB node that answers."""
+    errors = []
+    for host in ([via] if via else run.ctx.db_hosts):
+        result = run.run(f"{PATRONICTL} list -f json", host=host, check=False, on_line=None, timeout=30)
+        if result.ok:
+            try:
+                return json.loads(result.stdout or "[]")
+            except json.JSONDecodeError:
+                errors.append(f"{host.name}: unreadable patronictl output")
+        else:
+            errors.append(f"{host.name}: {result.tail(2)}")
+    raise TaskError("cannot read the cluster state: " + "; ".join(errors))
+
+
+def health(members: list[dict], expected: int) -> tuple[bool, str]:
+    leaders = [m for m in members if m.get("Role") == "Leader" and m.get("State") == "running"]
+    replicas = [m for m in members if m.get("Role") in ("Replica", "Sync Standby", "Quorum Standby")]
+    streaming = [m for m in replicas if m.get("State") == "streaming"]
+    timelines = {m.get("TL") for m in leaders + streaming}
+    summary = ", ".join(f"{m.get('Member')}={m.get('Role')}/{m.get('State')}/TL{m.get('TL')}" for m in members) or "no members yet"
+    ok = len(leaders) == 1 and len(streaming) == expected - 1 and len(members) == expected and len(timelines) == 1
+    return ok, summary
+
+
+def wait_for_cluster(run: TaskRun) -> Outcome:
+    expected = len(run.ctx.db_hosts)
+    deadline = time.monotonic() + CLUSTER_WAIT_SECONDS
+    summary = ""
+    started = time.monotonic()
+    while True:
+        run.check_cancel()
+        try:
+            ok, summary = health(cluster_members(run), expected)
+        except TaskError as exc:
+            ok, summary = False, str(exc)
+        if ok:
+            break
+        if time.monotonic() > deadline:
+            raise TaskError(f"no healthy cluster after {CLUSTER_WAIT_SECONDS} s ({summary}). "
+                            f"Look at `journalctl -u patroni` on the DB nodes.\n{journal_tails(run)}")
+        run.ctx.sink(Progress(f"waiting for one leader and {expected - 1} streaming replicas: {summary}",
+                              min(0.99, (time.monotonic() - started) / CLUSTER_WAIT_SECONDS)))
+        time.sleep(2)
+    members = cluster_members(run)
+    leader = next(m["Member"] for m in members if m.get("Role") == "Leader")
+    run.ctx.state["leader"] = leader
+    return Outcome.unchanged(f"leader {leader}; {summary}")
+
+
+def journal_tails(run: TaskRun, lines: int = 8) -> str:
+    tails = []
+    for host in run.ctx.db_hosts:
+        result = run.run(f"journalctl -u patroni -n {lines} --no-pager -o cat 2>/dev/null || true", host=host, check=False, on_line=None)
+        tails.append(f"--- {host.name}\n{result.stdout.strip()}")
+    return "\n".join(tails)
+
+
+def leader_host(run: TaskRun) -> Host:
+    name = run.ctx.state.get("leader")
+    if not name:
+        members = cluster_members(run)
+        name = next((m["Member"] for m in members if m.get("Role") == "Leader"), None)
+        if not name:
+            raise TaskError("the cluster has no leader right now")
+        run.ctx.state["leader"] = name
+    return run.ctx.host(name)
+
+
+def _subset_differs(wanted, current) -> bool:
+    if isinstance(wanted, dict):
+        if not isinstance(current, dict):
+            return True
+        return any(_subset_differs(value, current.get(key)) for key, value in wanted.items())
+    return str(wanted).lower() != str(current).lower()
+
+
+def apply_dynamic_config(run: TaskRun) -> Outcome:
+    """Keep the DCS settings (timing, cluster-wide parameters) equal to kbpg.toml."""
+    leader = leader_host(run)
+    shown = run.run(f"{PATRONICTL} show-config", host=leader, on_line=None, what="reading the dynamic configuration")
+    current = yaml.safe_load(shown.stdout) or {}
+    wanted = dynamic_config(run)
+    if not _subset_differs(wanted, current):
+        return Outcome.unchanged("dynamic configuration up to date")
+    run.run(f"{PATRONICTL} edit-config --force --apply -", host=leader, stdin=yaml.safe_dump(wanted),
+            what="applying the dynamic configuration")
+    pending = [m["Member"] for m in cluster_members(run) if m.get("Pending restart")]
+    detail = "dynamic configuration updated"
+    if pending:
+        detail += f"; restart pending on {', '.join(pending)} (applied by a rolling restart, replicas first)"
+    return Outcome.changed(detail)
+
+
+PSQL = "runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 -h /var/run/postgresql -p {port} -U {user} -d postgres"
+
+
+def psql(run: TaskRun, host: Host, sql: str, what: str) -> Result:
+    """Run SQL as the superuser over the local socket (peer-mapped); the SQL, secrets included, goes through stdin."""
+    values = run.ctx.credentials
+    command = PSQL.format(port=run.settings.ports.postgresql, user=shlex.quote(values["POSTGRES_SUPERUSER"]))
+    return run.run(command, host=host, stdin=sql, on_line=None, what=what)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def ensure_roles(run: TaskRun) -> Outcome:
+    """kb_app and the keybuzz database exist; each role's stored verifier matches postgres.env."""
+    leader = leader_host(run)
+    values = run.ctx.credentials
+    roles = {
+        values["POSTGRES_SUPERUSER"]: values["POSTGRES_SUPERPASS"],
+        values["POSTGRES_REPL_USER"]: values["POSTGRES_REPL_PASS"],
+        values["POSTGRES_APP_USER"]: values["POSTGRES_APP_PASS"],
+    }
+    names = ", ".join(_literal(name) for name in roles)
+    current = psql(run, leader, f"SELECT rolname, coalesce(rolpassword, '') FROM pg_authid WHERE rolname IN ({names});",
+                   "reading roles").stdout
+    stored = dict(line.split("|", 1) for line in current.splitlines() if "|" in line)
+    statements, changes = [], []
+    app = values["POSTGRES_APP_USER"]
+    if app not in stored:
+        statements.append(f'CREATE ROLE "{app}" LOGIN;')
+        changes.append(f"role {app} created")
+    for role, password in roles.items():
+        if not creds.scram_matches(stored.get(role, ""), password):
+            # The verifier is computed here: the plain password never reaches the server.
+            statements.append(f'ALTER ROLE "{role}" PASSWORD {_literal(creds.scram_sha256_verifier(password))};')
+            if role in stored:
+                changes.append(f"password of {role} set")
+    if statements:
+        psql(run, leader, "\n".join(statements), "creating roles")
+    database = values["POSTGRES_DB"]
+    exists = psql(run, leader, f"SELECT 1 FROM pg_database WHERE datname = {_literal(database)};", "reading databases").stdout.strip()
+    if exists != "1":
+        psql(run, leader, f'CREATE DATABASE "{database}" OWNER "{app}";', "creating the database")
+        changes.append(f"database {database} created (owner {app})")
+    return Outcome.of(bool(changes), "; ".join(changes) or f"roles and database {database} in place")
+
+
+def validate_config(run: TaskRun) -> Outcome:
+    result = run.run(f"runuser -u postgres -- patroni --validate-config {CONFIG_PATH}", check=False)
+    if not result.ok:
+        raise TaskError(f"{run.host.name}: patroni --validate-config failed: {result.tail(8)}")
+    return Outcome.unchanged("patroni --validate-config passed")
+
+
+STEP = Step("02", "Patroni cluster", [
+    Task("packages", "db", install_packages),
+    Task("versions", "cluster", check_versions),
+    Task("config", "db", write_config),
+    Task("start", "cluster", start_cluster),
+    Task("cluster", "cluster", wait_for_cluster),
+    Task("dynamic config", "cluster", apply_dynamic_config),
+    Task("roles", "cluster", ensure_roles),
+    Task("validate", "db", validate_config),
+])
+
+__all__ = ["STEP", "CLUSTER", "render_config", "health"]
