@@ -97,11 +97,14 @@ class LabStatus:
 # --- environment -------------------------------------------------------------
 
 
-def check_environment(need_build: bool) -> None:
-    """Refuse early, with exit code 2, where the lab cannot run: nothing is made before this passes."""
+def check_environment(need_build: bool, search_path: str | None = None) -> None:
+    """Refuse early, with exit code 2, where the lab cannot run: nothing is made before this passes.
+
+    ``search_path`` replaces the PATH searched for tools (tests use it).
+    """
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network namespaces, mounts, cgroups): run it with sudo or as root", 2)
-    missing = which_all(REQUIRED_TOOLS + (BUILD_TOOLS if need_build else ()))
+    missing = which_all(REQUIRED_TOOLS + (BUILD_TOOLS if need_build else ()), search_path)
     if missing:
         packages = {"debootstrap": "debootstrap", "gpg": "gnupg", "gpgconf": "gnupg", "dpkg-deb": "dpkg", "ip": "iproute2", "unshare": "util-linux"}
         hint = " ".join(sorted({packages.get(name, name) for name in missing}))

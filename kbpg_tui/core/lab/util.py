@@ -159,7 +159,8 @@ def read_list_file(path: Path) -> list[str]:
     return items
 
 
-def which_all(names: Iterable[str]) -> list[str]:
-    """The names in ``names`` that are not on PATH (sbin directories included)."""
-    search = os.environ.get("PATH", "") + ":/usr/sbin:/sbin:/usr/bin:/bin"
-    return [name for name in names if shutil.which(name, path=search) is None]
+def which_all(names: Iterable[str], search_path: str | None = None) -> list[str]:
+    """The names in ``names`` not found on ``search_path`` (default: PATH plus the sbin directories)."""
+    if search_path is None:
+        search_path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin:/usr/bin:/bin"
+    return [name for name in names if shutil.which(name, path=search_path) is None]

@@ -1,0 +1,58 @@
+"""The lab, brought up once for the whole test session and taken down at its end.
+
+Every test here is marked ``lab``: it needs root, namespaces and (for a cold
+cache) debootstrap and the Debian mirror. Select them with ``-m lab``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from kbpg_tui.core import lab
+from kbpg_tui.core.lab import ssh as lab_ssh
+from kbpg_tui.core.lab.topology import HOSTS
+
+
+@pytest.fixture(scope="session")
+def lab_workdir(tmp_path_factory) -> Path:
+    """A work dir with the lab up in it; the lab is taken down when the session ends."""
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root")
+    before = lab.status(probe_ssh=False)
+    if before.state != "down":
+        pytest.fail(
+            f"a lab is already {before.state} on this machine (work dir {before.workdir or '?'}): "
+            "run `kbpg lab down` before the lab tests"
+        )
+    workdir = tmp_path_factory.mktemp("lab-work")
+    events = []
+    result = lab.up(workdir, progress=events.append)
+    assert result.up, result.render()
+    yield workdir
+    lab.down(workdir)
+
+
+@pytest.fixture
+def connect(lab_workdir):
+    """connect(host_or_address, user="root") -> paramiko client, closed after the test."""
+    clients = []
+
+    def _connect(target, user: str = "root"):
+        address = target.address if hasattr(target, "address") else target
+        client = lab_ssh.connect(lab_workdir, address, user=user, timeout=10)
+        clients.append(client)
+        return client
+
+    yield _connect
+    for client in clients:
+        client.close()
+
+
+def sh(client, command: str, stdin_text: str | None = None, timeout: float = 120) -> tuple[int, str, str]:
+    return lab_ssh.execute(client, command, stdin_text=stdin_text, timeout=timeout)
+
+
+HOST_IDS = [host.name for host in HOSTS]
