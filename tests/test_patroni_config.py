@@ -1,0 +1,108 @@
+"""patroni.yml as kbpg renders it: the field failures it must make impossible.
+
+These check the rendered data; the lab tests check that Patroni accepts it and forms a cluster.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import yaml
+
+from kbpg_tui.core import credentials as creds
+from kbpg_tui.core import inventory as inv
+from kbpg_tui.core.engine import Context, TaskRun
+from kbpg_tui.core.settings import Settings, from_dict
+from kbpg_tui.core.steps import s02_patroni as patroni
+
+
+def make_run(real_inventory: Path, settings: Settings | None = None) -> TaskRun:
+    values, _ = creds.generate()
+    ctx = Context(settings or Settings(), values, inv.load_selection(real_inventory), Path("/nonexistent"),
+                  pool=None, sink=lambda e: None, cancel=threading.Event())  # type: ignore[arg-type]
+    return TaskRun(ctx, "02", None)
+
+
+def rendered(run: TaskRun, index: int = 0) -> dict:
+    host = run.ctx.db_hosts[index]
+    text = patroni.render_yaml(patroni.render_config(run, host))
+    return yaml.safe_load(text)
+
+
+def test_config_has_a_bootstrap_section_and_valid_timing(real_inventory: Path) -> None:
+    config = rendered(make_run(real_inventory))
+    dcs = config["bootstrap"]["dcs"]
+    assert config["bootstrap"]["initdb"]
+    assert dcs["loop_wait"] + 2 * dcs["retry_timeout"] <= dcs["ttl"]
+
+
+def test_raft_partners_are_the_other_db_nodes(real_inventory: Path) -> None:
+    config = rendered(make_run(real_inventory), index=1)
+    assert config["name"] == "db-slave-01"
+    assert config["raft"]["self_addr"] == "10.0.0.121:7000"
+    assert sorted(config["raft"]["partner_addrs"]) == ["10.0.0.120:7000", "10.0.0.122:7000"]
+    assert "etcd" not in config and "etcd3" not in config
+
+
+def test_hba_allows_replication_from_every_db_node_and_never_trusts(real_inventory: Path) -> None:
+    run = make_run(real_inventory)
+    hba = rendered(run)["postgresql"]["pg_hba"]
+    for address in ("10.0.0.120", "10.0.0.121", "10.0.0.122"):
+        assert f"host replication kb_repl {address}/32 scram-sha-256" in hba
+    for address in ("10.0.0.11", "10.0.0.12"):
+        assert f"host all all {address}/32 scram-sha-256" in hba
+    assert "host all all 10.0.0.0/16 scram-sha-256" in hba
+    assert not [rule for rule in hba if rule.split()[-1] in ("trust", "md5", "password")]
+    assert not [rule for rule in hba if "0.0.0.0/0" in rule]
+
+
+def test_rest_api_requires_auth_and_binds_the_private_address(real_inventory: Path) -> None:
+    run = make_run(real_inventory)
+    config = rendered(run, index=2)
+    assert config["restapi"]["authentication"]["password"] == run.ctx.credentials["PATRONI_API_PASSWORD"]
+    assert config["restapi"]["listen"] == "10.0.0.122:8008"
+    assert config["postgresql"]["listen"] == "10.0.0.122:5432"
+
+
+def test_no_postgres_role_is_assumed(real_inventory: Path) -> None:
+    config = rendered(make_run(real_inventory))
+    auth = config["postgresql"]["authentication"]
+    assert auth["superuser"]["username"] == "kb_admin"
+    assert auth["replication"]["username"] == "kb_repl"
+    assert "postgres" not in yaml.safe_dump(auth)
+
+
+def test_settings_flow_into_the_config(real_inventory: Path) -> None:
+    settings = from_dict({
+        "postgresql": {"version": 17, "max_connections": 50, "shared_buffers": "32MB", "parameters": {"work_mem": "4MB"}},
+        "patroni": {"timing_plan": "fast"},
+        "ports": {"patroni_rest": 8009, "raft": 7001},
+        "network": {"bind": "all"},
+    })
+    config = rendered(make_run(real_inventory, settings))
+    parameters = config["bootstrap"]["dcs"]["postgresql"]["parameters"]
+    assert parameters["max_connections"] == 50 and parameters["shared_buffers"] == "32MB" and parameters["work_mem"] == "4MB"
+    assert config["postgresql"]["bin_dir"] == "/usr/lib/postgresql/17/bin"
+    assert config["postgresql"]["data_dir"] == "/var/lib/postgresql/17/patroni"
+    assert (config["bootstrap"]["dcs"]["ttl"], config["bootstrap"]["dcs"]["loop_wait"]) == (20, 5)
+    assert config["restapi"]["listen"] == "0.0.0.0:8009"
+    assert config["raft"]["self_addr"] == "10.0.0.120:7001"
+
+
+def test_awkward_passwords_survive_yaml(real_inventory: Path) -> None:
+    run = make_run(real_inventory)
+    run.ctx.credentials["POSTGRES_SUPERPASS"] = "a: 'b' \"c\" #d {e} [f] *g &h !i |j >k %l @m `n"
+    config = rendered(run)
+    assert config["postgresql"]["authentication"]["superuser"]["password"] == run.ctx.credentials["POSTGRES_SUPERPASS"]
+
+
+def test_health_needs_one_leader_and_streaming_replicas_on_one_timeline() -> None:
+    leader = {"Member": "a", "Role": "Leader", "State": "running", "TL": 1}
+    r1 = {"Member": "b", "Role": "Replica", "State": "streaming", "TL": 1}
+    r2 = {"Member": "c", "Role": "Replica", "State": "streaming", "TL": 1}
+    assert patroni.health([leader, r1, r2], 3)[0]
+    assert not patroni.health([leader, r1, {**r2, "State": "starting"}], 3)[0]
+    assert not patroni.health([leader, r1, {**r2, "TL": 2}], 3)[0]
+    assert not patroni.health([leader, r1], 3)[0]
+    assert not patroni.health([leader, {**r1, "Role": "Leader", "State": "running"}, r2], 3)[0]
