@@ -105,7 +105,7 @@ def cmd_credentials_generate(args: argparse.Namespace) -> int:
     if problems:
         raise BadInput(f"{path}: " + "; ".join(problems))
     written = creds.write_env(path, credentials)
-    for name in creds.REQUIRED_NAMES:
+    for name in credentials:
         print(f"  {name:<22} {'generated' if name in generated else 'kept'}")
     if existing is not None and generated:
         print(f"{path}: added {len(generated)} missing value(s); existing values kept.")
@@ -124,7 +124,7 @@ def cmd_credentials_export(args: argparse.Namespace) -> int:
     credentials = creds.Credentials(credentials or {})
     typed: list[str] = []
     if args.from_env:
-        for name in creds.REQUIRED_NAMES:
+        for name in dict.fromkeys((*creds.REQUIRED_NAMES, *creds.USER_NAMES, *creds.PASSWORD_NAMES)):
             value = os.environ.get(name)
             if value is None:
                 continue
@@ -147,7 +147,7 @@ def cmd_credentials_export(args: argparse.Namespace) -> int:
         raise BadInput(f"{path}: " + "; ".join(problems))
     target = Path(args.to) if args.to else path
     written = creds.write_env(target, credentials)
-    for name in creds.REQUIRED_NAMES:
+    for name in credentials:
         origin = "from environment" if name in typed else "generated" if name in generated else "kept"
         print(f"  {name:<22} {origin}")
     print(f"{target}: {'written' if written else 'unchanged'} (0600).")

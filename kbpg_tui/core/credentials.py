@@ -39,12 +39,17 @@ USER_NAMES = {
     "POSTGRES_APP_USER": "kb_app",
     "POSTGRES_DB": "keybuzz",
     "PATRONI_CLUSTER_NAME": "keybuzz-pg",
+    # Names added by kbpg for secrets the seed did not have (never reuse another's password).
+    "HAPROXY_STATS_USER": "kb_stats",
+    "PGBOUNCER_ADMIN_USER": "kb_pgbouncer",
 }
 PASSWORD_NAMES = (
     "POSTGRES_SUPERPASS",
     "POSTGRES_REPL_PASS",
     "POSTGRES_APP_PASS",
     "PATRONI_API_PASSWORD",
+    "HAPROXY_STATS_PASSWORD",
+    "PGBOUNCER_ADMIN_PASS",
 )
 REQUIRED_NAMES = (
     "POSTGRES_SUPERUSER",
@@ -134,7 +139,8 @@ def check_value(name: str, value: str) -> str | None:
         return f"{name} is empty"
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
         return f"{name} contains a control character (newline, tab, ...); type it on one line"
-    if name in ("POSTGRES_SUPERUSER", "POSTGRES_REPL_USER", "POSTGRES_APP_USER", "POSTGRES_DB"):
+    if name in ("POSTGRES_SUPERUSER", "POSTGRES_REPL_USER", "POSTGRES_APP_USER", "POSTGRES_DB",
+                "HAPROXY_STATS_USER", "PGBOUNCER_ADMIN_USER"):
         if not _IDENTIFIER_RE.match(value):
             return f"{name} must be a lower-case identifier (a-z, 0-9, _; not starting with a digit), got {value!r}"
         if value.startswith("pg_"):
@@ -150,9 +156,10 @@ class Credentials(dict):
     def validate(self) -> list[str]:
         problems = [f"{name} is missing" for name in REQUIRED_NAMES if name not in self]
         problems += [problem for name, value in self.items() if (problem := check_value(name, value))]
-        users = [self.get(name) for name in ("POSTGRES_SUPERUSER", "POSTGRES_REPL_USER", "POSTGRES_APP_USER")]
+        role_names = ("POSTGRES_SUPERUSER", "POSTGRES_REPL_USER", "POSTGRES_APP_USER", "PGBOUNCER_ADMIN_USER")
+        users = [self[name] for name in role_names if name in self]
         if len(set(users)) != len(users):
-            problems.append("POSTGRES_SUPERUSER, POSTGRES_REPL_USER and POSTGRES_APP_USER must be three different roles")
+            problems.append(f"{', '.join(role_names)} must all be different roles")
         return problems
 
     def register_secrets(self) -> None:

@@ -23,8 +23,13 @@ def ensure_credentials(run: TaskRun) -> Outcome:
         problems = values.validate()
         if problems:
             raise TaskError(f"{path}: " + "; ".join(problems))
-        run.ctx.credentials = values
+        # Names added by later kbpg versions (new secrets) are filled in; existing values are never touched.
+        values, generated = creds.generate(values)
         fixed = []
+        if generated:
+            creds.write_env(path, values)
+            fixed.append(f"added {', '.join(generated)}")
+        run.ctx.credentials = values
         if stat.S_IMODE(path.parent.stat().st_mode) != 0o700:
             os.chmod(path.parent, 0o700)
             fixed.append(f"{path.parent} set to 0700")
