@@ -42,6 +42,7 @@ USER_NAMES = {
     # Names added by kbpg for secrets the seed did not have (never reuse another's password).
     "HAPROXY_STATS_USER": "kb_stats",
     "PGBOUNCER_ADMIN_USER": "kb_pgbouncer",
+    "PGBOUNCER_STATS_USER": "kb_pgbouncer_stats",
 }
 PASSWORD_NAMES = (
     "POSTGRES_SUPERPASS",
@@ -50,6 +51,7 @@ PASSWORD_NAMES = (
     "PATRONI_API_PASSWORD",
     "HAPROXY_STATS_PASSWORD",
     "PGBOUNCER_ADMIN_PASS",
+    "PGBOUNCER_STATS_PASS",
 )
 REQUIRED_NAMES = (
     "POSTGRES_SUPERUSER",
@@ -140,7 +142,7 @@ def check_value(name: str, value: str) -> str | None:
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
         return f"{name} contains a control character (newline, tab, ...); type it on one line"
     if name in ("POSTGRES_SUPERUSER", "POSTGRES_REPL_USER", "POSTGRES_APP_USER", "POSTGRES_DB",
-                "HAPROXY_STATS_USER", "PGBOUNCER_ADMIN_USER"):
+                "HAPROXY_STATS_USER", "PGBOUNCER_ADMIN_USER", "PGBOUNCER_STATS_USER"):
         if not _IDENTIFIER_RE.match(value):
             return f"{name} must be a lower-case identifier (a-z, 0-9, _; not starting with a digit), got {value!r}"
         if value.startswith("pg_"):
@@ -156,7 +158,8 @@ class Credentials(dict):
     def validate(self) -> list[str]:
         problems = [f"{name} is missing" for name in REQUIRED_NAMES if name not in self]
         problems += [problem for name, value in self.items() if (problem := check_value(name, value))]
-        role_names = ("POSTGRES_SUPERUSER", "POSTGRES_REPL_USER", "POSTGRES_APP_USER", "PGBOUNCER_ADMIN_USER")
+        role_names = ("POSTGRES_SUPERUSER", "POSTGRES_REPL_USER", "POSTGRES_APP_USER", "PGBOUNCER_ADMIN_USER",
+                      "PGBOUNCER_STATS_USER")
         users = [self[name] for name in role_names if name in self]
         if len(set(users)) != len(users):
             problems.append(f"{', '.join(role_names)} must all be different roles")

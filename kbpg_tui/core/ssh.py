@@ -473,11 +473,13 @@ class Connection:
     # -- files
 
     def upload(self, path: str, data: bytes | str, mode: int = 0o644, owner: str = "root",
-               group: str | None = None) -> bool:
+               group: str | None = None, validate: str | None = None) -> bool:
         """Write ``data`` to ``path`` atomically with mode and owner, unless it is already so.
 
         A temp file is created beside the target (mktemp: 0600 from the start), filled
-        from stdin, given its mode and owner, then renamed over the target.
+        from stdin, given its mode and owner, checked with ``validate`` (a command in
+        which ``{path}`` is the temp file, e.g. ``haproxy -c -f {path}``), then renamed
+        over the target: a file that fails its check never replaces the good one.
         Returns True if anything changed.
         """
         if isinstance(data, str):
@@ -493,10 +495,11 @@ class Connection:
         if current == wanted:
             return False
         directory = shlex.quote(os.path.dirname(path) or "/")
+        check = (validate.format(path='"$tmp"') + "; ") if validate else ""
         self.run(
             f"set -e; umask 077; mkdir -p {directory}; tmp=$(mktemp {quoted}.kbpg.XXXXXX); "
             f"trap 'rm -f \"$tmp\"' EXIT; cat > \"$tmp\"; chown {shlex.quote(owner)}:{shlex.quote(group)} \"$tmp\"; "
-            f"chmod {mode:o} \"$tmp\"; mv -f \"$tmp\" {quoted}; trap - EXIT",
+            f"chmod {mode:o} \"$tmp\"; {check}mv -f \"$tmp\" {quoted}; trap - EXIT",
             stdin=data,
             what=f"writing {path}",
         )

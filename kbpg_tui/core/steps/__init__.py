@@ -6,8 +6,11 @@ from ..engine import Step
 from .s00_credentials import STEP as CREDENTIALS
 from .s01_preflight import STEP as PREFLIGHT
 from .s02_patroni import STEP as PATRONI
+from .s03_haproxy import STEP as HAPROXY
+from .s04_pgbouncer import STEP as PGBOUNCER
+from .s05_pgvector import STEP as PGVECTOR
 
-ALL_STEPS: tuple[Step, ...] = (CREDENTIALS, PREFLIGHT, PATRONI)
+ALL_STEPS: tuple[Step, ...] = (CREDENTIALS, PREFLIGHT, PATRONI, HAPROXY, PGBOUNCER, PGVECTOR)
 
 
 def install_steps(only: list[str] | None = None) -> list[Step]:

@@ -1,0 +1,116 @@
+"""Step 03: HAProxy on the HAProxy nodes.
+
+Write port: only the server whose Patroni answers ``OPTIONS /primary`` with 200
+(never ``/master``, gone in Patroni 4; never a plain TCP check, which keeps
+sending writes to the old primary after a failover). Read-only port: the servers
+answering ``/replica``. Fast checks, and sessions to a server marked down are
+shut, so clients reconnect to the new primary at once. Stats behind a password.
+``haproxy -c`` checks every new file before it replaces the old one; a running
+HAProxy is reloaded, never restarted.
+"""
+
+from __future__ import annotations
+
+from ..engine import Outcome, Step, Task, TaskRun
+from .packages import ensure_installed, ensure_source
+
+CONFIG_PATH = "/etc/haproxy/haproxy.cfg"
+CHECK_TIMING = "inter 2s fastinter 1s downinter 2s fall 2 rise 2"
+
+
+def _quoted(text: str) -> str:
+    """An HAProxy quoted argument (backslash escapes inside double quotes)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render(run: TaskRun, address: str) -> str:
+    settings, values = run.settings, run.ctx.credentials
+    ports = settings.ports
+    bind = address if settings.network.bind == "private" else "0.0.0.0"
+    servers = run.ctx.db_hosts
+
+    def backend(name: str, port: int, check: str, extra_bind: str = "") -> list[str]:
+        lines = [
+            f"listen {name}",
+            f"    bind {bind}:{port}",
+        ]
+        if extra_bind:
+            lines.append(f"    bind {extra_bind}:{port}")
+        lines += [
+            "    mode tcp",
+            "    balance roundrobin" if check == "/replica" else "    balance first",
+            f"    option httpchk OPTIONS {check}",
+            "    http-check expect status 200",
+            f"    default-server {CHECK_TIMING} on-marked-down shutdown-sessions",
+        ]
+        lines += [f"    server {h.name} {h.address}:{ports.postgresql} check port {ports.patroni_rest}" for h in servers]
+        return lines + [""]
+
+    lines = [
+        "# written by kbpg from kbpg.toml; re-run kbpg to change it",
+        "global",
+        "    log /dev/log local0",
+        "    maxconn 8000",
+        "    user haproxy",
+        "    group haproxy",
+        "    stats socket /run/haproxy/admin.sock mode 660 level admin",
+        "",
+        "defaults",
+        "    log global",
+        "    mode tcp",
+        "    retries 2",
+        "    timeout connect 4s",
+        "    timeout client 30m",
+        "    timeout server 30m",
+        "    timeout check 2s",
+        "",
+    ]
+    # PgBouncer on this node reaches the primary through 127.0.0.1 (no hairpin through the cloud LB).
+    lines += backend("postgres_write", ports.haproxy_write, "/primary", extra_bind="127.0.0.1" if bind != "0.0.0.0" else "")
+    lines += backend("postgres_read", ports.haproxy_read, "/replica")
+    auth = f"{values['HAPROXY_STATS_USER']}:{values['HAPROXY_STATS_PASSWORD']}"
+    lines += [
+        "listen stats",
+        f"    bind {bind}:{ports.haproxy_stats}",
+        "    mode http",
+        "    stats enable",
+        "    stats uri /",
+        "    stats refresh 5s",
+        f"    stats auth {_quoted(auth)}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def install_haproxy(run: TaskRun) -> Outcome:
+    changed = ensure_source(run)
+    installed = ensure_installed(run, ["haproxy"])
+    return Outcome.of(changed or bool(installed), ("installed haproxy" if installed else "haproxy present"))
+
+
+def configure_haproxy(run: TaskRun) -> Outcome:
+    host = run.host
+    assert host is not None
+    written = run.connection().upload(CONFIG_PATH, render(run, host.address), mode=0o640, owner="root",
+                                      group="haproxy", validate="haproxy -c -q -f {path}")
+    state = run.run("systemctl is-active haproxy || true").stdout.strip()
+    enabled = run.run("systemctl is-enabled haproxy || true").stdout.strip()
+    details = []
+    if written:
+        details.append(f"{CONFIG_PATH} written (checked with haproxy -c)")
+    if state != "active":
+        run.run("systemctl enable haproxy >/dev/null 2>&1; systemctl start haproxy", what="starting haproxy")
+        details.append("started")
+    elif written:
+        run.run("systemctl reload haproxy", what="reloading haproxy")  # reload keeps established sessions
+        details.append("reloaded")
+    if enabled != "enabled" and state == "active":
+        run.run("systemctl enable haproxy")
+        details.append("enabled")
+    return Outcome.of(bool(details), "; ".join(details) or "configuration up to date, haproxy active")
+
+
+STEP = Step("03", "HAProxy", [
+    Task("packages", "haproxy", install_haproxy),
+    Task("config", "haproxy", configure_haproxy),
+])

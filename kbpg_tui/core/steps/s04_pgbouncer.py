@@ -1,0 +1,161 @@
+"""Step 04: PgBouncer on the HAProxy nodes.
+
+SCRAM-SHA-256 end to end: the auth file holds, for the app user, the very
+verifier the server stores (PgBouncer can pass SCRAM through only when its
+secret is byte-identical), read from the primary. The file is readable by the
+PgBouncer service user alone. Transaction pooling; pool sizes such that all
+PgBouncers together stay under ``max_connections``. Backend: the local HAProxy
+write port by default (no hairpin through the cloud LB), the LB as an option.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from .. import credentials as creds
+from ..engine import Outcome, Step, Task, TaskError, TaskRun
+from .packages import ensure_installed, ensure_source
+from .s02_patroni import leader_host, psql
+
+CONFIG_PATH = "/etc/pgbouncer/pgbouncer.ini"
+USERLIST_PATH = "/etc/pgbouncer/userlist.txt"
+DROPIN_PATH = "/etc/systemd/system/pgbouncer.service.d/kbpg.conf"
+# Connections kept free on the server for Patroni, replication, superuser work and monitoring.
+SERVER_RESERVE = 20
+
+DROPIN = """# written by kbpg: room for max_client_conn sockets, and come back whatever stopped it
+[Service]
+LimitNOFILE=65536
+Restart=always
+RestartSec=3
+"""
+
+
+def pool_size(run: TaskRun) -> int:
+    """Server connections one PgBouncer may open: all of them together stay under max_connections."""
+    settings = run.settings
+    if settings.pgbouncer.default_pool_size:
+        return settings.pgbouncer.default_pool_size
+    budget = settings.postgresql.max_connections - SERVER_RESERVE
+    return max(2, budget // max(1, len(run.ctx.haproxy_hosts)))
+
+
+def render_ini(run: TaskRun, address: str) -> str:
+    settings, values = run.settings, run.ctx.credentials
+    ports, bouncer = settings.ports, settings.pgbouncer
+    if bouncer.backend == "local":
+        backend = f"host=127.0.0.1 port={ports.haproxy_write}"
+    else:
+        backend = f"host={settings.network.lb_address} port={ports.haproxy_write}"
+    listen = f"{address},127.0.0.1" if settings.network.bind == "private" else "*"
+    size = pool_size(run)
+    lines = [
+        "; written by kbpg from kbpg.toml; re-run kbpg to change it",
+        "[databases]",
+        f"* = {backend}",
+        "",
+        "[pgbouncer]",
+        f"listen_addr = {listen}",
+        f"listen_port = {ports.pgbouncer}",
+        "unix_socket_dir = /var/run/postgresql",
+        "auth_type = scram-sha-256",
+        f"auth_file = {USERLIST_PATH}",
+        f"admin_users = {values['PGBOUNCER_ADMIN_USER']}",
+        f"stats_users = {values['PGBOUNCER_STATS_USER']}",
+        f"pool_mode = {bouncer.pool_mode}",
+        f"max_client_conn = {bouncer.max_client_conn}",
+        f"default_pool_size = {size}",
+        f"max_db_connections = {size}",
+        "reserve_pool_size = 0",
+        "server_check_delay = 10",
+        "server_login_retry = 2",
+        "ignore_startup_parameters = extra_float_digits,options",
+        "logfile = /var/log/postgresql/pgbouncer.log",
+        "pidfile = /var/run/postgresql/pgbouncer.pid",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _parse_userlist(text: str) -> dict[str, str]:
+    entries = {}
+    for line in text.splitlines():
+        parts = shlex.split(line, comments=False) if line.strip() and not line.startswith(";") else []
+        if len(parts) == 2:
+            entries[parts[0]] = parts[1]
+    return entries
+
+
+def _userlist_line(user: str, secret: str) -> str:
+    return f'"{user.replace(chr(34), chr(34) * 2)}" "{secret.replace(chr(34), chr(34) * 2)}"'
+
+
+def server_verifiers(run: TaskRun) -> dict[str, str]:
+    """The app user's SCRAM verifier exactly as the primary stores it."""
+    values = run.ctx.credentials
+    app = values["POSTGRES_APP_USER"]
+    cached = run.ctx.state.get("server_verifiers")
+    if cached is None:
+        leader = leader_host(run)
+        out = psql(run, leader, f"SELECT rolname, rolpassword FROM pg_authid WHERE rolname = '{app}';",
+                   "reading the app role's verifier").stdout
+        cached = dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
+        run.ctx.state["server_verifiers"] = cached
+    verifier = cached.get(app, "")
+    if not creds.scram_matches(verifier, values["POSTGRES_APP_PASS"]):
+        raise TaskError(f"the role {app} on the primary has no SCRAM verifier matching postgres.env; "
+                        "run step 02 again (it sets it)")
+    return {app: verifier}
+
+
+def render_userlist(run: TaskRun, current: dict[str, str]) -> str:
+    values = run.ctx.credentials
+    entries = dict(server_verifiers(run))
+    # PgBouncer's own console users: keep a verifier already on the host if it matches, so re-runs change nothing.
+    for user_key, pass_key in (("PGBOUNCER_ADMIN_USER", "PGBOUNCER_ADMIN_PASS"), ("PGBOUNCER_STATS_USER", "PGBOUNCER_STATS_PASS")):
+        user, password = values[user_key], values[pass_key]
+        existing = current.get(user, "")
+        entries[user] = existing if creds.scram_matches(existing, password) else creds.scram_sha256_verifier(password)
+    return "".join(_userlist_line(user, secret) + "\n" for user, secret in entries.items())
+
+
+def install_pgbouncer(run: TaskRun) -> Outcome:
+    changed = ensure_source(run)
+    installed = ensure_installed(run, ["pgbouncer"])
+    return Outcome.of(changed or bool(installed), "installed pgbouncer" if installed else "pgbouncer present")
+
+
+def configure_pgbouncer(run: TaskRun) -> Outcome:
+    host = run.host
+    assert host is not None
+    connection = run.connection()
+    service_user = run.run("systemctl show -p User --value pgbouncer").stdout.strip() or "postgres"
+    current_text = connection.read_file(USERLIST_PATH)
+    current = _parse_userlist(current_text.decode("utf-8", "replace")) if current_text else {}
+    details = []
+    if connection.upload(DROPIN_PATH, DROPIN, mode=0o644):
+        run.run("systemctl daemon-reload")
+        details.append("systemd drop-in (LimitNOFILE, Restart=always)")
+    # The auth file: the service user alone can read it.
+    userlist_changed = connection.upload(USERLIST_PATH, render_userlist(run, current), mode=0o600,
+                                         owner=service_user, group=service_user)
+    ini_changed = connection.upload(CONFIG_PATH, render_ini(run, host.address), mode=0o640, owner="root",
+                                    group=service_user)
+    if userlist_changed:
+        details.append(f"{USERLIST_PATH} written (0600 {service_user})")
+    if ini_changed:
+        details.append(f"{CONFIG_PATH} written (pool {pool_size(run)} per node)")
+    state = run.run("systemctl is-active pgbouncer || true").stdout.strip()
+    if state != "active" or any("drop-in" in d for d in details):
+        run.run("systemctl enable pgbouncer >/dev/null 2>&1; systemctl restart pgbouncer", what="starting pgbouncer")
+        details.append("started" if state != "active" else "restarted for the new limits")
+    elif userlist_changed or ini_changed:
+        run.run("systemctl reload pgbouncer", what="reloading pgbouncer")  # SIGHUP: clients stay connected
+        details.append("reloaded")
+    return Outcome.of(bool(details), "; ".join(details) or "configuration up to date, pgbouncer active")
+
+
+STEP = Step("04", "PgBouncer", [
+    Task("packages", "haproxy", install_pgbouncer),
+    Task("config", "haproxy", configure_pgbouncer),
+])

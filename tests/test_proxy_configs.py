@@ -1,0 +1,80 @@
+"""HAProxy and PgBouncer configurations as kbpg renders them (the lab tests run them for real)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kbpg_tui.core.settings import from_dict
+from kbpg_tui.core.steps import s03_haproxy as haproxy
+from kbpg_tui.core.steps import s04_pgbouncer as pgbouncer
+
+from .test_patroni_config import make_run
+
+
+def sections(text: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    current = ""
+    for line in text.splitlines():
+        if line and not line.startswith((" ", "#")):
+            current = line.strip()
+            found[current] = []
+        elif line.strip() and current:
+            found[current].append(line.strip())
+    return found
+
+
+def test_write_port_follows_the_primary_through_patroni(real_inventory: Path) -> None:
+    run = make_run(real_inventory)
+    config = sections(haproxy.render(run, "10.0.0.11"))
+    write = config["listen postgres_write"]
+    assert "bind 10.0.0.11:5432" in write and "bind 127.0.0.1:5432" in write
+    assert "option httpchk OPTIONS /primary" in write
+    assert "http-check expect status 200" in write
+    assert any("on-marked-down shutdown-sessions" in line for line in write)
+    servers = [line for line in write if line.startswith("server ")]
+    assert servers == [
+        "server db-master-01 10.0.0.120:5432 check port 8008",
+        "server db-slave-01 10.0.0.121:5432 check port 8008",
+        "server db-slave-02 10.0.0.122:5432 check port 8008",
+    ]
+    text = haproxy.render(run, "10.0.0.11")
+    assert "/master" not in text and "tcp-check" not in text
+
+
+def test_read_port_balances_over_replicas(real_inventory: Path) -> None:
+    config = sections(haproxy.render(make_run(real_inventory), "10.0.0.12"))
+    read = config["listen postgres_read"]
+    assert "bind 10.0.0.12:5433" in read
+    assert "option httpchk OPTIONS /replica" in read
+    assert "balance roundrobin" in read
+
+
+def test_stats_need_a_password(real_inventory: Path) -> None:
+    run = make_run(real_inventory)
+    run.ctx.credentials["HAPROXY_STATS_PASSWORD"] = 'with "quote" and \\ backslash'
+    stats = sections(haproxy.render(run, "10.0.0.11"))["listen stats"]
+    assert "bind 10.0.0.11:8404" in stats
+    assert 'stats auth "kb_stats:with \\"quote\\" and \\\\ backslash"' in stats
+
+
+def test_pgbouncer_uses_scram_transaction_pooling_and_the_local_haproxy(real_inventory: Path) -> None:
+    run = make_run(real_inventory)
+    ini = pgbouncer.render_ini(run, "10.0.0.11")
+    assert "* = host=127.0.0.1 port=5432" in ini
+    assert "auth_type = scram-sha-256" in ini
+    assert "pool_mode = transaction" in ini
+    assert "listen_addr = 10.0.0.11,127.0.0.1" in ini
+    assert "admin_users = kb_pgbouncer" in ini and "stats_users = kb_pgbouncer_stats" in ini
+
+
+def test_pgbouncer_through_the_lb_is_an_option(real_inventory: Path) -> None:
+    run = make_run(real_inventory, from_dict({"pgbouncer": {"backend": "lb"}}))
+    assert "* = host=10.0.0.10 port=5432" in pgbouncer.render_ini(run, "10.0.0.11")
+
+
+def test_all_pgbouncers_together_stay_under_max_connections(real_inventory: Path) -> None:
+    for max_connections in (30, 50, 200, 1000):
+        run = make_run(real_inventory, from_dict({"postgresql": {"max_connections": max_connections}}))
+        per_node = pgbouncer.pool_size(run)
+        assert per_node * len(run.ctx.haproxy_hosts) < max_connections
+        assert f"max_db_connections = {per_node}" in pgbouncer.render_ini(run, "10.0.0.11")
