@@ -283,7 +283,7 @@ def start(host: LabHost, lower_layers: list[Path], repo_dir: Path | None = None)
     return child.pid
 
 
-def wait_for_init(host: LabHost, timeout: float = 10.0) -> int:
+def wait_for_init(host: LabHost, timeout: float = 30.0) -> int:
     """The host's systemd PID once it runs; LabError with the console's tail if it died."""
     found: list[int] = []
 
@@ -308,11 +308,13 @@ def wait_for_init(host: LabHost, timeout: float = 10.0) -> int:
     return found[0]
 
 
-def stop_hosts(hosts: list[LabHost], timeout: float = STOP_TIMEOUT) -> dict[str, str]:
+def stop_hosts(hosts: list[LabHost], timeout: float | None = None) -> dict[str, str]:
     """Power off every host (SIGRTMIN+4 to its systemd), SIGKILL what is left after ``timeout``.
 
-    Returns how each host ended: "poweroff", "killed" or "not running".
+    ``timeout`` defaults to STOP_TIMEOUT. Returns how each host ended:
+    "poweroff", "killed" or "not running".
     """
+    timeout = STOP_TIMEOUT if timeout is None else timeout
     outcome: dict[str, str] = {}
     pending: list[LabHost] = []
     for host in hosts:
