@@ -238,6 +238,38 @@ def cmd_install(args: argparse.Namespace) -> int:
     return EXIT_OK if done else EXIT_FAILED
 
 
+# --- diagnose ------------------------------------------------------------------------------
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from .core import install as inst
+    from .core.diagnostics import Diagnostics, write_reports
+    from .core.logs import setup_file_logging
+
+    settings = load_answers(args, required=True)
+    if not (args.workdir / creds.ENV_FILE).exists():
+        raise BadInput(f"{args.workdir / creds.ENV_FILE}: not found; diagnostics need the cluster's credentials")
+    setup_file_logging(args.workdir, "diagnose")
+    try:
+        run = inst.prepare(args.workdir, settings, lambda event: None)
+    except inv.InventoryError as exc:
+        raise BadInput(str(exc)) from None
+    try:
+        report = Diagnostics(run.ctx, timeout=args.timeout).run()
+    finally:
+        run.close()
+    markdown_path, json_path = write_reports(args.workdir, report)
+    if args.json:
+        print(json.dumps({**report.to_dict(), "report": str(markdown_path)}, indent=2, ensure_ascii=False))
+    else:
+        print(f"{'#':>2}  {'check':<22} {'target':<24} {'verdict':<7} {'time':>6}  reason")
+        for r in report.results:
+            print(f"{r.number:>2}  {r.check:<22} {r.target[:24]:<24} {r.verdict.value.upper():<7} {r.duration:5.2f}s  {r.reason}")
+        counts = report.counts()
+        print(f"\n{counts['pass']} pass, {counts['warn']} warn, {counts['fail']} fail in {report.elapsed:.2f}s "
+              f"(slowest check {report.slowest:.2f}s). Report: {markdown_path}")
+    return EXIT_FAILED if report.failed else EXIT_OK
+
+
 # --- answers file -----------------------------------------------------------------------
 
 def cmd_answers_check(args: argparse.Namespace) -> int:
@@ -300,6 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", action="append", metavar="NN", help="run only this step (repeatable), e.g. --step 01")
     p.add_argument("--verbose", "-v", action="store_true", help="also print the hosts' command output")
     p.set_defaults(handler=cmd_install)
+
+    p = commands.add_parser("diagnose", help="probe the cluster: 12 checks in parallel, a report, exit 1 on any failure")
+    p.add_argument("--answers", help="kbpg.toml (default: WORKDIR/kbpg.toml)")
+    p.add_argument("--no-tui", action="store_true", help="print a table (the default until the wizard lands)")
+    p.add_argument("--json", action="store_true", help="print a machine-readable report")
+    p.add_argument("--timeout", type=float, default=8.0, help="seconds each probe may wait for an answer (default 8)")
+    p.set_defaults(handler=cmd_diagnose)
 
     p = commands.add_parser("answers", help="the kbpg.toml answers file")
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
