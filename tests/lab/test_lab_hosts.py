@@ -71,3 +71,17 @@ def test_second_up_is_a_no_op(lab_workdir):
     assert "already up" in result.message
     assert {host.name: hosts.init_pid(host) for host in HOSTS} == pids
     assert {name: (lab_workdir / name).stat().st_mtime_ns for name in mtimes} == mtimes
+
+
+def test_a_host_link_can_be_cut_and_restored(connect):
+    """Failover drills cut a leader's network: the host keeps running, unreachable until restored."""
+    client = connect(HOSTS[-2])
+    target = HOSTS[-1]
+    lab.set_host_link(target.name, up=False)
+    try:
+        code, _, _ = sh(client, f"ping -c1 -W1 {target.address}")
+        assert code != 0
+    finally:
+        lab.set_host_link(target.name, up=True)
+    code, _, _ = sh(client, f"for i in 1 2 3 4 5; do ping -c1 -W1 {target.address} && exit 0; done; exit 1")
+    assert code == 0

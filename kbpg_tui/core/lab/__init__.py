@@ -6,11 +6,13 @@ an event sink (``kbpg_tui.core.events.Progress`` / ``Message``):
     up(workdir, progress=sink) -> LabStatus
     down(workdir=None, progress=sink) -> LabStatus
     status(workdir=None, probe_ssh=True) -> LabStatus
+    set_host_link(name, up) -> None      (cut/restore a host's network: failover drills)
+    memory_usage() -> {host: bytes}
 
 All raise :class:`LabError` (with ``exit_code`` 2 where the lab cannot run here).
 """
 
-from .lab import HostStatus, LabStatus, check_environment, down, memory_usage, status, up
+from .lab import HostStatus, LabStatus, check_environment, down, memory_usage, set_host_link, status, up
 from .topology import HOSTS, CLUSTER_HOSTS, LB_ADDRESS, REPO_URL, REPO_SUITE, REPO_COMPONENT, LabHost
 from .util import LabError
 
@@ -28,6 +30,7 @@ __all__ = [
     "check_environment",
     "down",
     "memory_usage",
+    "set_host_link",
     "status",
     "up",
 ]

@@ -45,13 +45,26 @@ def add_lab_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _printer(out: TextIO):
+    """A progress sink printing plain lines; output that cannot be written (a closed pipe)
+    must not abort the lab halfway through, so it is dropped."""
+    broken = False
+
+    def emit(line: str) -> None:
+        nonlocal broken
+        if broken:
+            return
+        try:
+            print(line, file=out, flush=True)
+        except (BrokenPipeError, OSError):
+            broken = True
+
     def sink(event: Event) -> None:
         if isinstance(event, Progress):
             prefix = f"[{event.fraction * 100:3.0f}%] " if event.fraction is not None else "       "
-            print(prefix + event.text, file=out, flush=True)
+            emit(prefix + event.text)
         elif isinstance(event, Message):
             label = "" if event.level.value == "info" else f"{event.level.value}: "
-            print(f"       {label}{event.text}", file=out, flush=True)
+            emit(f"       {label}{event.text}")
 
     return sink
 

@@ -359,8 +359,11 @@ def up(workdir: Path, progress: ProgressSink | None = None, rebuild_image: bool 
         _write_state(state)
         result = status(workdir)
         result.changed = True
-        result.message = f"lab up in {state['up_seconds']:.1f} s; SSH key {workdir / files.SSH_KEY_NAME}"
-        reporter.progress(result.message, 1.0)
+        reporter.progress(f"lab up in {state['up_seconds']:.1f} s", 1.0)
+        result.message = (
+            f"SSH key {workdir / files.SSH_KEY_NAME}; next: `kbpg --workdir {workdir} inventory`, "
+            f"then `kbpg --workdir {workdir} install --answers {workdir / 'kbpg.toml'} --yes`"
+        )
         return result
 
 
@@ -477,4 +480,17 @@ def memory_usage() -> dict[str, int]:
     return usage
 
 
-__all__ = ["HostStatus", "LabStatus", "LabError", "up", "down", "status", "check_environment", "memory_usage", "DOMAIN"]
+
+
+def set_host_link(name: str, up: bool) -> None:
+    """Cut (``up=False``) or restore a host's network link, as a failover drill does to a leader.
+
+    The host keeps running; only its veth on the bridge goes down, so it is cut
+    off from every other host and from this machine.
+    """
+    host = next((host for host in HOSTS if host.name == name), None)
+    if host is None:
+        raise LabError(f"no lab host called {name!r}")
+    if hosts_mod.init_pid(host) is None:
+        raise LabError(f"{name} is not running")
+    run(["ip", "link", "set", host.veth_host, "up" if up else "down"], what=f"set {name}'s link {'up' if up else 'down'}")
