@@ -27,7 +27,6 @@ from . import ssh as ssh_mod
 from . import workdir as files
 from .topology import (
     BRIDGE_NAME,
-    DOMAIN,
     HOSTS,
     LOCK_FILE,
     REPO_URL,
