@@ -143,7 +143,8 @@ class Diagnostics:
         self.values = ctx.credentials
         self.settings = ctx.settings
         self.marker = f"kbpg-{int(time.time())}-{secrets.token_hex(4)}"
-        self._written: dict[str, threading.Event] = {}
+        self._table_lock = threading.Lock()
+        self._table_ready = False
 
     # connections
 
@@ -335,7 +336,11 @@ class Diagnostics:
                 if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
                     raise CheckFailed(f"{name} {address}:{port} leads to a replica (pg_is_in_recovery = true)")
                 server = conn.execute("SELECT inet_server_addr()::text").fetchone()[0]
-                conn.execute("CREATE TABLE IF NOT EXISTS kbpg_diagnostics (marker text, via text, at timestamptz DEFAULT now())")
+                with self._table_lock:  # concurrent CREATE TABLE IF NOT EXISTS can still collide in the catalog
+                    if not self._table_ready:
+                        conn.execute("CREATE TABLE IF NOT EXISTS kbpg_diagnostics "
+                                     "(marker text, via text, at timestamptz DEFAULT now())")
+                        self._table_ready = True
                 conn.execute("INSERT INTO kbpg_diagnostics (marker, via) VALUES (%s, %s)", (self.marker, name))
                 conn.execute("DELETE FROM kbpg_diagnostics WHERE at < now() - interval '1 day'")
         except psycopg.Error as exc:

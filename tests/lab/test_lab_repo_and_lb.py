@@ -32,7 +32,7 @@ def test_cluster_packages_install_from_the_lab_repository(connect, lab_workdir, 
     """Key into /etc/apt/keyrings, a signed-by source line, apt-get update, install -s: as kbpg does with PGDG."""
     password = None
     if host.user_ssh != "root":
-        password = read_env(lab_workdir / "credentials" / "lab-sudo.env")["KBPG_SUDO_PASSWORD"]
+        password = read_env(lab_workdir / "credentials" / "sudo.env")["KBPG_SUDO_PASSWORD"]
     client = connect(host, user=host.user_ssh)
     sftp = client.open_sftp()
     try:

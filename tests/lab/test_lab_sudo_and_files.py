@@ -23,7 +23,7 @@ def _mode(path) -> int:
 def test_key_and_secret_files_are_private(lab_workdir):
     assert _mode(lab_workdir / "lab_ssh_key") == 0o600
     assert _mode(lab_workdir / "credentials") == 0o700
-    assert _mode(lab_workdir / "credentials" / "lab-sudo.env") == 0o600
+    assert _mode(lab_workdir / "credentials" / "sudo.env") == 0o600
     assert _mode(lab_workdir / ".kbpg-lab" / "host-keys") == 0o700
     fingerprints = json.loads((lab_workdir / "lab_host_keys.json").read_text())
     assert set(fingerprints) == {host.address for host in HOSTS}
@@ -32,7 +32,7 @@ def test_key_and_secret_files_are_private(lab_workdir):
 
 
 def test_sudo_user_needs_its_password(connect, lab_workdir):
-    password = read_env(lab_workdir / "credentials" / "lab-sudo.env")["KBPG_SUDO_PASSWORD"]
+    password = read_env(lab_workdir / "credentials" / "sudo.env")["KBPG_SUDO_PASSWORD"]
     host = host_by_name("haproxy-02")
     assert host.user_ssh == "kbops"
     client = connect(host, user="kbops")
@@ -88,5 +88,5 @@ def test_kbpg_toml_points_at_the_lab(lab_workdir):
     fingerprints = json.loads((lab_workdir / "lab_host_keys.json").read_text())
     assert settings.ssh.pinned_host_keys == {host.address: fingerprints[host.address] for host in CLUSTER_HOSTS}
     text = (lab_workdir / "kbpg.toml").read_text()
-    password = read_env(lab_workdir / "credentials" / "lab-sudo.env")["KBPG_SUDO_PASSWORD"]
+    password = read_env(lab_workdir / "credentials" / "sudo.env")["KBPG_SUDO_PASSWORD"]
     assert password not in text

@@ -5,7 +5,7 @@
   and ``lab_known_hosts`` (OpenSSH format) for the lab's own tests; the hosts'
   private host keys stay in ``.kbpg-lab/host-keys/`` so that a lab brought down
   and up again keeps the keys kbpg has already accepted;
-- ``credentials/lab-sudo.env``: ``KBPG_SUDO_PASSWORD`` of the sudo user (0600);
+- ``credentials/sudo.env``: ``KBPG_SUDO_PASSWORD`` of the sudo user (0600);
 - ``lab-repo.asc``: the public key of the lab's apt repository;
 - ``servers.tsv``: the real 12-column inventory format, decoys included;
 - ``kbpg.toml``: the lab's answers (written only if absent: the operator's edits win).
@@ -42,7 +42,7 @@ from .topology import (
 SSH_KEY_NAME = "lab_ssh_key"
 HOST_KEYS_JSON = "lab_host_keys.json"
 KNOWN_HOSTS_NAME = "lab_known_hosts"
-SUDO_ENV = Path("credentials") / "lab-sudo.env"
+SUDO_ENV = Path("credentials") / "sudo.env"
 SUDO_VARIABLE = "KBPG_SUDO_PASSWORD"
 REPO_KEY_NAME = "lab-repo.asc"
 PRIVATE_DIR = ".kbpg-lab"
@@ -111,7 +111,7 @@ def write_host_key_files(workdir: Path, keys: dict[str, KeyPair]) -> None:
 
 
 def sudo_password(workdir: Path) -> str:
-    """The sudo user's password from ``credentials/lab-sudo.env``, generated (0600 from creation) if missing."""
+    """The sudo user's password from ``credentials/sudo.env``, generated (0600 from creation) if missing."""
     path = workdir / SUDO_ENV
     if path.exists():
         try:
@@ -163,7 +163,7 @@ def _cluster_row(host: LabHost) -> tuple[str, ...]:
         pool, role, subrole, stack = "haproxy-pool", "lb", "internal-haproxy", "haproxy-docker"
         note = f"HAProxy interne (derrière le LB du lab {LB_ADDRESS})"
         if host.user_ssh != "root":
-            note += " ; USER_SSH non-root avec sudo (mot de passe dans credentials/lab-sudo.env)"
+            note += " ; USER_SSH non-root avec sudo (mot de passe dans credentials/sudo.env)"
     return ("prod", host.public_address, host.name, host.address, host.fqdn, host.user_ssh, pool, role, subrole, stack, "yes", note)
 
 

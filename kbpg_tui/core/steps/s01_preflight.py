@@ -28,7 +28,7 @@ echo "now=$(date +%s.%N)"
 echo "ntp=$(timedatectl show -p NTPSynchronized --value 2>/dev/null || echo unknown)"
 d={data_dir}
 while [ ! -e "$d" ]; do d=$(dirname "$d"); done
-df -P -T -B1 "$d" | awk 'NR==2 {{print "fstype="$2; print "avail="$5}}'
+df -P -T -B1 "$d" | awk 'NR==2 {print "fstype="$2; print "avail="$5}'
 if command -v ss >/dev/null; then ss -Hltnp | sed 's/^/listen=/'; else echo "listen=unavailable"; fi
 """
 
@@ -85,7 +85,7 @@ def check_host(run: TaskRun) -> Outcome:
     assert host is not None
     role = role_of(run, host)
     asked_at = time.time()
-    result = run.run(FACTS_SCRIPT.format(data_dir=shlex.quote(run.settings.postgresql.effective_data_dir)),
+    result = run.run(FACTS_SCRIPT.replace("{data_dir}", shlex.quote(run.settings.postgresql.effective_data_dir)),
                      what="reading the host's facts")
     answered_at = time.time()
     facts = parse_facts(result.stdout)
@@ -149,9 +149,9 @@ def check_host(run: TaskRun) -> Outcome:
 
 PROBE_SCRIPT = r"""
 for target in {targets}; do
-  address=${{target%:*}}; port=${{target##*:}}
+  address=${target%:*}; port=${target##*:}
   out=$(timeout {seconds} bash -c "exec 3<>/dev/tcp/$address/$port" 2>&1); rc=$?
-  echo "$target $rc ${{out//$'\n'/ }}"
+  echo "$target $rc ${out//$'\n'/ }"
 done
 """
 
@@ -169,7 +169,8 @@ def check_network(run: TaskRun) -> Outcome:
     targets = [f"{h.address}:{port}" for h in db_hosts for port in wanted]
     names = {h.address: h.name for h in db_hosts}
     seconds = max(2, int(run.settings.ssh.connect_timeout // 2))
-    result = run.run(PROBE_SCRIPT.format(targets=" ".join(targets), seconds=seconds), what="probing the network")
+    script = PROBE_SCRIPT.replace("{targets}", " ".join(targets)).replace("{seconds}", str(seconds))
+    result = run.run(script, what="probing the network")
     blocked = []
     for line in result.stdout.splitlines():
         target, _, rest = line.partition(" ")

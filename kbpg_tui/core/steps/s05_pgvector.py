@@ -6,10 +6,8 @@ a distance is not installed.
 
 from __future__ import annotations
 
-import shlex
-
 from ..engine import Outcome, Step, Task, TaskError, TaskRun
-from .s02_patroni import PSQL, leader_host
+from .s02_patroni import leader_host, psql
 
 EXPECTED_DISTANCE = "1"  # '[1,2,3]' <-> '[1,2,4]'
 
@@ -18,11 +16,9 @@ def ensure_pgvector(run: TaskRun) -> Outcome:
     leader = leader_host(run)
     values = run.ctx.credentials
     database = values["POSTGRES_DB"]
-    command = PSQL.format(port=run.settings.ports.postgresql, user=shlex.quote(values["POSTGRES_SUPERUSER"]))
-    command = command.replace("-d postgres", f"-d {shlex.quote(database)}")
 
     def sql(text: str, what: str) -> str:
-        return run.run(command, host=leader, stdin=text, on_line=None, what=what).stdout.strip()
+        return psql(run, leader, text, what, database=database).stdout.strip()
 
     before = sql("SELECT extversion FROM pg_extension WHERE extname = 'vector';", "reading extensions")
     if not before:
