@@ -29,3 +29,40 @@ def run_kbpg(*args: str, workdir: Path | None = None, env: dict | None = None, i
     command += list(args)
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(command, capture_output=True, text=True, env=full_env, input=input, timeout=120)
+
+
+# --- the lab, shared by the lab tests and the end-to-end tests --------------------------------
+
+@pytest.fixture(scope="session")
+def lab_workdir(tmp_path_factory) -> Path:
+    """A work dir with the lab up in it, once per session; taken down at the end (or by the teardown tests)."""
+    from kbpg_tui.core import lab
+
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root")
+    before = lab.status(probe_ssh=False)
+    if before.state != "down":
+        pytest.fail(
+            f"a lab is already {before.state} on this machine (work dir {before.workdir or '?'}): "
+            "run `kbpg lab down` before the lab tests"
+        )
+    workdir = tmp_path_factory.mktemp("lab-work")
+    result = lab.up(workdir, progress=lambda event: None)
+    assert result.up, result.render()
+    yield workdir
+    lab.down(workdir)
+
+
+def _order(item: pytest.Item) -> int:
+    """Unit tests, then the lab's own tests on bare hosts, then installs on it, then taking it down."""
+    if item.get_closest_marker("lab_teardown"):
+        return 3
+    if item.get_closest_marker("e2e"):
+        return 2
+    if item.get_closest_marker("lab"):
+        return 1
+    return 0
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=_order)  # stable: file and definition order is kept within each group

@@ -408,7 +408,36 @@ class Diagnostics:
         except psycopg.Error as exc:
             raise CheckFailed(f"{name} {address}:{port}: SHOW POOLS as {self.values['PGBOUNCER_ADMIN_USER']} failed: "
                               f"{self._pg_error(exc)}") from None
-        return f"{name}: SCRAM login ok, wrong password refused, SHOW POOLS ({len(pools)} pools)"
+        hosts = [h for h in self.ctx.haproxy_hosts if h.name == name] or self.ctx.haproxy_hosts
+        for host in hosts:
+            self._check_pgbouncer_secret(host)
+        return f"{name}: SCRAM login ok, wrong password refused, SHOW POOLS ({len(pools)} pools), secret = server's"
+
+    def _server_verifier(self) -> str:
+        with self._table_lock:
+            if not hasattr(self, "_verifier"):
+                lb, port = self.settings.network.lb_address, self.settings.ports.haproxy_write
+                with self.admin(lb, port, dbname="postgres") as conn:
+                    row = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
+                                       (self.values["POSTGRES_APP_USER"],)).fetchone()
+                self._verifier = row[0] if row else ""
+            return self._verifier
+
+    def _check_pgbouncer_secret(self, host: Host) -> None:
+        """Pooled server connections hide a stale secret until the next server login: compare the secrets themselves."""
+        app = self.values["POSTGRES_APP_USER"]
+        userlist = self.ssh(host, "cat /etc/pgbouncer/userlist.txt")
+        entry = next((line.split('" "', 1)[1].rstrip('"') for line in userlist.splitlines()
+                      if line.startswith(f'"{app}" "')), "")
+        try:
+            server = self._server_verifier()
+        except psycopg.Error as exc:
+            raise CheckFailed(f"{host.name}: cannot read {app}'s verifier on the primary: {self._pg_error(exc)}") from None
+        if not entry:
+            raise CheckFailed(f"{host.name}: {app} is missing from PgBouncer's auth file")
+        if entry != server:
+            raise CheckFailed(f"{host.name}: PgBouncer's secret for {app} differs from the server's; new server logins "
+                              "will fail (re-run `kbpg install`)")
 
     # 9
     def check_roles(self) -> str:

@@ -330,8 +330,14 @@ class Connection:
     # -- connecting
 
     def connect(self) -> "Connection":
-        if self.client is not None and self.client.get_transport() and self.client.get_transport().is_active():
-            return self
+        """Connect (once: threads sharing this connection wait for the first to finish)."""
+        with self._lock:
+            transport = self.client.get_transport() if self.client is not None else None
+            if transport is not None and transport.is_active():
+                return self
+            return self._connect()
+
+    def _connect(self) -> "Connection":
         host = self.host
         client = paramiko.SSHClient()
         for key_type, key in self.known_hosts.lookup(host.address, host.port).items():
@@ -461,8 +467,12 @@ class Connection:
             stdin = (self.sudo_password or "").encode() + b"\n" + (stdin or b"")
         timeout = self.options.command_timeout if timeout is None else timeout
         log.debug("%s $ %s", self.host.name, redact(script))
+        if self.sudo_mode == "password" and on_line is not None:
+            on_line = _without_prompt(on_line)
         result = self._exec(command, stdin, timeout, on_line)
         result.command = script
+        if self.sudo_mode == "password" and result.stderr.startswith(SUDO_PROMPT):
+            result.stderr = result.stderr[len(SUDO_PROMPT):]
         log.info("%s: exit %s in %.1fs: %s", self.host.name, result.exit_status, result.elapsed, redact(_short(script)))
         if result.exit_status != 0:
             log.debug("%s: output tail:\n%s", self.host.name, redact(result.tail()))
@@ -513,6 +523,22 @@ class Connection:
         if lines[0] != "present":
             return None
         return base64.b64decode(lines[1].strip() or b"")
+
+
+def _without_prompt(on_line: LineCallback) -> LineCallback:
+    """sudo prints its prompt (no newline) before the command's first stderr line: drop it."""
+    seen = [False]
+
+    def forward(stream: str, line: str) -> None:
+        if stream == "stderr" and not seen[0]:
+            seen[0] = True
+            if line.startswith(SUDO_PROMPT):
+                line = line[len(SUDO_PROMPT):]
+                if not line:
+                    return
+        on_line(stream, line)
+
+    return forward
 
 
 class ConnectionPool:

@@ -1,4 +1,4 @@
-"""The lab, brought up once for the whole test session and taken down at its end.
+"""Helpers of the lab tests; the lab itself (``lab_workdir``) is the session fixture in tests/conftest.py.
 
 Every test here is marked ``lab``: it needs root, namespaces and (for a cold
 cache) debootstrap and the Debian mirror. Select them with ``-m lab``.
@@ -14,25 +14,6 @@ import pytest
 from kbpg_tui.core import lab
 from kbpg_tui.core.lab import ssh as lab_ssh
 from kbpg_tui.core.lab.topology import HOSTS
-
-
-@pytest.fixture(scope="session")
-def lab_workdir(tmp_path_factory) -> Path:
-    """A work dir with the lab up in it; the lab is taken down when the session ends."""
-    if os.geteuid() != 0:
-        pytest.skip("the lab needs root")
-    before = lab.status(probe_ssh=False)
-    if before.state != "down":
-        pytest.fail(
-            f"a lab is already {before.state} on this machine (work dir {before.workdir or '?'}): "
-            "run `kbpg lab down` before the lab tests"
-        )
-    workdir = tmp_path_factory.mktemp("lab-work")
-    events = []
-    result = lab.up(workdir, progress=events.append)
-    assert result.up, result.render()
-    yield workdir
-    lab.down(workdir)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Last in the session (file order): `down` leaves nothing; a crashed `up` is cleaned up too."""
+"""Last in the session (see the ordering in tests/conftest.py): `down` leaves nothing; a crashed `up` is cleaned up too."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from kbpg_tui.core import lab
 from kbpg_tui.core.lab import hosts
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.lab_teardown]
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,6 +11,9 @@ write port by default (no hairpin through the cloud LB), the LB as an option.
 from __future__ import annotations
 
 import shlex
+import time
+
+import psycopg
 
 from .. import credentials as creds
 from ..engine import Outcome, Step, Task, TaskError, TaskRun
@@ -155,7 +158,44 @@ def configure_pgbouncer(run: TaskRun) -> Outcome:
     return Outcome.of(bool(details), "; ".join(details) or "configuration up to date, pgbouncer active")
 
 
+LB_WAIT_SECONDS = 30
+
+
+def verify_through_lb(run: TaskRun) -> Outcome:
+    """The application's path: the load balancer forwards the write port and PgBouncer's port.
+
+    The LB is configured outside kbpg (it is the cloud's) and its health checks take a few seconds
+    to see services that just started, so this waits a little; if the LB never forwards, the install
+    itself is fine but the operator must fix the LB: a warning, and diagnostics will fail on it.
+    """
+    settings, values = run.settings, run.ctx.credentials
+    lb = settings.network.lb_address
+    deadline = time.monotonic() + LB_WAIT_SECONDS
+    pending = {settings.ports.haproxy_write: "HAProxy write port", settings.ports.pgbouncer: "PgBouncer"}
+    errors: dict[int, str] = {}
+    while pending and time.monotonic() < deadline:
+        run.check_cancel()
+        for port in list(pending):
+            try:
+                with psycopg.connect(host=lb, port=port, user=values["POSTGRES_APP_USER"], password=values["POSTGRES_APP_PASS"],
+                                     dbname=values["POSTGRES_DB"], connect_timeout=3) as conn:
+                    if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                        raise psycopg.OperationalError("reached a replica")
+                del pending[port]
+            except psycopg.Error as exc:
+                errors[port] = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if pending:
+            time.sleep(1)
+    if pending:
+        failed = "; ".join(f"{lb}:{port} ({what}): {errors.get(port, 'no answer')}" for port, what in pending.items())
+        return Outcome.unchanged("the load balancer does not forward yet", [
+            f"through the load balancer: {failed}. Point the LB's targets and health checks at the HAProxy nodes "
+            f"on ports {settings.ports.haproxy_write}, {settings.ports.haproxy_read} and {settings.ports.pgbouncer}."])
+    return Outcome.unchanged(f"LB {lb}: app login on {settings.ports.haproxy_write} (primary) and {settings.ports.pgbouncer} (PgBouncer)")
+
+
 STEP = Step("04", "PgBouncer", [
     Task("packages", "haproxy", install_pgbouncer),
     Task("config", "haproxy", configure_pgbouncer),
+    Task("through the LB", "cluster", verify_through_lb),
 ])
