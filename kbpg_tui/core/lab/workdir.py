@@ -209,7 +209,6 @@ def lab_settings(workdir: Path, fingerprints: dict[str, str]):
     settings.network.lb_address = LB_ADDRESS
     settings.network.private_subnet = SUBNET
     settings.patroni.timing_plan = "fast"
-    settings.pgbouncer.max_client_conn = 200
     settings.ssh.key_file = str((workdir / SSH_KEY_NAME).resolve())
     settings.ssh.pinned_host_keys = {host.address: fingerprints[host.address] for host in CLUSTER_HOSTS}
     return settings
