@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -112,30 +111,6 @@ def remove_tree(path: Path) -> None:
         return
     unmount_all_under(path)
     shutil.rmtree(path, ignore_errors=False)
-
-
-def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> None:
-    """Write a file via a temp file in the same directory created with ``mode``, then rename.
-
-    The temp file has its final mode from creation, so a secret is never readable
-    by others even for an instant.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(raw)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
