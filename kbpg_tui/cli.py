@@ -238,6 +238,20 @@ def cmd_install(args: argparse.Namespace) -> int:
     return EXIT_OK if done else EXIT_FAILED
 
 
+# --- the wizard ----------------------------------------------------------------------------
+
+def cmd_wizard(args: argparse.Namespace, start: str = "welcome") -> int:
+    if not sys.stdin.isatty() or not sys.stdout.isatty():
+        raise BadInput("the wizard needs a terminal; for scripts use `kbpg install --yes` or `kbpg diagnose --json`")
+    from .core.logs import setup_file_logging
+    from .ui.app import KbpgApp
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    setup_file_logging(args.workdir, "wizard")
+    KbpgApp(args.workdir, start=start).run()
+    return EXIT_OK
+
+
 # --- diagnose ------------------------------------------------------------------------------
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
@@ -248,6 +262,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     settings = load_answers(args, required=True)
     if not (args.workdir / creds.ENV_FILE).exists():
         raise BadInput(f"{args.workdir / creds.ENV_FILE}: not found; diagnostics need the cluster's credentials")
+    if not args.no_tui and not args.json:
+        return cmd_wizard(args, start="diagnostics")
     setup_file_logging(args.workdir, "diagnose")
     try:
         run = inst.prepare(args.workdir, settings, lambda event: None)
@@ -335,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("diagnose", help="probe the cluster: 12 checks in parallel, a report, exit 1 on any failure")
     p.add_argument("--answers", help="kbpg.toml (default: WORKDIR/kbpg.toml)")
-    p.add_argument("--no-tui", action="store_true", help="print a table (the default until the wizard lands)")
+    p.add_argument("--no-tui", action="store_true", help="print a table instead of opening the diagnostics panel")
     p.add_argument("--json", action="store_true", help="print a machine-readable report")
     p.add_argument("--timeout", type=float, default=8.0, help="seconds each probe may wait for an answer (default 8)")
     p.set_defaults(handler=cmd_diagnose)
@@ -368,8 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.workdir = args.workdir.expanduser().resolve()
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
     if handler is None:
-        parser.print_help()
-        return EXIT_OK
+        handler = cmd_wizard
     try:
         return handler(args)
     except BadInput as exc:

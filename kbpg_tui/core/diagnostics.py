@@ -572,3 +572,39 @@ def write_reports(workdir: Path, report: Report) -> tuple[Path, Path]:
     atomic_write(markdown_path, report.markdown().encode("utf-8"), mode=0o644)
     atomic_write(json_path, (json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n").encode("utf-8"), mode=0o644)
     return markdown_path, json_path
+
+
+@dataclass(frozen=True)
+class Member:
+    """One Patroni member as the live cluster view shows it."""
+
+    name: str
+    host: str
+    role: str
+    state: str
+    timeline: int | None
+    lag: int | None  # bytes behind the leader, for replicas
+
+
+def cluster_view(ctx: Context, timeout: float = 3.0) -> list[Member]:
+    """The cluster as Patroni sees it now (REST ``/cluster`` of the first DB node that answers).
+
+    Raises :class:`CheckFailed` when no DB node answers.
+    """
+    errors = []
+    for host in ctx.db_hosts:
+        url = f"http://{host.address}:{ctx.settings.ports.patroni_rest}/cluster"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                data = json.loads(response.read())
+        except (OSError, ValueError) as exc:
+            errors.append(f"{host.name}: {getattr(exc, 'reason', exc)}")
+            continue
+        members = []
+        for member in data.get("members", []):
+            lag = member.get("lag")
+            members.append(Member(member.get("name", "?"), str(member.get("host", "")), member.get("role", "?"),
+                                  member.get("state", "?"), member.get("timeline"),
+                                  lag if isinstance(lag, int) else None))
+        return sorted(members, key=lambda m: (m.role != "leader", m.name))
+    raise CheckFailed("no DB node answers Patroni's REST API: " + "; ".join(errors))

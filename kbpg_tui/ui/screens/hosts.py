@@ -1,0 +1,136 @@
+"""Hosts: the nodes servers.tsv selects, its problems inline, and a per-host SSH check with host-key confirmation."""
+
+from __future__ import annotations
+
+import threading
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Input, Label, Static
+
+from ...core import install as inst
+from ...core.inventory import Server
+from ...core.ssh import ConnectionPool, Host, KnownHosts, SshError
+from ..text import show
+
+
+class SshChecked(Message):
+    def __init__(self, host: str, ok: bool, text: str):
+        super().__init__()
+        self.host, self.ok, self.text = host, ok, text
+
+
+class HostsScreen(Screen):
+    BINDINGS = [
+        Binding("c", "check", "Check SSH"),
+        Binding("r", "reload", "Reload"),
+        Binding("n", "next", "Next"),
+        Binding("escape", "back", "Back"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("Hosts — selected from servers.tsv by rule (never by hostname)", classes="title")
+        with Horizontal(id="progress-row"):
+            yield Label("servers.tsv ")
+            yield Input(str(self.app.state.settings.inventory.path), id="inventory-path", compact=True)
+        yield Static("", id="problems", classes="problems")
+        yield Static("", id="warnings", classes="warnings")
+        table = DataTable(id="hosts", cursor_type="row", zebra_stripes=True)
+        table.add_columns("role", "hostname", "address", "ssh user", "line", "ssh check")
+        yield table
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.show()
+        self.query_one(DataTable).focus()
+
+    def show(self) -> None:
+        state = self.app.state
+        errors = [p for p in state.inventory_problems if p.severity == "error"]
+        warnings = [p for p in state.inventory_problems if p.severity != "error"]
+        source = str(state.inventory_path)
+        show(self.query_one("#problems", Static),
+             "\n".join(p.render(source) for p in errors[:8]) + (f"\n… and {len(errors) - 8} more" if len(errors) > 8 else ""))
+        show(self.query_one("#warnings", Static), "\n".join(p.render(source) for p in warnings[:3]))
+        table = self.query_one(DataTable)
+        table.clear()
+        if state.selection:
+            for role, nodes in (("DB", state.selection.db_nodes), ("HAProxy", state.selection.haproxy_nodes)):
+                for server in nodes:
+                    table.add_row(role, server.hostname, server.ip_private, server.user_ssh, str(server.line), "—",
+                                  key=server.hostname)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.app.state.settings.inventory.path = event.value.strip() or "servers.tsv"
+        self.action_reload()
+        self.query_one(DataTable).focus()
+
+    def action_reload(self) -> None:
+        self.app.state.load_inventory()
+        self.show()
+
+    def action_check(self) -> None:
+        state = self.app.state
+        if not state.selection:
+            self.notify("fix servers.tsv first", severity="error")
+            return
+        table = self.query_one(DataTable)
+        for server in state.selection.all_nodes:
+            table.update_cell(server.hostname, "ssh check", "checking…")
+        self.check_ssh(list(state.selection.all_nodes))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="ssh-check")
+    def check_ssh(self, servers: list[Server]) -> None:
+        state = self.app.state
+        cancel = threading.Event()
+        known_hosts = KnownHosts(inst.resolve(state.workdir, state.settings.ssh.known_hosts))
+        pool = ConnectionPool(inst.ssh_options(state.workdir, state.settings), known_hosts, lambda event: None,
+                              prompt=lambda event: self.app.ask_host_key(event, cancel),
+                              sudo_passwords=inst.sudo_passwords(state.workdir), cancel=cancel)
+
+        def one(server: Server) -> None:
+            host = Host(server.hostname, server.ip_private, server.user_ssh)
+            try:
+                connection = pool.get(host)
+                result = connection.run("id -un", timeout=30)
+                mode = connection.sudo_mode
+                text = f"ok: {result.stdout.strip()}" + (f" via sudo ({mode})" if mode != "root" else "")
+                self.post_message(SshChecked(server.hostname, True, text))
+            except SshError as exc:
+                self.post_message(SshChecked(server.hostname, False, str(exc).split(": ", 1)[-1].splitlines()[0]))
+
+        threads = [threading.Thread(target=one, args=(server,), daemon=True) for server in servers]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            cancel.set()
+            pool.close()
+
+    def on_ssh_checked(self, message: SshChecked) -> None:
+        table = self.query_one(DataTable)
+        table.update_cell(message.host, "ssh check", ("✓ " if message.ok else "✗ ") + message.text[:60], update_width=True)
+
+    def action_next(self) -> None:
+        state = self.app.state
+        if not state.selection:
+            self.notify("servers.tsv has errors: fix them (r reloads)", severity="error")
+            return
+        try:
+            state.save_settings()
+        except OSError as exc:
+            self.notify(f"cannot write kbpg.toml: {exc}", severity="error")
+            return
+        from .plan import PlanScreen
+
+        self.app.push_screen(PlanScreen())
+
+    def action_back(self) -> None:
+        self.app.pop_screen()

@@ -1,0 +1,292 @@
+"""Install: live progress as a grid of steps × hosts, the selected host's output, cancel, retry, resume.
+
+The engine runs in a thread worker and reports through core events. Output lines
+arrive at any rate: they are queued by the worker and drained into bounded
+per-host buffers ten times a second, so a flood never blocks the screen.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, ProgressBar, RichLog, Static
+from textual.worker import Worker, WorkerState
+
+from ...core import events as ev
+from ...core import install as inst
+from ...core.engine import CLUSTER, LOCAL, StepReport
+from ...core.steps import ALL_STEPS, install_steps
+
+OUTPUT_LINES_PER_HOST = 2000
+FLUSH_SECONDS = 0.1
+ALL_HOSTS = "all hosts"
+
+
+class EngineEvent(Message):
+    """A core event, carried to the screen (never an output line: those are batched)."""
+
+    def __init__(self, event: ev.Event):
+        super().__init__()
+        self.event = event
+
+
+class InstallDone(Message):
+    def __init__(self, reports: list[StepReport]):
+        super().__init__()
+        self.reports = reports
+
+
+SYMBOL = {ev.Status.CHANGED: "✓", ev.Status.UNCHANGED: "=", ev.Status.FAILED: "✗", ev.Status.CANCELLED: "■",
+          ev.Status.SKIPPED: "-"}
+
+
+class InstallScreen(Screen):
+    BINDINGS = [
+        Binding("s", "start", "Start/resume"),
+        Binding("c", "cancel", "Cancel"),
+        Binding("r", "retry", "Retry failed step"),
+        Binding("left_square_bracket", "previous_host", "Prev host", key_display="["),
+        Binding("right_square_bracket", "next_host", "Next host", key_display="]"),
+        Binding("n", "next", "Diagnostics"),
+        Binding("escape", "back", "Back"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancel_event: threading.Event | None = None
+        self.running = False
+        self.done = False
+        self.failed_step: str | None = None
+        self.tasks: dict[tuple[str, str], dict[str, tuple[ev.Status, float]]] = collections.defaultdict(dict)
+        self.pending_lines: collections.deque[ev.OutputLine] = collections.deque()
+        self.host_lines: dict[str, collections.deque[str]] = collections.defaultdict(
+            lambda: collections.deque(maxlen=OUTPUT_LINES_PER_HOST))
+        self.view = ALL_HOSTS
+        self.finished_tasks = 0
+
+    # layout
+
+    @property
+    def hosts(self) -> list[str]:
+        selection = self.app.state.selection
+        return [s.hostname for s in selection.all_nodes] if selection else []
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        selection = self.app.state.selection
+        count = f"{len(selection.db_nodes)} DB + {len(selection.haproxy_nodes)} HAProxy nodes" if selection else "no hosts"
+        yield Static(f"Install — {count}. s starts or resumes (every step checks before it changes)", classes="title",
+                     id="install-title")
+        yield Static("✓ changed   = unchanged   ✗ failed   ■ cancelled   … running", classes="hint")
+        grid = DataTable(id="grid", cursor_type="none", zebra_stripes=True)
+        grid.add_column("step", key="step")
+        grid.add_column(LOCAL, key=LOCAL)
+        grid.add_column(CLUSTER, key=CLUSTER)
+        for host in self.hosts:
+            grid.add_column(host, key=host)
+        for step in ALL_STEPS:
+            grid.add_row(step.label, *["·"] * (2 + len(self.hosts)), key=step.number)
+        yield grid
+        with Horizontal(id="progress-row"):
+            yield ProgressBar(total=self.total_tasks(), show_eta=False, id="progress")
+            yield Static("  ready", id="install-status")
+        yield Static(f"Output: {self.view}", id="output-title", classes="hint")
+        yield RichLog(id="output", max_lines=OUTPUT_LINES_PER_HOST, markup=False, highlight=False, wrap=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.set_interval(FLUSH_SECONDS, self.flush_output)
+
+    def total_tasks(self) -> int:
+        selection = self.app.state.selection
+        if not selection:
+            return 1
+        counts = {"db": len(selection.db_nodes), "haproxy": len(selection.haproxy_nodes),
+                  "all": len(selection.all_nodes), "cluster": 1, "local": 1}
+        return sum(counts[task.scope] for step in ALL_STEPS for task in step.tasks)
+
+    # running
+
+    def action_start(self) -> None:
+        self.launch(install_steps())
+
+    def action_retry(self) -> None:
+        if self.running:
+            return
+        if not self.failed_step:
+            self.notify("no failed step to retry; s runs the whole install again (safely)")
+            return
+        self.launch([step for step in ALL_STEPS if step.number >= self.failed_step])
+
+    def launch(self, steps) -> None:
+        if self.running:
+            self.notify("the install is running; c cancels it")
+            return
+        if not self.app.state.selection:
+            self.notify("servers.tsv has errors: go back to Hosts", severity="error")
+            return
+        self.running, self.done, self.failed_step = True, False, None
+        self.finished_tasks = 0
+        progress = self.query_one(ProgressBar)
+        progress.update(total=self.total_tasks(), progress=0)
+        for step in steps:
+            for column in [LOCAL, CLUSTER, *self.hosts]:
+                self.tasks.pop((step.number, column), None)
+                self.query_one("#grid", DataTable).update_cell(step.number, column, "·")
+        self.set_status(f"running steps {steps[0].number}–{steps[-1].number} …")
+        self.cancel_event = threading.Event()
+        self.run_engine(steps, self.cancel_event)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="install")
+    def run_engine(self, steps, cancel: threading.Event) -> None:
+        state = self.app.state
+        run = inst.prepare(state.workdir, state.settings, self.sink, prompt=lambda e: self.app.ask_host_key(e, cancel),
+                           cancel=cancel, selection=state.selection)
+        try:
+            reports = run.engine.run(steps)
+        finally:
+            run.close()
+        self.post_message(InstallDone(reports))
+
+    def sink(self, event: ev.Event) -> None:
+        """Called from the worker thread."""
+        if isinstance(event, ev.OutputLine):
+            self.pending_lines.append(event)  # deque.append is thread-safe; drained by the timer
+        else:
+            self.post_message(EngineEvent(event))
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.group == "install" and event.state == WorkerState.ERROR:
+            self.running = False
+            error = event.worker.error
+            self.set_status(f"could not start: {error}")
+            self.notify(str(error), severity="error", timeout=15)
+
+    def action_cancel(self) -> None:
+        if self.running and self.cancel_event:
+            self.cancel_event.set()
+            self.set_status("cancelling: the running commands are stopped, finished work stays …")
+
+    # events
+
+    def on_engine_event(self, message: EngineEvent) -> None:
+        event = message.event
+        grid = self.query_one("#grid", DataTable)
+        if isinstance(event, ev.TaskStarted):
+            self.tasks[(event.step, event.host)][event.task] = (ev.Status.RUNNING, 0.0)
+            grid.update_cell(event.step, event.host, f"… {event.task}")
+            self.set_status(f"{event.step} {event.host}: {event.task} …")
+        elif isinstance(event, ev.TaskFinished):
+            self.tasks[(event.step, event.host)][event.task] = (event.status, event.elapsed)
+            grid.update_cell(event.step, event.host, self.cell(event.step, event.host))
+            self.finished_tasks += 1
+            self.query_one(ProgressBar).update(progress=self.finished_tasks)
+            if event.status == ev.Status.FAILED:
+                self.record(event.host, f"FAILED {event.task}: {event.detail}")
+        elif isinstance(event, ev.StepFinished):
+            if event.status in (ev.Status.FAILED, ev.Status.CANCELLED):
+                self.failed_step = event.step
+        elif isinstance(event, ev.Message) and event.level != ev.Level.INFO:
+            self.record(event.host or CLUSTER, f"{event.level}: {event.text}")
+        elif isinstance(event, ev.Progress):
+            self.set_status(event.text[:120])
+
+    def cell(self, step: str, host: str) -> str:
+        tasks = self.tasks[(step, host)].values()
+        statuses = [status for status, _ in tasks]
+        elapsed = sum(seconds for _, seconds in tasks)
+        if ev.Status.RUNNING in statuses:
+            return "…"
+        for status in (ev.Status.FAILED, ev.Status.CANCELLED, ev.Status.CHANGED):
+            if status in statuses:
+                return f"{SYMBOL[status]} {elapsed:.1f}s"
+        return f"= {elapsed:.1f}s"
+
+    def on_install_done(self, message: InstallDone) -> None:
+        self.running = False
+        reports = message.reports
+        counts = inst.summarize(reports)
+        ok = bool(reports) and all(r.status in (ev.Status.CHANGED, ev.Status.UNCHANGED) for r in reports)
+        self.done = ok
+        if ok:
+            self.set_status(f"install complete: changed {counts['changed']}, unchanged {counts['unchanged']} — n: diagnostics")
+            self.notify("Install complete. Press n for diagnostics.")
+        elif counts["cancelled"]:
+            self.set_status(f"cancelled at step {self.failed_step}: finished work stays; s or r resumes")
+        else:
+            failures = [f"{t.host}: {t.detail}" for r in reports for t in r.failures]
+            self.set_status(f"step {self.failed_step} failed ({failures[0][:80] if failures else ''}) — r retries")
+
+    # output
+
+    def record(self, host: str, line: str) -> None:
+        self.host_lines[host].append(line)
+        self.host_lines[ALL_HOSTS].append(f"{host}| {line}")
+        if self.view in (host, ALL_HOSTS):
+            self.query_one(RichLog).write(line if self.view == host else f"{host}| {line}")
+
+    def flush_output(self) -> None:
+        batch = []
+        while self.pending_lines and len(batch) < 20000:
+            batch.append(self.pending_lines.popleft())
+        if not batch:
+            return
+        shown = []
+        for line in batch:
+            self.host_lines[line.host].append(line.text)
+            self.host_lines[ALL_HOSTS].append(f"{line.host}| {line.text}")
+            if self.view == line.host:
+                shown.append(line.text)
+            elif self.view == ALL_HOSTS:
+                shown.append(f"{line.host}| {line.text}")
+        if shown:
+            log = self.query_one(RichLog)
+            for text in shown[-OUTPUT_LINES_PER_HOST:]:  # older ones would scroll out of the bounded log anyway
+                log.write(text)
+
+    def show_view(self) -> None:
+        log = self.query_one(RichLog)
+        log.clear()
+        for text in self.host_lines[self.view]:
+            log.write(text)
+        self.query_one("#output-title", Static).update(f"Output: {self.view}  ([ ] to switch)")
+
+    def cycle(self, step: int) -> None:
+        views = [ALL_HOSTS, *self.hosts, CLUSTER]
+        self.view = views[(views.index(self.view) + step) % len(views)] if self.view in views else ALL_HOSTS
+        self.show_view()
+
+    def action_previous_host(self) -> None:
+        self.cycle(-1)
+
+    def action_next_host(self) -> None:
+        self.cycle(1)
+
+    def set_status(self, text: str) -> None:
+        self.query_one("#install-status", Static).update("  " + text)
+
+    # navigation
+
+    def action_next(self) -> None:
+        if self.running:
+            self.notify("the install is still running")
+            return
+        from .diagnostics import DiagnosticsScreen
+
+        self.app.push_screen(DiagnosticsScreen())
+
+    def action_back(self) -> None:
+        if self.running:
+            self.notify("the install is running: c cancels it first")
+            return
+        self.app.pop_screen()
+
+
+

@@ -1,0 +1,59 @@
+"""Welcome: what to do, and what the work directory already holds."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import Button, Footer, Header, Static
+
+
+class WelcomeScreen(Screen):
+    BINDINGS = [
+        Binding("1", "install", "First install"),
+        Binding("2", "diagnostics", "Diagnostics"),
+        Binding("3", "export", "Export credentials"),
+        Binding("q", "app.quit", "Quit"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        state = self.app.state
+        yield Header()
+        yield Static("kbpg installs a highly available PostgreSQL cluster on your servers over SSH, then proves it works:\n"
+                     "Patroni with Raft on the DB nodes, HAProxy and PgBouncer on the proxy nodes, pgvector.",
+                     classes="hint")
+        lines = [f"Work directory  {state.workdir}"]
+        lines.append(f"kbpg.toml       {'present' if state.answers_path.exists() else 'not yet (defaults)'}"
+                     + (" — INVALID, see Plan" if state.settings_error else ""))
+        if state.selection:
+            lines.append(f"servers.tsv     {len(state.selection.db_nodes)} DB + {len(state.selection.haproxy_nodes)} HAProxy nodes")
+        else:
+            errors = [p for p in state.inventory_problems if p.severity == "error"]
+            lines.append(f"servers.tsv     {state.inventory_path}: {len(errors)} problem(s), see Hosts")
+        lines.append(f"credentials     {'credentials/postgres.env present' if state.env_path.exists() else 'not yet'}"
+                     + (" — UNREADABLE" if state.credentials_error else ""))
+        yield Static("\n".join(lines), id="status")
+        with Vertical(id="menu"):
+            yield Button("1  First install: credentials, hosts, plan, install, diagnostics", id="install", variant="primary")
+            yield Button("2  Diagnostics only: check a cluster kbpg installed", id="diagnostics")
+            yield Button("3  Export credentials to credentials/postgres.env", id="export")
+        yield Footer()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        {"install": self.action_install, "diagnostics": self.action_diagnostics, "export": self.action_export}[event.button.id]()
+
+    def action_install(self) -> None:
+        from .credentials import CredentialsScreen
+
+        self.app.push_screen(CredentialsScreen(then="hosts"))
+
+    def action_diagnostics(self) -> None:
+        from .diagnostics import DiagnosticsScreen
+
+        self.app.push_screen(DiagnosticsScreen())
+
+    def action_export(self) -> None:
+        from .credentials import CredentialsScreen
+
+        self.app.push_screen(CredentialsScreen(then="welcome"))
