@@ -200,3 +200,11 @@ def test_every_password_name_counts_as_a_secret() -> None:
         assert creds.is_secret_name(name), name
     for name in creds.USER_NAMES:
         assert not creds.is_secret_name(name), name
+
+
+def test_credentials_never_show_values_in_reprs() -> None:
+    values, _ = creds.generate()
+    for text in (repr(values), str(values), f"{values}", repr([values])):
+        for name in creds.PASSWORD_NAMES:
+            assert values[name] not in text
+    assert "POSTGRES_SUPERPASS" in repr(values)

@@ -155,6 +155,12 @@ def check_value(name: str, value: str) -> str | None:
 class Credentials(dict):
     """Name → value for the variables of postgres.env (a dict, so extra names survive a round trip)."""
 
+    def __repr__(self) -> str:
+        # Reprs end up in tracebacks and debug logs: names only, never values.
+        return f"Credentials({', '.join(self)}; values hidden)"
+
+    __str__ = __repr__
+
     def validate(self) -> list[str]:
         problems = [f"{name} is missing" for name in REQUIRED_NAMES if name not in self]
         problems += [problem for name, value in self.items() if (problem := check_value(name, value))]

@@ -34,6 +34,24 @@ class KbpgApp(App):
 
         self.push_screen(DiagnosticsScreen() if self.start == "diagnostics" else WelcomeScreen())
 
+    def _fatal_error(self) -> None:
+        """Textual's crash report shows local variables, which can hold passwords: show the traceback without them.
+
+        (Overrides Textual's private hook of the same name; the traceback also goes to the log, redacted.)
+        """
+        import logging
+        import sys
+
+        import rich
+        from rich.segment import Segments
+        from rich.traceback import Traceback
+
+        logging.getLogger("kbpg.ui").error("the wizard crashed", exc_info=sys.exc_info())
+        self.bell()
+        traceback = Traceback(show_locals=False, width=None, suppress=[rich])
+        self._exit_renderables.append(Segments(self.console.render(traceback, self.console.options)))
+        self._close_messages_no_wait()
+
     def action_help(self) -> None:
         from .screens.dialogs import HelpScreen
 

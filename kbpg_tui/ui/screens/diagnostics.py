@@ -120,6 +120,9 @@ class DiagnosticsScreen(Screen):
             table.add_row(str(r.number), r.check, r.target, VERDICT[r.verdict.value], f"{r.duration:.2f}s", r.reason)
         counts = report.counts()
         verdict = "ALL GREEN" if not report.failed else "FAILURES"
+        status = self.query_one("#diag-status", Static)
+        status.set_class(not report.failed, "green")
+        status.set_class(report.failed, "red")
         self.set_status(f"{verdict}: {counts['pass']} pass, {counts['warn']} warn, {counts['fail']} fail in "
                         f"{report.elapsed:.2f}s — r runs again, e exports the report")
 

@@ -35,13 +35,14 @@ class HostsScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("Hosts — selected from servers.tsv by rule (never by hostname)", classes="title")
-        with Horizontal(id="progress-row"):
-            yield Label("servers.tsv ")
+        with Horizontal(id="inventory-row"):
+            yield Label("servers.tsv:")
             yield Input(str(self.app.state.settings.inventory.path), id="inventory-path", compact=True)
         yield Static("", id="problems", classes="problems")
         yield Static("", id="warnings", classes="warnings")
         table = DataTable(id="hosts", cursor_type="row", zebra_stripes=True)
-        table.add_columns("role", "hostname", "address", "ssh user", "line", "ssh check")
+        for label in ("role", "hostname", "address", "ssh user", "line", "ssh check"):
+            table.add_column(label, key=label)
         yield table
         yield Footer()
 

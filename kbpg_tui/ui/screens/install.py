@@ -181,11 +181,11 @@ class InstallScreen(Screen):
         grid = self.query_one("#grid", DataTable)
         if isinstance(event, ev.TaskStarted):
             self.tasks[(event.step, event.host)][event.task] = (ev.Status.RUNNING, 0.0)
-            grid.update_cell(event.step, event.host, f"… {event.task}")
+            grid.update_cell(event.step, event.host, f"… {event.task}", update_width=True)
             self.set_status(f"{event.step} {event.host}: {event.task} …")
         elif isinstance(event, ev.TaskFinished):
             self.tasks[(event.step, event.host)][event.task] = (event.status, event.elapsed)
-            grid.update_cell(event.step, event.host, self.cell(event.step, event.host))
+            grid.update_cell(event.step, event.host, self.cell(event.step, event.host), update_width=True)
             self.finished_tasks += 1
             self.query_one(ProgressBar).update(progress=self.finished_tasks)
             if event.status == ev.Status.FAILED:
