@@ -160,3 +160,38 @@ def test_output_arriving_after_a_quiet_spell_is_not_lost() -> None:
     script = [(0, "out", b"start\n"), (30.0, "out", b"late line\n")]
     (_, stdout, _), _, _ = run(script, timeout=60)
     assert stdout == "start\nlate line\n"
+
+
+class EndlessChannel(FakeChannel):
+    """A command that prints a line every second and never ends (``journalctl -f``, a looping script)."""
+
+    def recv_ready(self) -> bool:
+        return True
+
+    def recv(self, nbytes: int) -> bytes:
+        self.clock.now += 1.0
+        return b"still going\n"
+
+
+def test_a_command_that_never_stops_printing_still_times_out() -> None:
+    clock = FakeClock()
+    channel = EndlessChannel(clock, [], exit_status=None)
+    with pytest.raises(ssh.CommandTimeout):
+        ssh.pump(channel, None, 5, None, None, clock=clock, wait=clock.sleep)
+    assert channel.closed
+
+
+def test_a_command_that_never_stops_printing_can_be_cancelled() -> None:
+    clock = FakeClock()
+    cancel = threading.Event()
+    channel = EndlessChannel(clock, [], exit_status=None)
+    seen: list[str] = []
+
+    def on_line(stream: str, line: str) -> None:
+        seen.append(line)
+        if len(seen) == 3:
+            cancel.set()
+
+    with pytest.raises(ssh.Cancelled):
+        ssh.pump(channel, None, None, cancel, on_line, clock=clock, wait=clock.sleep)
+    assert channel.closed and len(seen) == 3

@@ -271,11 +271,10 @@ def pump(
             if data:
                 err.feed(data)
                 busy = True
-        if busy:
-            continue
         # Drained: only now is the exit status meaningful (and recv_exit_status cannot block on a full window).
-        if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+        if not busy and channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
             break
+        # Checked even while output flows: a command that never stops printing must still time out or cancel.
         if cancel is not None and cancel.is_set():
             channel.close()
             raise Cancelled("cancelled")
@@ -284,7 +283,8 @@ def pump(
             out.feed(b"", final=True)
             err.feed(b"", final=True)
             raise CommandTimeout(f"no end after {timeout:.0f} s; stopped. Last output:\n{(err.text() or out.text())[-2000:]}")
-        wait(_POLL_SECONDS)
+        if not busy:
+            wait(_POLL_SECONDS)
     out.feed(b"", final=True)
     err.feed(b"", final=True)
     return channel.recv_exit_status(), out.text(), err.text()
