@@ -195,3 +195,56 @@ def test_a_command_that_never_stops_printing_can_be_cancelled() -> None:
     with pytest.raises(ssh.Cancelled):
         ssh.pump(channel, None, None, cancel, on_line, clock=clock, wait=clock.sleep)
     assert channel.closed and len(seen) == 3
+
+
+class _FakeTransport:
+    def is_active(self) -> bool:
+        return True
+
+    def set_keepalive(self, seconds: int) -> None:
+        pass
+
+
+class _FakeClient:
+    """Enough of paramiko.SSHClient for Connection._connect: login always succeeds."""
+
+    closed = 0
+
+    def __init__(self) -> None:
+        self.keys = {}
+
+    def get_host_keys(self):
+        return self
+
+    def add(self, *args) -> None:
+        pass
+
+    def set_missing_host_key_policy(self, policy) -> None:
+        pass
+
+    def connect(self, **kwargs) -> None:
+        pass
+
+    def get_transport(self) -> _FakeTransport:
+        return _FakeTransport()
+
+    def close(self) -> None:
+        _FakeClient.closed += 1
+
+
+def test_a_connection_whose_sudo_check_failed_is_not_handed_out_again(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setattr(ssh.paramiko, "SSHClient", _FakeClient)
+    calls: list[str] = []
+
+    def fake_exec(self, command, stdin, timeout, on_line=None):
+        calls.append(command)
+        return ssh.Result(command, 1, "", "sudo: a password is required\n", 0.0)
+
+    monkeypatch.setattr(ssh.Connection, "_exec", fake_exec)
+    host = ssh.Host("db-1", "198.51.100.7", user="deploy")
+    connection = ssh.Connection(host, ssh.SshOptions(), ssh.KnownHosts(tmp_path / "known_hosts"), lambda e: None)
+    for _ in range(2):  # the second attempt checks sudo again instead of reusing the unprivileged session
+        with pytest.raises(ssh.SudoError):
+            connection.connect()
+        assert connection.client is None and connection.sudo_mode is None
+    assert len(calls) == 2

@@ -388,7 +388,14 @@ class Connection:
         transport.set_keepalive(KEEPALIVE_SECONDS)
         self.client = client
         log.info("%s: connected to %s@%s:%s", host.name, host.user, host.address, host.port)
-        self._check_sudo()
+        try:
+            self._check_sudo()
+        except BaseException:
+            # Never keep a connection whose sudo is unknown: connect() would hand it out again
+            # and run() would then run its commands as the plain user.
+            self.client, self.sudo_mode = None, None
+            client.close()
+            raise
         return self
 
     def _check_sudo(self) -> None:
