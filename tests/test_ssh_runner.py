@@ -248,3 +248,45 @@ def test_a_connection_whose_sudo_check_failed_is_not_handed_out_again(monkeypatc
             connection.connect()
         assert connection.client is None and connection.sudo_mode is None
     assert len(calls) == 2
+
+
+def _local_connection(monkeypatch: pytest.MonkeyPatch, tmp_path) -> ssh.Connection:
+    """A Connection whose scripts run here, with bash, as the current user."""
+    import subprocess
+
+    def local_run(self, script, stdin=None, timeout=None, on_line=None, check=True, what=""):
+        if isinstance(stdin, str):
+            stdin = stdin.encode()
+        done = subprocess.run(["bash", "-c", "set -o pipefail; " + script], input=stdin or b"", capture_output=True,
+                              timeout=30)
+        result = ssh.Result(script, done.returncode, done.stdout.decode(), done.stderr.decode(), 0.0)
+        if check and not result.ok:
+            raise ssh.RemoteCommandError(self.host, result, what)
+        return result
+
+    monkeypatch.setattr(ssh.Connection, "run", local_run)
+    host = ssh.Host("here", "127.0.0.1")
+    return ssh.Connection(host, ssh.SshOptions(), ssh.KnownHosts(tmp_path / "known_hosts"), lambda e: None)
+
+
+def test_upload_creates_missing_directories_traversable_and_the_file_private(monkeypatch: pytest.MonkeyPatch,
+                                                                             tmp_path) -> None:
+    import grp
+    import os
+    import pwd
+    import stat
+
+    connection = _local_connection(monkeypatch, tmp_path)
+    user = pwd.getpwuid(os.getuid()).pw_name
+    group = grp.getgrgid(os.getgid()).gr_name
+    target = tmp_path / "etc" / "apt" / "keyrings" / "kbpg.asc"
+    assert connection.upload(str(target), b"key\n", mode=0o644, owner=user, group=group)
+    assert target.read_bytes() == b"key\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    for directory in (target.parent, target.parent.parent, target.parent.parent.parent):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o755, directory  # _apt and postgres can traverse
+    assert not connection.upload(str(target), b"key\n", mode=0o644, owner=user, group=group)  # unchanged
+    secret = tmp_path / "etc" / "pgbouncer" / "userlist.txt"
+    assert connection.upload(str(secret), b'"u" "s"\n', mode=0o600, owner=user, group=group)
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert not [p for p in secret.parent.iterdir() if ".kbpg." in p.name]  # no temp file left behind

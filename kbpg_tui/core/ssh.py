@@ -514,7 +514,9 @@ class Connection:
         directory = shlex.quote(os.path.dirname(path) or "/")
         check = (validate.format(path='"$tmp"') + "; ") if validate else ""
         self.run(
-            f"set -e; umask 077; mkdir -p {directory}; tmp=$(mktemp {quoted}.kbpg.XXXXXX); "
+            # Missing directories get the usual 0755 (under umask 077 /etc/apt/keyrings or /etc/postgresql-common
+            # would be 0700 and unreadable to _apt and postgres); the file itself is 0600 from mktemp on.
+            f"set -e; (umask 022; mkdir -p {directory}); umask 077; tmp=$(mktemp {quoted}.kbpg.XXXXXX); "
             f"trap 'rm -f \"$tmp\"' EXIT; cat > \"$tmp\"; chown {shlex.quote(owner)}:{shlex.quote(group)} \"$tmp\"; "
             f"chmod {mode:o} \"$tmp\"; {check}mv -f \"$tmp\" {quoted}; trap - EXIT",
             stdin=data,
