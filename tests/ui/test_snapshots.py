@@ -1,0 +1,64 @@
+"""SVG snapshots of every wizard screen at a fixed size (update with: scripts/test tests/ui --snapshot-update)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kbpg_tui.core.events import HostKeyUnknown
+from kbpg_tui.ui.app import KbpgApp
+from kbpg_tui.ui.screens.dialogs import HostKeyDialog
+
+from .conftest import SIZE
+
+
+def test_welcome(snap_compare, demo: Path) -> None:
+    assert snap_compare(KbpgApp(demo), terminal_size=SIZE)
+
+
+def test_credentials(snap_compare, demo: Path) -> None:
+    assert snap_compare(KbpgApp(demo), press=["1"], terminal_size=SIZE)
+
+
+def test_hosts(snap_compare, demo: Path) -> None:
+    assert snap_compare(KbpgApp(demo), press=["1", "n"], terminal_size=SIZE)
+
+
+def test_hosts_with_a_broken_inventory(snap_compare, demo: Path) -> None:
+    path = demo / "servers.tsv"
+    path.write_text(path.read_text().replace("\t198.18.0.121\t", "\t198.18.0.300\t").replace("\tkbops\t", "\t\t"))
+    assert snap_compare(KbpgApp(demo), press=["1", "n"], terminal_size=SIZE)
+
+
+def test_plan(snap_compare, demo: Path) -> None:
+    assert snap_compare(KbpgApp(demo), press=["1", "n", "n"], terminal_size=SIZE)
+
+
+def test_install_before_start(snap_compare, demo: Path) -> None:
+    assert snap_compare(KbpgApp(demo), press=["1", "n", "n", "n"], terminal_size=SIZE)
+
+
+def test_host_key_question(snap_compare, demo: Path) -> None:
+    async def ask(pilot) -> None:
+        event = HostKeyUnknown("db-master-01", "198.18.0.120", "ssh-ed25519", "SHA256:uKq2cVg2h3ZxY8m0XbR4mJ3l5Sg7n1oP6dT9wE0aBcD")
+        pilot.app.push_screen(HostKeyDialog(event))
+        await pilot.pause()
+
+    assert snap_compare(KbpgApp(demo), run_before=ask, terminal_size=SIZE)
+
+
+def test_help(snap_compare, demo: Path) -> None:
+    assert snap_compare(KbpgApp(demo), press=["question_mark"], terminal_size=SIZE)
+
+
+def test_summary(snap_compare, demo: Path) -> None:
+    async def open_summary(pilot) -> None:
+        from kbpg_tui.ui.screens.summary import SummaryScreen
+
+        pilot.app.push_screen(SummaryScreen())
+        await pilot.pause()
+
+    assert snap_compare(KbpgApp(demo), run_before=open_summary, terminal_size=SIZE)
+
+
+def test_welcome_at_80x24(snap_compare, demo: Path) -> None:
+    assert snap_compare(KbpgApp(demo), terminal_size=(80, 24))
