@@ -78,3 +78,24 @@ def test_all_pgbouncers_together_stay_under_max_connections(real_inventory: Path
         per_node = pgbouncer.pool_size(run)
         assert per_node * len(run.ctx.haproxy_hosts) < max_connections
         assert f"max_db_connections = {per_node}" in pgbouncer.render_ini(run, "10.0.0.11")
+
+
+def _haproxy_unquote(argument: str) -> str:
+    """Read one double-quoted argument back the way HAProxy's parse_line does (escapes; a bare $ expands)."""
+    assert argument.startswith('"') and argument.endswith('"')
+    body, out, i = argument[1:-1], [], 0
+    while i < len(body):
+        if body[i] == "\\" and i + 1 < len(body) and body[i + 1] in '\\"$':
+            out.append(body[i + 1])
+            i += 2
+            continue
+        assert body[i] != "$", f"unescaped $ would be expanded as an environment variable: {argument}"
+        assert body[i] != '"', f"unescaped quote ends the argument: {argument}"
+        out.append(body[i])
+        i += 1
+    return "".join(out)
+
+
+def test_stats_password_survives_haproxy_quoting_whatever_was_typed() -> None:
+    for password in ("pa$HOME", "${PATH}x", "end$", "$$", 'q"uo\\te', "# not a comment", "a'b", "back\\$slash"):
+        assert _haproxy_unquote(haproxy._quoted(f"kb_stats:{password}")) == f"kb_stats:{password}"

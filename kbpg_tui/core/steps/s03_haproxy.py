@@ -19,8 +19,12 @@ CHECK_TIMING = "inter 2s fastinter 1s downinter 2s fall 2 rise 2"
 
 
 def _quoted(text: str) -> str:
-    """An HAProxy quoted argument (backslash escapes inside double quotes)."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """An HAProxy quoted argument (backslash escapes inside double quotes).
+
+    HAProxy expands environment variables inside double quotes: a typed ``$`` must be ``\\$``,
+    or ``pa$HOME`` would become another password.
+    """
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
 
 
 def render(run: TaskRun, address: str) -> str:
