@@ -106,3 +106,65 @@ def test_health_needs_one_leader_and_streaming_replicas_on_one_timeline() -> Non
     assert not patroni.health([leader, r1, {**r2, "TL": 2}], 3)[0]
     assert not patroni.health([leader, r1], 3)[0]
     assert not patroni.health([leader, {**r1, "Role": "Leader", "State": "running"}, r2], 3)[0]
+
+
+class _Pool:
+    """DB nodes answering ``patronictl list``; some of them down."""
+
+    def __init__(self, members: list[dict], down: set[str]):
+        self.members, self.down, self.asked = members, down, []
+
+    def get(self, host):
+        from kbpg_tui.core.ssh import Result, SshError
+
+        self.asked.append(host.name)
+        if host.name in self.down:
+            raise SshError(f"{host.name} ({host.address}): no SSH answer within 10 s")
+        members = self.members
+
+        class _Connection:
+            def run(self, script, **kwargs):
+                import json
+                return Result(script, 0, json.dumps(members), "", 0.0)
+
+        return _Connection()
+
+
+def _members(leader: str) -> list[dict]:
+    names = ["db-master-01", "db-slave-01", "db-slave-02"]
+    if leader not in names:
+        names[0] = leader  # a member Patroni knows under a name servers.tsv no longer has
+    return [{"Member": n, "Role": "Leader" if n == leader else "Replica",
+             "State": "running" if n == leader else "streaming", "TL": 2} for n in names]
+
+
+def test_the_leader_is_found_when_the_first_db_node_is_down(real_inventory: Path) -> None:
+    run = make_run(real_inventory)
+    run.ctx.pool = _Pool(_members("db-slave-02"), down={"db-master-01"})
+    assert patroni.leader_host(run).name == "db-slave-02"
+    assert run.ctx.pool.asked[:2] == ["db-master-01", "db-slave-01"]
+
+
+def test_no_db_node_answering_is_a_clear_error(real_inventory: Path) -> None:
+    import pytest
+
+    run = make_run(real_inventory)
+    run.ctx.pool = _Pool([], down={"db-master-01", "db-slave-01", "db-slave-02"})
+    with pytest.raises(patroni.TaskError, match="cannot read the cluster state: db-master-01 .*no SSH answer"):
+        patroni.cluster_members(run)
+
+
+def test_a_leader_that_is_not_in_the_inventory_is_a_clear_error(real_inventory: Path) -> None:
+    import pytest
+
+    run = make_run(real_inventory)
+    run.ctx.pool = _Pool(_members("db-old-name"), down=set())
+    with pytest.raises(patroni.TaskError, match="leader is db-old-name, which is not a DB node"):
+        patroni.leader_host(run)
+
+
+def test_wait_for_cluster_names_the_leader_it_judged_healthy(real_inventory: Path) -> None:
+    run = make_run(real_inventory)
+    run.ctx.pool = _Pool(_members("db-slave-01"), down={"db-master-01"})
+    outcome = patroni.wait_for_cluster(run)
+    assert run.ctx.state["leader"] == "db-slave-01" and "leader db-slave-01" in outcome.detail

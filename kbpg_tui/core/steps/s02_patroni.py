@@ -23,7 +23,7 @@ import yaml
 from .. import credentials as creds
 from ..engine import CLUSTER, Outcome, Step, Task, TaskError, TaskRun
 from ..events import Progress
-from ..ssh import Host, Result
+from ..ssh import Cancelled, Host, Result, SshError
 from .packages import ensure_installed, ensure_source, installed_versions
 
 CONFIG_PATH = "/etc/patroni/config.yml"
@@ -289,7 +289,13 @@ def cluster_members(run: TaskRun, via: Host | None = None) -> list[dict]:
     """``patronictl list`` as data, asked on the first DB node that answers."""
     errors = []
     for host in ([via] if via else run.ctx.db_hosts):
-        result = run.run(f"{PATRONICTL} list -f json", host=host, check=False, on_line=None, timeout=30)
+        try:
+            result = run.run(f"{PATRONICTL} list -f json", host=host, check=False, on_line=None, timeout=30)
+        except Cancelled:
+            raise
+        except SshError as exc:  # a node that is down (often the old leader) must not hide the others' answer
+            errors.append(str(exc).splitlines()[0])
+            continue
         if result.ok:
             try:
                 return json.loads(result.stdout or "[]")
@@ -318,7 +324,8 @@ def wait_for_cluster(run: TaskRun) -> Outcome:
     while True:
         run.check_cancel()
         try:
-            ok, summary = health(cluster_members(run), expected)
+            members = cluster_members(run)
+            ok, summary = health(members, expected)
         except TaskError as exc:
             ok, summary = False, str(exc)
         if ok:
@@ -329,7 +336,7 @@ def wait_for_cluster(run: TaskRun) -> Outcome:
         run.ctx.sink(Progress(f"waiting for one leader and {expected - 1} streaming replicas: {summary}",
                               min(0.99, (time.monotonic() - started) / CLUSTER_WAIT_SECONDS)))
         time.sleep(2)
-    members = cluster_members(run)
+    # The members judged healthy, not a second reading: a failover in between must not end in StopIteration.
     leader = next(m["Member"] for m in members if m.get("Role") == "Leader")
     run.ctx.state["leader"] = leader
     return Outcome.unchanged(f"leader {leader}; {summary}")
@@ -351,7 +358,11 @@ def leader_host(run: TaskRun) -> Host:
         if not name:
             raise TaskError("the cluster has no leader right now")
         run.ctx.state["leader"] = name
-    return run.ctx.host(name)
+    hosts = {h.name: h for h in run.ctx.db_hosts}
+    if name not in hosts:
+        raise TaskError(f"the cluster's leader is {name}, which is not a DB node selected in servers.tsv "
+                        f"({', '.join(hosts)}); was a host renamed? Check `{PATRONICTL} list` on a DB node")
+    return hosts[name]
 
 
 def _subset_differs(wanted, current) -> bool:
