@@ -290,3 +290,31 @@ def test_upload_creates_missing_directories_traversable_and_the_file_private(mon
     assert connection.upload(str(secret), b'"u" "s"\n', mode=0o600, owner=user, group=group)
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     assert not [p for p in secret.parent.iterdir() if ".kbpg." in p.name]  # no temp file left behind
+
+
+def test_a_timed_out_command_does_not_show_a_secret_it_printed(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from kbpg_tui.core.logs import register_secret
+
+    secret = "Zq8tiny-secret-value-42"
+    register_secret(secret)
+
+    class _Channel(FakeChannel):
+        def exec_command(self, command: str) -> None:
+            pass
+
+    class _Transport(_FakeTransport):
+        def open_session(self, timeout=None):
+            return _Channel(FakeClock(), [(0, "err", f"connecting with password {secret}\n".encode())], exit_status=None)
+
+    class _Client(_FakeClient):
+        def get_transport(self):
+            return _Transport()
+
+    host = ssh.Host("db-1", "198.51.100.7")
+    connection = ssh.Connection(host, ssh.SshOptions(), ssh.KnownHosts(tmp_path / "known_hosts"), lambda e: None)
+    connection.client = _Client()
+    connection.sudo_mode = "root"
+    with pytest.raises(ssh.CommandTimeout) as caught:
+        connection.run("some-command", timeout=0.2)
+    assert "connecting with password" in str(caught.value)
+    assert secret not in str(caught.value)

@@ -441,7 +441,8 @@ class Connection:
         except (CommandTimeout, Cancelled) as exc:
             log.warning("%s: %s: %s", self.host.name, _short(command), exc)
             if isinstance(exc, CommandTimeout):
-                raise CommandTimeout(f"{self.host.name}: `{_short(command)}` {exc}") from None
+                # The message carries the command's last output to the screen and the task's detail: redacted.
+                raise CommandTimeout(f"{self.host.name}: `{_short(command)}` {redact(str(exc))}") from None
             raise Cancelled(f"{self.host.name}: cancelled") from None
         except (OSError, paramiko.SSHException, EOFError) as exc:
             raise SshError(f"{self.host.name}: SSH channel failed during `{_short(command)}`: {exc}") from None
