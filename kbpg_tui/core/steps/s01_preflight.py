@@ -130,9 +130,12 @@ def check_host(run: TaskRun) -> Outcome:
         warnings.append(f"{host.name}: `ss` is missing (iproute2): free ports not checked")
     else:
         ours = {"0.0.0.0", "*", "::", host.address}
+        if role == "haproxy":
+            ours.add("127.0.0.1")  # the write port and PgBouncer also listen there (PgBouncer's local backend)
+        bind_all = run.settings.network.bind == "all"  # 0.0.0.0 collides with a listener on any IPv4 address
         for address, port, users in listeners(facts):
             plan = _port_plan(run, role).get(port)
-            if plan is None or address not in ours:
+            if plan is None or not (address in ours or (bind_all and ":" not in address)):
                 continue
             key, allowed = plan
             strangers = [(name, pid) for name, pid in users if name not in allowed]
