@@ -79,7 +79,10 @@ def ensure_installed(run: TaskRun, names: list[str]) -> list[str]:
     quoted = " ".join(shlex.quote(n) for n in missing)
     candidates = run.run(f"apt-cache policy {quoted} | awk '/^[^ ]/{{p=$1}} /Candidate:/{{print p, $2}}'").stdout
     without = [line.split(":")[0] for line in candidates.splitlines() if line.endswith("(none)")]
-    if without or not candidates.strip():
+    listed = {line.split(":")[0] for line in candidates.splitlines() if line.strip()}
+    # A package the lists do not know at all prints nothing: stale lists too, or a re-run would fail forever.
+    unknown = [name for name in missing if name not in listed]
+    if without or unknown:
         run.run(f"{APT_GET} update", what="apt-get update")
     run.run(f"{APT_GET} install --no-install-recommends {quoted}", what=f"installing {', '.join(missing)}",
             timeout=max(run.settings.ssh.command_timeout, 600))
