@@ -99,3 +99,16 @@ def _haproxy_unquote(argument: str) -> str:
 def test_stats_password_survives_haproxy_quoting_whatever_was_typed() -> None:
     for password in ("pa$HOME", "${PATH}x", "end$", "$$", 'q"uo\\te', "# not a comment", "a'b", "back\\$slash"):
         assert _haproxy_unquote(haproxy._quoted(f"kb_stats:{password}")) == f"kb_stats:{password}"
+
+
+def test_a_chosen_pool_size_that_overruns_max_connections_on_all_nodes_is_refused(real_inventory: Path) -> None:
+    import pytest
+
+    from kbpg_tui.core.engine import TaskError
+
+    ok = make_run(real_inventory, from_dict({"postgresql": {"max_connections": 200}, "pgbouncer": {"default_pool_size": 90}}))
+    assert pgbouncer.pool_size(ok) == 90  # 2 × 90 = 180 = 200 - 20
+    too_big = make_run(real_inventory, from_dict({"postgresql": {"max_connections": 200},
+                                                  "pgbouncer": {"default_pool_size": 150}}))
+    with pytest.raises(TaskError, match=r"pgbouncer.default_pool_size = 150 on 2 PgBouncer nodes .* at most 90"):
+        pgbouncer.render_ini(too_big, "10.0.0.11")

@@ -37,10 +37,20 @@ RestartSec=3
 def pool_size(run: TaskRun) -> int:
     """Server connections one PgBouncer may open: all of them together stay under max_connections."""
     settings = run.settings
-    if settings.pgbouncer.default_pool_size:
-        return settings.pgbouncer.default_pool_size
+    nodes = max(1, len(run.ctx.haproxy_hosts))
     budget = settings.postgresql.max_connections - SERVER_RESERVE
-    return max(2, budget // max(1, len(run.ctx.haproxy_hosts)))
+    chosen = settings.pgbouncer.default_pool_size
+    if chosen:
+        # kbpg.toml cannot check this alone: it does not know how many HAProxy nodes servers.tsv selects.
+        if chosen * nodes > budget:
+            raise TaskError(
+                f"pgbouncer.default_pool_size = {chosen} on {nodes} PgBouncer nodes opens up to {chosen * nodes} "
+                f"server connections, more than postgresql.max_connections ({settings.postgresql.max_connections}) "
+                f"minus {SERVER_RESERVE} kept for Patroni and admin work; set it to at most {max(1, budget // nodes)} "
+                "(or 0 to derive it)"
+            )
+        return chosen
+    return max(2, budget // nodes)
 
 
 def render_ini(run: TaskRun, address: str) -> str:
