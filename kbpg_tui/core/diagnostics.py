@@ -505,6 +505,9 @@ find /etc /var/lib/postgresql /var/lib/patroni /var/log /root /home /tmp -xdev -
 
     def check_host_secrets(self, host: Host) -> str:
         secret_values = [v for k, v in self.values.items() if creds.is_secret_name(k) and len(v) >= 8]
+        if not secret_values:
+            # An empty pattern list would be one empty line, and grep -F matches every file with it.
+            raise CheckWarning(f"{host.name}: no secret of 8 characters or more to look for")
         found = self.ssh(host, self.SECRET_SCAN, stdin="\n".join(secret_values) + "\n").split()
         if found:
             raise CheckFailed(f"{host.name}: a secret is in world-readable {', '.join(found[:3])}")
