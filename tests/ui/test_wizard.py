@@ -6,7 +6,7 @@ import stat
 import tomllib
 from pathlib import Path
 
-from textual.widgets import DataTable, Input, RichLog, Static
+from textual.widgets import DataTable, Input, Log, Static
 
 from kbpg_tui.core import credentials as creds
 from kbpg_tui.core import events as ev
@@ -181,7 +181,7 @@ async def test_install_output_is_bounded_however_much_comes(demo: Path) -> None:
             screen.pending_lines.append(ev.OutputLine("02", "db-slave-01", "stdout", f"line {i}"))
         screen.flush_output()
         await pilot.pause()
-        log = screen.query_one(RichLog)
+        log = screen.query_one(Log)
         assert len(log.lines) <= OUTPUT_LINES_PER_HOST
         assert len(screen.host_lines["db-slave-01"]) == OUTPUT_LINES_PER_HOST
         assert screen.host_lines["db-slave-01"][-1] == "line 49999"

@@ -8,6 +8,7 @@ per-host buffers ten times a second, so a flood never blocks the screen.
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
 
 from textual import work
@@ -16,7 +17,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, ProgressBar, RichLog, Static
+from textual.widgets import DataTable, Footer, Header, Log, ProgressBar, Static
 from textual.worker import Worker, WorkerState
 
 from ...core import events as ev
@@ -25,6 +26,13 @@ from ...core.engine import CLUSTER, LOCAL, StepReport
 from ...core.steps import ALL_STEPS, install_steps
 
 OUTPUT_LINES_PER_HOST = 2000
+DRAW_LINES_PER_FLUSH = 200
+REDRAW_LINES = 500
+
+
+def _text(item: "str | ev.OutputLine") -> str:
+    """A line of a host's buffer is text; a line of the all-hosts buffer is the event, tagged when drawn."""
+    return item if isinstance(item, str) else f"{item.host}| {item.text}"
 FLUSH_SECONDS = 0.1
 ALL_HOSTS = "all hosts"
 
@@ -66,7 +74,7 @@ class InstallScreen(Screen):
         self.failed_step: str | None = None
         self.tasks: dict[tuple[str, str], dict[str, tuple[ev.Status, float]]] = collections.defaultdict(dict)
         self.pending_lines: collections.deque[ev.OutputLine] = collections.deque()
-        self.host_lines: dict[str, collections.deque[str]] = collections.defaultdict(
+        self.host_lines: dict[str, collections.deque] = collections.defaultdict(
             lambda: collections.deque(maxlen=OUTPUT_LINES_PER_HOST))
         self.view = ALL_HOSTS
         self.finished_tasks = 0
@@ -98,7 +106,7 @@ class InstallScreen(Screen):
             yield ProgressBar(total=self.total_tasks(), show_eta=False, id="progress")
             yield Static("  ready", id="install-status")
         yield Static(f"Output: {self.view}", id="output-title", classes="hint")
-        yield RichLog(id="output", max_lines=OUTPUT_LINES_PER_HOST, markup=False, highlight=False, wrap=False)
+        yield Log(id="output", max_lines=OUTPUT_LINES_PER_HOST, highlight=False)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -139,7 +147,7 @@ class InstallScreen(Screen):
         for step in steps:
             for column in [LOCAL, CLUSTER, *self.hosts]:
                 self.tasks.pop((step.number, column), None)
-                self.query_one("#grid", DataTable).update_cell(step.number, column, "·")
+                self.set_cell(step.number, column, "·")
         self.set_status(f"running steps {steps[0].number}–{steps[-1].number} …")
         self.cancel_event = threading.Event()
         self.run_engine(steps, self.cancel_event)
@@ -178,14 +186,13 @@ class InstallScreen(Screen):
 
     def on_engine_event(self, message: EngineEvent) -> None:
         event = message.event
-        grid = self.query_one("#grid", DataTable)
         if isinstance(event, ev.TaskStarted):
             self.tasks[(event.step, event.host)][event.task] = (ev.Status.RUNNING, 0.0)
-            grid.update_cell(event.step, event.host, f"… {event.task}", update_width=True)
+            self.set_cell(event.step, event.host, f"… {event.task}")
             self.set_status(f"{event.step} {event.host}: {event.task} …")
         elif isinstance(event, ev.TaskFinished):
             self.tasks[(event.step, event.host)][event.task] = (event.status, event.elapsed)
-            grid.update_cell(event.step, event.host, self.cell(event.step, event.host), update_width=True)
+            self.set_cell(event.step, event.host, self.cell(event.step, event.host))
             self.finished_tasks += 1
             self.query_one(ProgressBar).update(progress=self.finished_tasks)
             if event.status == ev.Status.FAILED:
@@ -197,6 +204,11 @@ class InstallScreen(Screen):
             self.record(event.host or CLUSTER, f"{event.level}: {event.text}")
         elif isinstance(event, ev.Progress):
             self.set_status(event.text[:120])
+
+    def set_cell(self, step: str, host: str, text: str) -> None:
+        grid = self.query_one("#grid", DataTable)
+        if step in grid.rows and host in grid.columns:  # a step or host outside the plan has no cell
+            grid.update_cell(step, host, text, update_width=True)
 
     def cell(self, step: str, host: str) -> str:
         tasks = self.tasks[(step, host)].values()
@@ -228,34 +240,45 @@ class InstallScreen(Screen):
 
     def record(self, host: str, line: str) -> None:
         self.host_lines[host].append(line)
-        self.host_lines[ALL_HOSTS].append(f"{host}| {line}")
+        self.host_lines[ALL_HOSTS].append(ev.OutputLine("", host, "stderr", line))
         if self.view in (host, ALL_HOSTS):
-            self.query_one(RichLog).write(line if self.view == host else f"{host}| {line}")
+            self.query_one(Log).write_line(line if self.view == host else f"{host}| {line}")
 
     def flush_output(self) -> None:
-        batch = []
-        while self.pending_lines and len(batch) < 20000:
-            batch.append(self.pending_lines.popleft())
-        if not batch:
+        """Drain the queued output into the per-host buffers; show the tail of what the current view gets.
+
+        Only the last screenful or so of a batch is drawn: in a flood, lines that would scroll past
+        within the same tenth of a second are kept in the buffers but not rendered.
+        """
+        pending = self.pending_lines
+        count = len(pending)
+        if not count:
             return
+        batch = [pending.popleft() for _ in range(count)]
+        view = self.view
+        everything = self.host_lines[ALL_HOSTS]
         shown = []
         for line in batch:
             self.host_lines[line.host].append(line.text)
-            self.host_lines[ALL_HOSTS].append(f"{line.host}| {line.text}")
-            if self.view == line.host:
+            everything.append(line)  # tagged with its host only when drawn
+            if view == line.host:
                 shown.append(line.text)
-            elif self.view == ALL_HOSTS:
-                shown.append(f"{line.host}| {line.text}")
+            elif view == ALL_HOSTS:
+                shown.append(line)
         if shown:
-            log = self.query_one(RichLog)
-            for text in shown[-OUTPUT_LINES_PER_HOST:]:  # older ones would scroll out of the bounded log anyway
-                log.write(text)
+            log = self.query_one(Log)
+            if len(shown) > DRAW_LINES_PER_FLUSH:
+                log.write_line(f"[… {len(shown) - DRAW_LINES_PER_FLUSH} lines scrolled past; [ ] shows a host's last "
+                               f"{OUTPUT_LINES_PER_HOST}]")
+                shown = shown[-DRAW_LINES_PER_FLUSH:]
+            log.write_lines(_text(item) for item in shown)
 
     def show_view(self) -> None:
-        log = self.query_one(RichLog)
+        log = self.query_one(Log)
         log.clear()
-        for text in self.host_lines[self.view]:
-            log.write(text)
+        lines = self.host_lines[self.view]
+        # The visible tail and some scrollback; the rest of the buffer stays for the next switch.
+        log.write_lines(_text(item) for item in itertools.islice(lines, max(0, len(lines) - REDRAW_LINES), None))
         self.query_one("#output-title", Static).update(f"Output: {self.view}  ([ ] to switch)")
 
     def cycle(self, step: int) -> None:
