@@ -173,6 +173,7 @@ BROKEN: dict[str, tuple[Mutation, str | None, str | None, str]] = {
     "bad public IP": (_replace_line("haproxy-02", "IP_PUBLIQUE", "91.98.164"), "haproxy-02", "IP_PUBLIQUE", "not a valid IP"),
     "empty private IP": (_replace_line("db-master-01", "IP_PRIVEE", ""), "db-master-01", "IP_PRIVEE", "empty address"),
     "loopback IP": (_replace_line("db-slave-02", "IP_PRIVEE", "127.0.0.1"), "db-slave-02", "IP_PRIVEE", "cannot be a server"),
+    "IPv6 private IP": (_replace_line("db-slave-02", "IP_PRIVEE", "fd00::122"), "db-slave-02", "IP_PRIVEE", "is IPv6"),
     "duplicate private IP": (_replace_line("db-slave-02", "IP_PRIVEE", "10.0.0.121"), "db-slave-02", "IP_PRIVEE", "already used on line"),
     "duplicate private IP with a decoy": (_replace_line("maria-01", "IP_PRIVEE", "10.0.0.11"), "maria-01", "IP_PRIVEE", "already used on line"),
     "duplicate hostname": (_replace_line("db-slave-02", "HOSTNAME", "db-slave-01"), "db-slave-02", "HOSTNAME", "already used on line"),

@@ -296,6 +296,10 @@ def _check_ip(server: Server, column: str, required: bool) -> list[Problem]:
         return [Problem(server.line, f"{value!r} is not a valid IP address", column)]
     if address.is_unspecified or address.is_multicast or address.is_loopback:
         return [Problem(server.line, f"{value} cannot be a server's address", column)]
+    if column == "IP_PRIVEE" and address.version != 4:
+        # Every config kbpg writes spells address:port and /32; an IPv6 address there would break them
+        # (and "/32" on an IPv6 address in pg_hba would open a whole /32 network).
+        return [Problem(server.line, f"{value} is IPv6; kbpg needs the node's private IPv4 address", column)]
     return []
 
 
