@@ -318,3 +318,17 @@ def test_a_timed_out_command_does_not_show_a_secret_it_printed(monkeypatch: pyte
         connection.run("some-command", timeout=0.2)
     assert "connecting with password" in str(caught.value)
     assert secret not in str(caught.value)
+
+
+def test_a_corrupt_known_hosts_is_a_clear_error_and_is_never_rewritten(tmp_path) -> None:
+    import paramiko
+
+    path = tmp_path / "known_hosts"
+    text = "10.0.0.120 ssh-ed25519 AAAA!!not-base64\n10.0.0.121 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOk\n"
+    path.write_text(text)
+    known_hosts = ssh.KnownHosts(path)  # preparing a run must not end in a traceback
+    with pytest.raises(ssh.HostKeyError, match="known_hosts cannot be read"):
+        known_hosts.lookup("10.0.0.120")
+    with pytest.raises(ssh.HostKeyError):
+        known_hosts.add("10.0.0.122", 22, paramiko.ECDSAKey.generate())
+    assert path.read_text() == text

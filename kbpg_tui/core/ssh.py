@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 import paramiko
+from paramiko.hostkeys import InvalidHostKey
 
 from .events import EventSink, HostKeyUnknown, OutputLine
 from .files import atomic_write
@@ -130,19 +131,30 @@ class KnownHosts:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._keys = paramiko.HostKeys()
+        self._error: str | None = None
         if self.path.exists():
-            self._keys.load(str(self.path))
+            try:
+                self._keys.load(str(self.path))
+            except (InvalidHostKey, OSError, UnicodeDecodeError) as exc:
+                # Reported by every connection (a task failure naming the file), not as a traceback while a
+                # run is prepared; and add() must never rewrite a file it could not read whole.
+                self._error = (f"{self.path} cannot be read ({exc}); fix or remove the bad line "
+                               "(kbpg does not connect without its known hosts)")
 
     @staticmethod
     def _entry(address: str, port: int) -> str:
         return address if port == 22 else f"[{address}]:{port}"
 
     def lookup(self, address: str, port: int = 22) -> dict[str, paramiko.PKey]:
+        if self._error:
+            raise HostKeyError(self._error)
         with self._lock:
             return dict(self._keys.lookup(self._entry(address, port)) or {})
 
     def add(self, address: str, port: int, key: paramiko.PKey) -> None:
         """Remember an accepted key and save the file atomically (0600)."""
+        if self._error:
+            raise HostKeyError(self._error)
         with self._lock:
             self._keys.add(self._entry(address, port), key.get_name(), key)
             lines = []
