@@ -168,3 +168,11 @@ def test_wait_for_cluster_names_the_leader_it_judged_healthy(real_inventory: Pat
     run.ctx.pool = _Pool(_members("db-slave-01"), down={"db-master-01"})
     outcome = patroni.wait_for_cluster(run)
     assert run.ctx.state["leader"] == "db-slave-01" and "leader db-slave-01" in outcome.detail
+
+
+def test_journal_tails_survive_a_node_that_is_down(real_inventory: Path) -> None:
+    run = make_run(real_inventory)
+    run.ctx.pool = _Pool([], down={"db-slave-01"})
+    text = patroni.journal_tails(run)
+    assert "--- db-slave-01\n(no journal: db-slave-01 (10.0.0.121): no SSH answer" in text
+    assert "--- db-master-01" in text and "--- db-slave-02" in text

@@ -345,7 +345,14 @@ def wait_for_cluster(run: TaskRun) -> Outcome:
 def journal_tails(run: TaskRun, lines: int = 8) -> str:
     tails = []
     for host in run.ctx.db_hosts:
-        result = run.run(f"journalctl -u patroni -n {lines} --no-pager -o cat 2>/dev/null || true", host=host, check=False, on_line=None)
+        try:
+            result = run.run(f"journalctl -u patroni -n {lines} --no-pager -o cat 2>/dev/null || true", host=host,
+                             check=False, on_line=None, timeout=30)
+        except Cancelled:
+            raise
+        except SshError as exc:  # a node that is down must not replace the "no healthy cluster" message
+            tails.append(f"--- {host.name}\n(no journal: {str(exc).splitlines()[0]})")
+            continue
         tails.append(f"--- {host.name}\n{result.stdout.strip()}")
     return "\n".join(tails)
 
