@@ -112,3 +112,8 @@ def test_a_chosen_pool_size_that_overruns_max_connections_on_all_nodes_is_refuse
                                                   "pgbouncer": {"default_pool_size": 150}}))
     with pytest.raises(TaskError, match=r"pgbouncer.default_pool_size = 150 on 2 PgBouncer nodes .* at most 90"):
         pgbouncer.render_ini(too_big, "10.0.0.11")
+
+
+def test_a_hand_edited_userlist_line_with_a_stray_quote_is_ignored() -> None:
+    parsed = pgbouncer._parse_userlist('"kb_pgbouncer" "SCRAM-SHA-256$4096:c2FsdA==$a:b"\n"broken "line\n; comment\n')
+    assert parsed == {"kb_pgbouncer": "SCRAM-SHA-256$4096:c2FsdA==$a:b"}

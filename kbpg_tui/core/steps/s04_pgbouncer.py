@@ -93,7 +93,10 @@ def render_ini(run: TaskRun, address: str) -> str:
 def _parse_userlist(text: str) -> dict[str, str]:
     entries = {}
     for line in text.splitlines():
-        parts = shlex.split(line, comments=False) if line.strip() and not line.startswith(";") else []
+        try:
+            parts = shlex.split(line, comments=False) if line.strip() and not line.startswith(";") else []
+        except ValueError:  # a hand-edited line with a stray quote: ignored, the file is rewritten whole anyway
+            continue
         if len(parts) == 2:
             entries[parts[0]] = parts[1]
     return entries
