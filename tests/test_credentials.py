@@ -143,6 +143,20 @@ def test_invalid_values_are_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "credentials" / "postgres.env").exists()
 
 
+def test_a_hand_edited_file_reads_as_bash_reads_it(tmp_path: Path) -> None:
+    path = tmp_path / "postgres.env"
+    lines = {
+        "KBPG_A_PASS": "abc#def",  # a # inside a word is not a comment
+        "KBPG_B_PASS": "'quoted' # a real comment",
+        "KBPG_C_PASS": '"dq#x"#glued',  # glued to the closing quote: still the same word
+        "KBPG_D_PASS": "x\\ #y",  # an escaped space keeps the word going
+        "KBPG_E_PASS": "#leading",
+        "KBPG_F_PASS": "it\\'s#1",
+    }
+    path.write_text("".join(f"{name}={raw}\n" for name, raw in lines.items()))
+    assert dict(creds.read_env(path)) == shell_values(path, list(lines))
+
+
 def test_unreadable_file_is_named_with_its_line(tmp_path: Path) -> None:
     path = tmp_path / "postgres.env"
     path.write_text("POSTGRES_SUPERUSER=kb_admin\nPOSTGRES_SUPERPASS='unterminated\n")

@@ -265,7 +265,7 @@ def read_env(path: str | Path) -> Credentials:
         if not sep or not _ENV_NAME_RE.match(name):
             raise CredentialsError(f"{path}:{number}: expected NAME=value")
         try:
-            words = shlex.split(raw, comments=True, posix=True) if raw else [""]
+            words = shlex.split(_without_comment(raw), posix=True) or [""]
         except ValueError as exc:
             raise CredentialsError(f"{path}:{number}: {name}: bad quoting ({exc})") from None
         if len(words) != 1:
@@ -273,6 +273,33 @@ def read_env(path: str | Path) -> Credentials:
         credentials[name] = words[0]
     credentials.register_secrets()
     return credentials
+
+
+def _without_comment(raw: str) -> str:
+    """``raw`` up to a shell comment: a ``#`` outside quotes at the start of a word, as bash reads it.
+
+    (shlex's ``comments=True`` also cuts at a ``#`` inside a word: ``PASS=abc#def`` would read as ``abc``
+    while ``. postgres.env`` gives ``abc#def``.)
+    """
+    quote, word_start, i = None, False, 0  # the value starts glued to "NAME=": not a word start
+    while i < len(raw):
+        char = raw[i]
+        if quote == "'":
+            quote = None if char == "'" else quote
+        elif quote == '"':
+            if char == "\\":
+                i += 1
+            elif char == '"':
+                quote = None
+        elif char == "\\":
+            i += 1
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and word_start:
+            return raw[:i]
+        word_start = quote is None and char in " \t"
+        i += 1
+    return raw
 
 
 def file_mode_problem(path: str | Path) -> str | None:
