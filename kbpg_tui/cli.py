@@ -207,6 +207,13 @@ def cmd_install(args: argparse.Namespace) -> int:
     from .core.steps import install_steps
 
     settings = load_answers(args, required=True)
+    if args.step and "00" not in args.step:
+        path = args.workdir / creds.ENV_FILE
+        values = _read_existing(path)
+        missing = [name for name in creds.REQUIRED_NAMES if values is None or name not in values]
+        if missing:
+            raise BadInput(f"{path}: {'missing' if values is None else 'lacks ' + ', '.join(missing)}; "
+                           "run step 00 first (kbpg install --yes, or --step 00)")
     interactive = sys.stdin.isatty() and not args.yes
     if not args.yes and not interactive:
         raise BadInput("not a terminal: pass --yes to install without questions (host keys must then be known or pinned)")
@@ -214,7 +221,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     log_path = setup_file_logging(args.workdir, "install")
     try:
         run = inst.prepare(args.workdir, settings, printer, _terminal_prompt if interactive else None)
-    except inv.InventoryError as exc:
+    except (inv.InventoryError, creds.CredentialsError) as exc:
         raise BadInput(str(exc)) from None
     selection = run.ctx.selection
     print(f"kbpg install: {len(selection.db_nodes)} DB nodes ({', '.join(s.hostname for s in selection.db_nodes)}), "

@@ -24,7 +24,7 @@ def test_the_secret_scan_sends_every_secret_on_stdin(real_inventory: Path, monke
     values, _ = creds.generate()
     diagnostics = _diagnostics(real_inventory, values)
     sent: list[str] = []
-    monkeypatch.setattr(diagnostics, "ssh", lambda host, script, stdin=None: sent.append(stdin) or "")
+    monkeypatch.setattr(diagnostics, "ssh", lambda host, script, stdin=None, timeout=None: sent.append(stdin) or "")
     diagnostics.check_host_secrets(diagnostics.ctx.db_hosts[0])
     patterns = sent[0].splitlines()
     assert "" not in patterns

@@ -52,6 +52,7 @@ PASSWORD_NAMES = (
     "HAPROXY_STATS_PASSWORD",
     "PGBOUNCER_ADMIN_PASS",
     "PGBOUNCER_STATS_PASS",
+    "PATRONI_RAFT_PASSWORD",  # Raft's port lets whoever reaches it rewrite the cluster's config: never open
 )
 REQUIRED_NAMES = (
     "POSTGRES_SUPERUSER",

@@ -173,9 +173,9 @@ class Diagnostics:
             reason = getattr(exc, "reason", exc)
             raise CheckFailed(f"{url}: no answer ({reason})") from None
 
-    def ssh(self, host: Host, script: str, stdin: str | None = None) -> str:
+    def ssh(self, host: Host, script: str, stdin: str | None = None, timeout: float | None = None) -> str:
         connection = self.ctx.pool.get(host)
-        return connection.run(script, stdin=stdin, timeout=self.timeout).stdout
+        return connection.run(script, stdin=stdin, timeout=timeout or self.timeout).stdout
 
     @staticmethod
     def _pg_error(exc: Exception) -> str:
@@ -325,7 +325,12 @@ class Diagnostics:
             ttl, loop_wait, retry = config.get("ttl", 30), config.get("loop_wait", 10), config.get("retry_timeout", 10)
             if loop_wait + 2 * retry > ttl:
                 raise CheckFailed(f"running config breaks loop_wait + 2*retry_timeout <= ttl ({loop_wait} + 2*{retry} > {ttl})")
-            return f"ttl {ttl}, loop_wait {loop_wait}, retry_timeout {retry} (from {host.name})"
+            # Patroni 4 quietly shrinks loop_wait to keep the rule: the timing then is not the one planned.
+            planned = self.settings.patroni
+            if (ttl, loop_wait, retry) != (planned.ttl, planned.loop_wait, planned.retry_timeout):
+                raise CheckWarning(f"running ttl/loop_wait/retry_timeout {ttl}/{loop_wait}/{retry} differ from kbpg.toml's "
+                                   f"{planned.ttl}/{planned.loop_wait}/{planned.retry_timeout}; re-run `kbpg install`")
+            return f"ttl {ttl}, loop_wait {loop_wait}, retry_timeout {retry} (from {host.name}), as planned"
         raise CheckFailed("; ".join(errors))
 
     # 6
@@ -498,7 +503,8 @@ class Diagnostics:
         return f"{creds.ENV_FILE} is 0600 in a 0700 directory"
 
     SECRET_SCAN = r"""
-umask 077; patterns=$(mktemp); trap 'rm -f "$patterns"' EXIT; cat > "$patterns"
+umask 077; shm=/dev/shm; [ -d "$shm" ] || shm=/tmp
+patterns=$(mktemp -p "$shm"); trap 'rm -f "$patterns"' EXIT; cat > "$patterns"   # in memory, never on disk
 find /etc /var/lib/postgresql /var/lib/patroni /var/log /root /home /tmp -xdev -type f -perm -o+r -size -2M 2>/dev/null \
   | grep -v '^/etc/ssl/' | xargs -r -d '\n' grep -lF -f "$patterns" 2>/dev/null || true
 """
@@ -508,7 +514,8 @@ find /etc /var/lib/postgresql /var/lib/patroni /var/log /root /home /tmp -xdev -
         if not secret_values:
             # An empty pattern list would be one empty line, and grep -F matches every file with it.
             raise CheckWarning(f"{host.name}: no secret of 8 characters or more to look for")
-        found = self.ssh(host, self.SECRET_SCAN, stdin="\n".join(secret_values) + "\n").split()
+        # A walk over /etc, /var/log and /home takes longer than a query on a big host: a larger budget.
+        found = self.ssh(host, self.SECRET_SCAN, stdin="\n".join(secret_values) + "\n", timeout=self.timeout * 3).split()
         if found:
             raise CheckFailed(f"{host.name}: a secret is in world-readable {', '.join(found[:3])}")
         return f"{host.name}: no secret in a world-readable file"

@@ -189,7 +189,8 @@ class Engine:
                 raise Cancelled("cancelled")
             outcome = task.function(TaskRun(self.ctx, step.number, host))
         except Cancelled:
-            outcome = Outcome(Status.CANCELLED, "cancelled; nothing half-done is left: re-run to continue")
+            outcome = Outcome(Status.CANCELLED, "cancelled; the command running on the host may still finish on its "
+                                                "own; every step checks first, so re-run to continue")
         except (TaskError, SshError) as exc:
             outcome = Outcome(Status.FAILED, str(exc))
         except Exception as exc:  # a bug must not take the other hosts down with it

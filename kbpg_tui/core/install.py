@@ -34,6 +34,9 @@ def sudo_passwords(workdir: Path):
     values: dict[str, str] = {}
     path = workdir / SUDO_ENV_FILE
     if path.exists():
+        problem = creds.file_mode_problem(path)
+        if problem:
+            raise creds.CredentialsError(f"{problem} (it holds sudo passwords)")
         values.update(creds.read_env(path))
     values.update({k: v for k, v in os.environ.items() if k.startswith(SUDO_VARIABLE)})
     for value in values.values():

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import psycopg
 import pytest
 
 from kbpg_tui.core import credentials as creds
+from kbpg_tui.core import install as inst
 from kbpg_tui.core import lab
+from kbpg_tui.core.diagnostics import Diagnostics
+from kbpg_tui.core.settings import load_settings
 
 from .conftest import DB_HOSTS, HAPROXY_HOSTS, LB, Installed, kbpg, on_host, wait_healthy
 
@@ -132,4 +136,92 @@ def test_a_host_cut_off_mid_run_fails_within_the_timeout(installed: Installed) -
         if code == 0 or time.monotonic() > deadline:
             break
         time.sleep(2)
+    assert code == 0, failures(report)
+
+
+def test_inventory_that_no_longer_selects_the_cluster_fails_check_1(installed: Installed) -> None:
+    path = installed.workdir / "servers.tsv"
+    original = path.read_text()
+    run = inst.prepare(installed.workdir, load_settings(installed.workdir / "kbpg.toml"), lambda event: None)
+    path.write_text(original.replace("\tpatroni-node\t", "\tpatroni-nod\t", 1))  # someone edits the inventory
+    try:
+        report = Diagnostics(run.ctx).run(only={1})
+        cli = kbpg(installed.workdir, "diagnose", "--json")
+    finally:
+        run.close()
+        path.write_text(original)
+    assert report.failed
+    assert "2 DB nodes match" in report.results[0].reason
+    assert cli.returncode == 2 and "2 DB nodes match" in cli.stderr  # the CLI refuses to probe a wrong selection
+
+
+def test_running_config_breaking_the_timing_rule_fails_check_5(installed: Installed) -> None:
+    host = DB_HOSTS[0]
+    code, out, err = on_host(installed.workdir, host.address,
+                             "patronictl -c /etc/patroni/config.yml edit-config --force -s ttl=12 -s retry_timeout=5 -s loop_wait=5")
+    assert code == 0, out + err
+    try:
+        deadline = time.monotonic() + 30  # the REST API serves the new DCS content after the next loop
+        while True:
+            code, report = diagnose(installed)
+            timing = next(r for r in report["results"] if r["number"] == 5)
+            if timing["verdict"] != "pass" or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert code == 1
+        assert timing["verdict"] == "fail" and "(5 + 2*5 > 12)" in timing["reason"], timing
+    finally:
+        result = kbpg(installed.workdir, "install", "--yes", "--step", "02")  # the dynamic config task puts it back
+        assert result.returncode == 0 and re.search(r"dynamic config\s+changed", result.stdout), result.stdout
+
+
+def _break_haproxy(installed: Installed, host, sed: str) -> None:
+    code, out, err = on_host(installed.workdir, host.address,
+                             f"sed -i '{sed}' /etc/haproxy/haproxy.cfg && haproxy -c -q -f /etc/haproxy/haproxy.cfg && systemctl reload haproxy")
+    assert code == 0, out + err
+    time.sleep(6)  # health checks settle (inter 2s, rise 2)
+
+
+def _restore(installed: Installed) -> None:
+    result = kbpg(installed.workdir, "install", "--yes", "--step", "03")
+    assert result.returncode == 0 and "reloaded" in result.stdout, result.stdout
+
+
+def test_read_port_leading_to_the_primary_fails_check_7(installed: Installed) -> None:
+    host = HAPROXY_HOSTS[0]
+    _break_haproxy(installed, host, "s#OPTIONS /replica#OPTIONS /primary#")
+    try:
+        code, report = diagnose(installed)
+        assert code == 1
+        assert any(reason.startswith(f"{host.name} ") and "not a replica" in reason for reason in failures(report).get(7, []))
+    finally:
+        _restore(installed)
+
+
+def test_a_tcp_checked_write_backend_fails_check_11(installed: Installed) -> None:
+    host = HAPROXY_HOSTS[1]
+    # The field failure: a plain TCP check marks every node UP, so writes can reach a replica.
+    _break_haproxy(installed, host, "/listen postgres_write/,/^$/{/option httpchk/d;/http-check expect/d}")
+    try:
+        code, report = diagnose(installed)
+        assert code == 1
+        assert any(host.name in reason and "3 servers UP in the write backend" in reason for reason in failures(report).get(11, []))
+    finally:
+        _restore(installed)
+
+
+def test_a_missing_role_fails_check_9(installed: Installed) -> None:
+    values = installed.credentials
+    admin = dict(host=LB.address, port=5432, user=values["POSTGRES_SUPERUSER"], password=values["POSTGRES_SUPERPASS"],
+                 dbname="postgres", connect_timeout=10, autocommit=True)
+    with psycopg.connect(**admin) as conn:
+        conn.execute("ALTER ROLE kb_repl RENAME TO kb_repl_gone")  # SCRAM secrets survive a rename (MD5 ones would not)
+    try:
+        code, report = diagnose(installed)
+        assert code == 1
+        assert any("missing: kb_repl" in reason for reason in failures(report).get(9, []))
+    finally:
+        with psycopg.connect(**admin) as conn:
+            conn.execute("ALTER ROLE kb_repl_gone RENAME TO kb_repl")
+    code, report = diagnose(installed)
     assert code == 0, failures(report)

@@ -53,7 +53,8 @@ RestartSec=5
 
 def package_names(run: TaskRun) -> list[str]:
     version = run.settings.postgresql.version
-    return [f"postgresql-{version}", f"postgresql-{version}-pgvector", "patroni", "python3-pysyncobj"]
+    return [f"postgresql-{version}", f"postgresql-{version}-pgvector", "patroni", "python3-pysyncobj",
+            "python3-cryptography"]
 
 
 # --- rendering -----------------------------------------------------------------------------
@@ -130,6 +131,9 @@ def render_config(run: TaskRun, host: Host) -> dict:
             "data_dir": RAFT_DIR,
             "self_addr": f"{host.address}:{ports.raft}",
             "partner_addrs": partners,
+            # Whoever can write the DCS can change PostgreSQL's configuration (archive_command...): encrypt and
+            # authenticate Raft's traffic (pysyncobj, with python3-cryptography).
+            "password": values["PATRONI_RAFT_PASSWORD"],
         },
         # Without a bootstrap section Patroni waits forever for a leader that never comes.
         "bootstrap": {
@@ -189,6 +193,8 @@ def stop_default_clusters(run: TaskRun) -> list[str]:
         if len(fields) < 4:
             continue
         version, name, status = fields[0], fields[1], fields[3]
+        if not (version.isdigit() and re.fullmatch(r"[A-Za-z0-9_.-]+", name)):
+            continue  # not a line of pg_lsclusters we understand: leave that cluster alone
         start_conf = f"/etc/postgresql/{version}/{name}/start.conf"
         state = run.run(f"cat {shlex.quote(start_conf)} 2>/dev/null | grep -v '^#' | tr -d ' \\n' || true").stdout.strip()
         if status.startswith("online") or state != "disabled":
@@ -219,11 +225,47 @@ def check_versions(run: TaskRun) -> Outcome:
     return Outcome.unchanged(", ".join(f"{name} {first[name]}" for name in names[:1] + names[2:3]))
 
 
+# Keys of patroni.yml that must never change under a live node: they would point it at another (empty) data
+# directory, other binaries or another cluster. Changing them is an upgrade or a migration, not a re-run.
+PINNED_KEYS = (("postgresql", "data_dir"), ("postgresql", "bin_dir"), ("scope",), ("raft", "password"))
+
+
+def _dig(config: dict, path: tuple[str, ...]):
+    for key in path:
+        config = config.get(key) if isinstance(config, dict) else None
+    return config
+
+
+def refuse_live_changes(run: TaskRun, host: Host, wanted: dict) -> None:
+    """Refuse a patroni.yml that changes what a running, initialised node is (see PINNED_KEYS)."""
+    current_text = run.connection().read_file(CONFIG_PATH)
+    if current_text is None:
+        return
+    try:
+        current = yaml.safe_load(current_text) or {}
+    except yaml.YAMLError:
+        return  # an unreadable file is simply replaced
+    data_dir = _dig(current, ("postgresql", "data_dir")) or ""
+    initialised = data_dir and run.run(f"test -f {shlex.quote(data_dir)}/PG_VERSION && echo yes || true").stdout.strip() == "yes"
+    if not initialised:
+        return
+    changed = [".".join(path) for path in PINNED_KEYS if _dig(current, path) != _dig(wanted, path)]
+    if changed:
+        shown = [name if name != "raft.password" else "raft.password (PATRONI_RAFT_PASSWORD)" for name in changed]
+        raise TaskError(
+            f"{host.name} runs an initialised cluster in {data_dir}; this run would change {', '.join(shown)} under it "
+            "(a new PostgreSQL version, data directory, cluster name or Raft password is an upgrade or a migration, "
+            "which kbpg does not do yet). Put the old values back in kbpg.toml / postgres.env to continue."
+        )
+
+
 def write_config(run: TaskRun) -> Outcome:
     host = run.host
     assert host is not None
     connection = run.connection()
     data_dir = run.settings.postgresql.effective_data_dir
+    wanted = render_config(run, host)
+    refuse_live_changes(run, host, wanted)
     changes = []
     # Directories: owned by postgres, 0700. Created empty: initdb refuses a data directory with files in it.
     fixed = run.run(
@@ -238,7 +280,7 @@ def write_config(run: TaskRun) -> Outcome:
     ).stdout.strip()
     if fixed:
         changes.append("directories " + fixed)
-    config_changed = connection.upload(CONFIG_PATH, render_yaml(render_config(run, host)), mode=0o600,
+    config_changed = connection.upload(CONFIG_PATH, render_yaml(wanted), mode=0o600,
                                        owner="postgres", group="postgres")
     if config_changed:
         changes.append(f"{CONFIG_PATH} written")
@@ -386,15 +428,16 @@ def apply_dynamic_config(run: TaskRun) -> Outcome:
     shown = run.run(f"{PATRONICTL} show-config", host=leader, on_line=None, what="reading the dynamic configuration")
     current = yaml.safe_load(shown.stdout) or {}
     wanted = dynamic_config(run)
-    if not _subset_differs(wanted, current):
-        return Outcome.unchanged("dynamic configuration up to date")
-    run.run(f"{PATRONICTL} edit-config --force --apply -", host=leader, stdin=yaml.safe_dump(wanted),
-            what="applying the dynamic configuration")
+    changed = _subset_differs(wanted, current)
+    if changed:
+        run.run(f"{PATRONICTL} edit-config --force --apply -", host=leader, stdin=yaml.safe_dump(wanted),
+                what="applying the dynamic configuration")
+    # Some parameters (shared_buffers, max_connections ...) only take effect at a restart, which kbpg does not
+    # do on its own yet: say so on every run until it is done, never report a clean "unchanged".
     pending = [m["Member"] for m in cluster_members(run) if m.get("Pending restart")]
-    detail = "dynamic configuration updated"
-    if pending:
-        detail += f"; restart pending on {', '.join(pending)} (applied by a rolling restart, replicas first)"
-    return Outcome.changed(detail)
+    warnings = [f"restart pending on {', '.join(pending)}: a parameter waits for a PostgreSQL restart; restart the "
+                "replicas first, then switch over and restart the old leader (patronictl restart / switchover)"] if pending else []
+    return Outcome.of(changed, "dynamic configuration updated" if changed else "dynamic configuration up to date", warnings)
 
 
 PSQL = "runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 -h /var/run/postgresql -p {port} -U {user} -d {database}"

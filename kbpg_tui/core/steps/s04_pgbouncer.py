@@ -79,6 +79,7 @@ def render_ini(run: TaskRun, address: str) -> str:
         f"max_client_conn = {bouncer.max_client_conn}",
         f"default_pool_size = {size}",
         f"max_db_connections = {size}",
+        f"max_user_connections = {size}",  # the wildcard makes pools per database: cap per user as well
         "reserve_pool_size = 0",
         "server_check_delay = 10",
         "server_login_retry = 2",
