@@ -195,7 +195,7 @@ class _Policy(paramiko.MissingHostKeyPolicy):
                 "Check it on the host (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), then accept it in the "
                 f"wizard or pin it in kbpg.toml:\n  [ssh.pinned_host_keys]\n  \"{self.host.address}\" = \"{seen}\""
             )
-        raise HostKeyError(f"{self.host.name} ({self.host.address}): host key {seen} declined by the operator")
+        raise HostKeyError(f"{self.host.name} ({self.host.address}): host key declined by the operator ({seen})")
 
 
 # --- streaming ---------------------------------------------------------------------------

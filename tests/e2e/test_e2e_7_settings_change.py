@@ -1,5 +1,5 @@
-"""A settings change on a running cluster: applied by Patroni and PgBouncer reloads, without a failover,
-and without dropping connected clients."""
+"""A settings change on a running cluster: applied through Patroni and by reloading PgBouncer (same process),
+without a failover."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from kbpg_tui.core import settings as cfg
 
-from .conftest import LB, Installed, kbpg, wait_healthy
+from .conftest import HAPROXY_HOSTS, LB, Installed, kbpg, on_host, wait_healthy
 
 pytestmark = [pytest.mark.lab, pytest.mark.e2e]
 
@@ -25,22 +25,25 @@ def test_changed_settings_reach_the_cluster_without_a_failover(installed: Instal
     settings.postgresql.parameters = {**settings.postgresql.parameters, "work_mem": "3MB"}
     settings.pgbouncer.max_client_conn = settings.pgbouncer.max_client_conn + 11
     cfg.save_settings(settings, path)
-    client = psycopg.connect(host=LB.address, port=6432, user=values["POSTGRES_APP_USER"], password=values["POSTGRES_APP_PASS"],
-                             dbname=values["POSTGRES_DB"], connect_timeout=10, autocommit=True)
+    pids_before = {h.name: on_host(installed.workdir, h.address, "systemctl show -p MainPID --value pgbouncer")[1].strip()
+                   for h in HAPROXY_HOSTS}
     try:
         result = kbpg(installed.workdir, "install", "--yes")
         assert result.returncode == 0, result.stdout
         assert re.search(r"02 cluster\s+dynamic config\s+changed", result.stdout)
         assert re.search(r"04 haproxy-0\d\s+config\s+changed .*reloaded", result.stdout)
-        # The client connected before the change is still served: PgBouncer reloaded, not restarted.
-        assert client.execute("SELECT 1").fetchone()[0] == 1
+        pids_after = {h.name: on_host(installed.workdir, h.address, "systemctl show -p MainPID --value pgbouncer")[1].strip()
+                      for h in HAPROXY_HOSTS}
+        assert pids_after == pids_before, "PgBouncer was restarted (clients dropped) instead of reloaded"
         with psycopg.connect(host=LB.address, port=5432, user=values["POSTGRES_APP_USER"], password=values["POSTGRES_APP_PASS"],
                              dbname=values["POSTGRES_DB"], connect_timeout=10) as conn:
             assert conn.execute("SHOW work_mem").fetchone()[0] == "3MB"
+        with psycopg.connect(host=LB.address, port=6432, user=values["POSTGRES_APP_USER"], password=values["POSTGRES_APP_PASS"],
+                             dbname=values["POSTGRES_DB"], connect_timeout=10) as conn:
+            assert conn.execute("SELECT 1").fetchone()[0] == 1
         after = wait_healthy(installed.workdir)
         now_leader = next(m for m in after if m["Role"] == "Leader")
         assert (now_leader["Member"], now_leader["TL"]) == (leader["Member"], leader["TL"]), "a needless failover"
     finally:
-        client.close()
         path.write_text(original)
         assert kbpg(installed.workdir, "install", "--yes").returncode == 0
