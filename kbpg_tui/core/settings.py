@@ -135,6 +135,8 @@ class PatroniSettings:
     retry_timeout: int = _opt(10, min=1, max=600)
     maximum_lag_on_failover: int = _opt(1048576, min=0)
     synchronous_mode: bool = _opt(False)
+    apply_pending_restarts: bool = _opt(False, doc="restart members a changed parameter waits for: replicas first, "
+                                               "leader last (a few seconds without writes); false: only report them")
 
 
 @dataclass

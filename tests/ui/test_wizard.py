@@ -246,3 +246,14 @@ async def test_every_screen_fits_80x24(demo: Path) -> None:
             assert isinstance(app.screen, kind)
             footer = app.screen.query_one("Footer")
             assert footer.region.bottom == 24 and footer.region.height == 1
+
+
+async def test_plan_toggles_rolling_restarts(demo: Path) -> None:
+    app = KbpgApp(demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("1", "n", "n")
+        from textual.widgets import Select
+
+        app.screen.query_one("#f-patroni-apply_pending_restarts", Select).value = True
+        await pilot.press("s")
+        assert tomllib.loads((demo / "kbpg.toml").read_text())["patroni"]["apply_pending_restarts"] is True

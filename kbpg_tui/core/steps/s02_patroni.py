@@ -432,12 +432,60 @@ def apply_dynamic_config(run: TaskRun) -> Outcome:
     if changed:
         run.run(f"{PATRONICTL} edit-config --force --apply -", host=leader, stdin=yaml.safe_dump(wanted),
                 what="applying the dynamic configuration")
-    # Some parameters (shared_buffers, max_connections ...) only take effect at a restart, which kbpg does not
-    # do on its own yet: say so on every run until it is done, never report a clean "unchanged".
-    pending = [m["Member"] for m in cluster_members(run) if m.get("Pending restart")]
-    warnings = [f"restart pending on {', '.join(pending)}: a parameter waits for a PostgreSQL restart; restart the "
-                "replicas first, then switch over and restart the old leader (patronictl restart / switchover)"] if pending else []
-    return Outcome.of(changed, "dynamic configuration updated" if changed else "dynamic configuration up to date", warnings)
+        run.ctx.state["dynamic_config_changed"] = True
+    return Outcome.of(changed, "dynamic configuration updated" if changed else "dynamic configuration up to date")
+
+
+RESTART_WAIT_SECONDS = 180
+
+
+def apply_pending_restarts(run: TaskRun) -> Outcome:
+    """Members waiting for a restart (a changed shared_buffers, max_connections ...).
+
+    With ``patroni.apply_pending_restarts`` they are restarted one at a time, replicas first and the leader
+    last, each back and streaming before the next: no failover, a few seconds without writes at the end.
+    Without it they are reported on every run, never left looking "unchanged" in silence.
+    """
+    members = cluster_members(run)
+    pending = [m for m in members if m.get("Pending restart")]
+    if not pending and run.ctx.state.get("dynamic_config_changed"):
+        # Members notice a DCS change on their next loop: give them two before concluding nothing waits.
+        deadline = time.monotonic() + 2 * run.settings.patroni.loop_wait + 2
+        while not pending and time.monotonic() < deadline:
+            run.check_cancel()
+            time.sleep(1)
+            members = cluster_members(run)
+            pending = [m for m in members if m.get("Pending restart")]
+    if not pending:
+        return Outcome.unchanged("no restart pending")
+    names = [m["Member"] for m in sorted(pending, key=lambda m: m.get("Role") == "Leader")]
+    if not run.settings.patroni.apply_pending_restarts:
+        return Outcome.unchanged(f"restart pending on {', '.join(names)}", [
+            f"restart pending on {', '.join(names)}: a changed parameter waits for a PostgreSQL restart. Set "
+            "patroni.apply_pending_restarts = true in kbpg.toml and re-run (replicas first, leader last), or restart "
+            "them yourself with patronictl restart"])
+    scope = shlex.quote(run.ctx.credentials["PATRONI_CLUSTER_NAME"])
+    expected = len(run.ctx.db_hosts)
+    for name in names:
+        run.check_cancel()
+        host = run.ctx.host(name)
+        run.run(f"{PATRONICTL} restart {scope} {shlex.quote(name)} --force", host=host, what=f"restarting {name}")
+        deadline = time.monotonic() + RESTART_WAIT_SECONDS
+        while True:
+            run.check_cancel()
+            try:
+                now = cluster_members(run)
+                ok, summary = health(now, expected)
+                still = any(m["Member"] == name and m.get("Pending restart") for m in now)
+            except TaskError as exc:
+                ok, summary, still = False, str(exc), True
+            if ok and not still:
+                break
+            if time.monotonic() > deadline:
+                raise TaskError(f"{name} did not come back healthy within {RESTART_WAIT_SECONDS} s after its restart "
+                                f"({summary}); the members after it were not restarted")
+            time.sleep(2)
+    return Outcome.changed(f"restarted {', '.join(names)} one at a time (replicas first, leader last)")
 
 
 PSQL = "runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 -h /var/run/postgresql -p {port} -U {user} -d {database}"
@@ -527,6 +575,7 @@ STEP = Step("02", "Patroni cluster", [
     Task("start", "cluster", start_cluster),
     Task("cluster", "cluster", wait_for_cluster),
     Task("dynamic config", "cluster", apply_dynamic_config),
+    Task("restarts", "cluster", apply_pending_restarts),
     Task("roles", "cluster", ensure_roles),
     Task("validate", "db", validate_config),
 ])

@@ -26,6 +26,7 @@ FIELDS: list[tuple[str, str, tuple | None]] = [
     ("postgresql.max_connections", "max_connections", None),
     ("postgresql.shared_buffers", "shared_buffers", None),
     ("patroni.timing_plan", "Failover timing", ("standard", "fast", "custom")),
+    ("patroni.apply_pending_restarts", "Apply restarts", (False, True)),
     ("pgbouncer.pool_mode", "Pooling", ("transaction", "session", "statement")),
     ("pgbouncer.backend", "PgBouncer backend", ("local", "lb")),
     ("ports.haproxy_write", "Port: write", None),
@@ -85,8 +86,8 @@ class PlanScreen(Screen):
                     with Horizontal():
                         yield Label(label)
                         if choices:
-                            yield Select([(str(c), c) for c in choices], value=value, allow_blank=False, id=field_id(key),
-                                         compact=True)
+                            yield Select([(str(c).lower(), c) for c in choices], value=value, allow_blank=False,
+                                         id=field_id(key), compact=True)
                         else:
                             yield Input(str(value), id=field_id(key), compact=True)
             yield Static(plan_text(self.app.state), id="plan")
