@@ -104,7 +104,7 @@ def cmd_credentials_generate(args: argparse.Namespace) -> int:
     problems = credentials.validate()
     if problems:
         raise BadInput(f"{path}: " + "; ".join(problems))
-    written = creds.write_env(path, credentials)
+    creds.write_env(path, credentials)
     for name in credentials:
         print(f"  {name:<22} {'generated' if name in generated else 'kept'}")
     if existing is not None and generated:

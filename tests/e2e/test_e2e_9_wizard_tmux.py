@@ -86,8 +86,9 @@ def test_wizard_from_welcome_to_green_diagnostics_by_keys(fresh_lab: Path) -> No
     keys("s")
     wait_for("install complete", 400)
     keys("n")
-    shown = wait_for("ALL GREEN", 90)
-    assert "leader" in shown and "streaming" in shown
+    wait_for("ALL GREEN", 90)
+    shown = wait_for("streaming", 20)  # the live cluster view fills in on its own worker
+    assert "leader" in shown
     keys("e")  # export the report
     time.sleep(1)
     assert list((workdir / "reports").glob("diagnostics-*.md"))

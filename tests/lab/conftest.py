@@ -6,12 +6,9 @@ cache) debootstrap and the Debian mirror. Select them with ``-m lab``.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import pytest
 
-from kbpg_tui.core import lab
 from kbpg_tui.core.lab import ssh as lab_ssh
 from kbpg_tui.core.lab.topology import HOSTS
 
