@@ -38,24 +38,14 @@ def test_roles_and_database_exist_through_the_lb(installed: Installed) -> None:
     assert "keybuzz" in databases and owner == "kb_app"
 
 
-@pytest.mark.parametrize("path, mode, owner", [
-    ("/etc/patroni/config.yml", 0o600, "postgres:postgres"),
-    ("/var/lib/postgresql/17/patroni", 0o700, "postgres:postgres"),
-])
-def test_db_node_secret_files_are_private(installed: Installed, path: str, mode: int, owner: str) -> None:
-    for host in DB_HOSTS:
-        code, out, _ = on_host(installed.workdir, host.address, f"stat -c '%a %U:%G' {path}")
-        assert code == 0
-        found_mode, found_owner = out.split()
-        assert (int(found_mode, 8), found_owner) == (mode, owner), f"{host.name}:{path}"
-
-
-@pytest.mark.parametrize("path, mode, owner", [
-    ("/etc/pgbouncer/userlist.txt", 0o600, "postgres:postgres"),
-    ("/etc/haproxy/haproxy.cfg", 0o640, "root:haproxy"),
-])
-def test_proxy_node_secret_files_are_private(installed: Installed, path: str, mode: int, owner: str) -> None:
-    for host in HAPROXY_HOSTS:
+@pytest.mark.parametrize("hosts, path, mode, owner", [
+    (DB_HOSTS, "/etc/patroni/config.yml", 0o600, "postgres:postgres"),
+    (DB_HOSTS, "/var/lib/postgresql/17/patroni", 0o700, "postgres:postgres"),
+    (HAPROXY_HOSTS, "/etc/pgbouncer/userlist.txt", 0o600, "postgres:postgres"),
+    (HAPROXY_HOSTS, "/etc/haproxy/haproxy.cfg", 0o640, "root:haproxy"),
+], ids=["patroni.yml", "data dir", "pgbouncer userlist", "haproxy.cfg"])
+def test_secret_files_are_private(installed: Installed, hosts, path: str, mode: int, owner: str) -> None:
+    for host in hosts:
         code, out, _ = on_host(installed.workdir, host.address, f"stat -c '%a %U:%G' {path}")
         assert code == 0
         found_mode, found_owner = out.split()
