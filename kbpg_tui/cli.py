@@ -20,6 +20,7 @@ from .core import credentials as creds
 from .core import inventory as inv
 from .core import events as ev
 from .core import settings as cfg
+from .core.files import resolve
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 ANSWERS_FILE = "kbpg.toml"
@@ -45,16 +46,11 @@ def load_answers(args: argparse.Namespace, required: bool = False) -> cfg.Settin
         raise BadInput(str(exc)) from None
 
 
-def _resolve(args: argparse.Namespace, relative: str) -> Path:
-    path = Path(relative).expanduser()
-    return path if path.is_absolute() else args.workdir / path
-
-
 # --- inventory -----------------------------------------------------------------------
 
 def cmd_inventory(args: argparse.Namespace) -> int:
     settings = load_answers(args)
-    path = Path(args.path) if args.path else _resolve(args, settings.inventory.path)
+    path = Path(args.path) if args.path else resolve(args.workdir, settings.inventory.path)
     try:
         selection = inv.load_selection(path, settings.inventory.db_rule, settings.inventory.haproxy_rule)
     except inv.InventoryError as exc:

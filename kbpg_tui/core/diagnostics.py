@@ -27,7 +27,7 @@ import psycopg
 
 from . import credentials as creds
 from .engine import Context
-from .files import atomic_write
+from .files import atomic_write, resolve
 from .inventory import InventoryError, load_selection
 from .ssh import Host, SshError
 
@@ -214,7 +214,7 @@ class Diagnostics:
     # 1
     def check_inventory(self) -> str:
         settings = self.settings
-        path = self.ctx.workdir / settings.inventory.path if not settings.inventory.path.startswith("/") else Path(settings.inventory.path)
+        path = resolve(self.ctx.workdir, settings.inventory.path)
         try:
             selection = load_selection(path, settings.inventory.db_rule, settings.inventory.haproxy_rule)
         except InventoryError as exc:

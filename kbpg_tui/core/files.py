@@ -7,6 +7,12 @@ import tempfile
 from pathlib import Path
 
 
+def resolve(workdir: Path, relative: str | Path) -> Path:
+    """A path from kbpg.toml: absolute as written, else relative to the work directory (``~`` expanded)."""
+    path = Path(relative).expanduser()
+    return path if path.is_absolute() else Path(workdir) / path
+
+
 def atomic_write(path: Path, data: bytes, mode: int) -> None:
     """Write ``data`` to ``path`` through a temp file created with ``mode`` in the same directory, then rename."""
     path = Path(path)

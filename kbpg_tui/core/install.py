@@ -15,6 +15,7 @@ from pathlib import Path
 from . import credentials as creds
 from .engine import Context, Engine, StepReport
 from .events import EventSink, Status
+from .files import resolve
 from .inventory import Selection, load_selection
 from .logs import register_secret
 from .settings import Settings
@@ -22,11 +23,6 @@ from .ssh import ConnectionPool, Host, HostKeyPrompt, KnownHosts, SshOptions
 
 SUDO_ENV_FILE = Path("credentials") / "sudo.env"
 SUDO_VARIABLE = "KBPG_SUDO_PASSWORD"
-
-
-def resolve(workdir: Path, relative: str) -> Path:
-    path = Path(relative).expanduser()
-    return path if path.is_absolute() else workdir / path
 
 
 def sudo_passwords(workdir: Path):

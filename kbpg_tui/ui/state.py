@@ -8,6 +8,7 @@ from pathlib import Path
 from ..core import credentials as creds
 from ..core import inventory as inv
 from ..core import settings as cfg
+from ..core.files import resolve
 
 ANSWERS_FILE = "kbpg.toml"
 
@@ -34,8 +35,7 @@ class WizardState:
 
     @property
     def inventory_path(self) -> Path:
-        path = Path(self.settings.inventory.path).expanduser()
-        return path if path.is_absolute() else self.workdir / path
+        return resolve(self.workdir, self.settings.inventory.path)
 
     @classmethod
     def load(cls, workdir: Path) -> "WizardState":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shlex
 
 from ..engine import TaskError, TaskRun
+from ..files import resolve
 from ..settings import PackageSettings
 
 SOURCES_FILE = "/etc/apt/sources.list.d/kbpg.list"
@@ -20,7 +21,7 @@ APT_GET = "apt-get -q -y -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-c
 
 
 def _custom_key(run: TaskRun, packages: PackageSettings) -> tuple[bytes, str]:
-    path = run.ctx.workdir / packages.key_file if not packages.key_file.startswith("/") else packages.key_file
+    path = resolve(run.ctx.workdir, packages.key_file)
     try:
         key = open(path, "rb").read()
     except OSError as exc:

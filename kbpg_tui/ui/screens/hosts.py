@@ -13,6 +13,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Label, Static
 
 from ...core import install as inst
+from ...core.files import resolve
 from ...core.inventory import Server
 from ...core.ssh import ConnectionPool, Host, KnownHosts, SshError
 from ..text import show
@@ -89,7 +90,7 @@ class HostsScreen(Screen):
     def check_ssh(self, servers: list[Server]) -> None:
         state = self.app.state
         cancel = threading.Event()
-        known_hosts = KnownHosts(inst.resolve(state.workdir, state.settings.ssh.known_hosts))
+        known_hosts = KnownHosts(resolve(state.workdir, state.settings.ssh.known_hosts))
         pool = ConnectionPool(inst.ssh_options(state.workdir, state.settings), known_hosts, lambda event: None,
                               prompt=lambda event: self.app.ask_host_key(event, cancel),
                               sudo_passwords=inst.sudo_passwords(state.workdir), cancel=cancel)
