@@ -112,11 +112,7 @@ def _short(command: str, limit: int = 80) -> str:
 
 def fingerprint(key: paramiko.PKey) -> str:
     """The OpenSSH ``SHA256:...`` fingerprint of a key."""
-    return key.fingerprint if hasattr(key, "fingerprint") else "SHA256:" + _b64_sha256(key.asbytes())
-
-
-def _b64_sha256(data: bytes) -> str:
-    return base64.b64encode(hashlib.sha256(data).digest()).decode().rstrip("=")
+    return key.fingerprint  # paramiko >= 3 gives the OpenSSH form
 
 
 # --- host keys -----------------------------------------------------------------------
