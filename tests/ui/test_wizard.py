@@ -31,6 +31,14 @@ def cell(table: DataTable, row: int, column: int) -> str:
     return str(table.get_cell_at((row, column)))
 
 
+def select_credential(app, name: str) -> int:
+    """Put the credentials table's cursor on ``name``; returns its row."""
+    table = app.screen.query_one(DataTable)
+    row = [cell(table, r, 0) for r in range(table.row_count)].index(name)
+    table.move_cursor(row=row)
+    return row
+
+
 async def test_welcome_shows_the_work_directory_and_leads_everywhere(fresh: Path) -> None:
     app = KbpgApp(fresh)
     async with app.run_test(size=SIZE) as pilot:
@@ -85,9 +93,7 @@ async def test_weak_typed_password_needs_confirmation(fresh: Path) -> None:
     app = KbpgApp(fresh)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("1", "g")
-        table = app.screen.query_one(DataTable)
-        names = [cell(table, row, 0) for row in range(table.row_count)]
-        table.move_cursor(row=names.index("POSTGRES_APP_PASS"))
+        select_credential(app, "POSTGRES_APP_PASS")
         before = app.state.credentials["POSTGRES_APP_PASS"]
         await pilot.press("e")
         assert app.screen.query_one("#editor-input", Input).password
@@ -106,9 +112,7 @@ async def test_strength_is_shown_while_typing(fresh: Path) -> None:
     app = KbpgApp(fresh)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("1", "g")
-        table = app.screen.query_one(DataTable)
-        names = [cell(table, row, 0) for row in range(table.row_count)]
-        table.move_cursor(row=names.index("PATRONI_API_PASSWORD"))
+        select_credential(app, "PATRONI_API_PASSWORD")
         await pilot.press("e", *"aaaa")
         assert "weak" in text_of(app, "#editor-strength")
         await pilot.press(*"-Tr0ub4dor&3-correct-horse")
