@@ -119,7 +119,31 @@ class Message:
     at: float = field(default_factory=_now)
 
 
-Event = Union[StepStarted, TaskStarted, OutputLine, TaskFinished, StepFinished, HostKeyUnknown, Progress, Message]
+@dataclass(frozen=True)
+class HostSilent:
+    """A host stopped answering on its SSH connection (keepalives unanswered) while a command runs on it.
+
+    Emitted once when the silence passes the warning threshold (30 s) and again as it grows; the task fails
+    when it passes ``ssh.silence_timeout``. ``silent_for`` is in seconds.
+    """
+
+    step: str
+    host: str
+    silent_for: float
+    at: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class HostAnswering:
+    """A host that was reported silent answers again."""
+
+    step: str
+    host: str
+    at: float = field(default_factory=_now)
+
+
+Event = Union[StepStarted, TaskStarted, OutputLine, TaskFinished, StepFinished, HostKeyUnknown, Progress, Message,
+              HostSilent, HostAnswering]
 EventSink = Callable[[Event], None]
 
 
