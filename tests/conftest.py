@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
-REAL_INVENTORY = SHARED / "fixtures" / "keybuzz-servers.tsv"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+REAL_INVENTORY = FIXTURES / "keybuzz-servers.tsv"  # a copy of the company's inventory, kept in the repository
 
 
 @pytest.fixture
