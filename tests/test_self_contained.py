@@ -1,0 +1,46 @@
+"""A clone of the repository alone runs kbpg and its tests: nothing reads ../shared (outside the repository)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .conftest import REAL_INVENTORY, REPO
+
+# `../shared`, `/work/shared`, or "shared" as a path component (Path(...) / "shared", os.path.join(.., "shared")).
+OUTSIDE = re.compile(r"""\.\./shared\b|/work/shared\b|["']shared["']""")
+SCANNED = ("kbpg_tui", "tests", "scripts", ".ci")
+
+
+def scanned_files() -> list[Path]:
+    files = []
+    for top in SCANNED:
+        for path in sorted((REPO / top).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.resolve() != Path(__file__).resolve():
+                files.append(path)
+    return files
+
+
+def test_no_file_refers_to_the_shared_directory_outside_the_repository() -> None:
+    files = scanned_files()
+    assert any(path.name == "conftest.py" for path in files) and any(path.parts[-2:] == (".ci", "run") for path in files)
+    hits = []
+    for path in files:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        for number, line in enumerate(text.splitlines(), 1):
+            if OUTSIDE.search(line):
+                hits.append(f"{path.relative_to(REPO)}:{number}: {line.strip()[:120]}")
+    assert not hits, "files that read ../shared (keep a copy under tests/fixtures/ instead):\n" + "\n".join(hits)
+
+
+def test_the_pattern_finds_what_it_is_for() -> None:
+    for line in ('SHARED = REPO.parent / "shared"', "cat ../shared/fixtures/x.tsv", "open('/work/shared/docs/design.md')",
+                 "os.path.join(root, '..', 'shared')"):
+        assert OUTSIDE.search(line), line
+    for line in ('shared_buffers = "256MB"', '"""Small helpers shared by the screens."""'):
+        assert not OUTSIDE.search(line), line
+
+
+def test_the_company_inventory_is_a_copy_inside_the_repository() -> None:
+    assert REAL_INVENTORY.resolve().is_relative_to(REPO.resolve())
+    assert REAL_INVENTORY.is_file()
