@@ -235,10 +235,31 @@ def cmd_install(args: argparse.Namespace) -> int:
         run.close()
     counts = inst.summarize(reports)
     done = bool(reports) and all(r.status in (ev.Status.CHANGED, ev.Status.UNCHANGED) for r in reports)
+    warnings = install_warnings(reports, selection)
+    # Field failure 6: a warning (XFS, clock, free space...) must never scroll by unseen in an unattended run.
+    print(f"Warnings ({len(warnings)}):" if warnings else "Warnings: none")
+    for line in warnings:
+        print(f"  - {line}")
     print(f"Summary: changed {counts['changed']}, unchanged {counts['unchanged']}, failed {counts['failed']}"
-          f"{', cancelled ' + str(counts['cancelled']) if counts['cancelled'] else ''} in {time.monotonic() - started:.1f}s — "
+          f"{', cancelled ' + str(counts['cancelled']) if counts['cancelled'] else ''}, warnings {len(warnings)} "
+          f"in {time.monotonic() - started:.1f}s — "
           + ("all hosts done." if done else "NOT done: fix what is named above and run the same command again."))
+    if done and warnings and args.strict:
+        print(f"--strict: {len(warnings)} warning(s), exit {EXIT_FAILED}.")
+        return EXIT_FAILED
     return EXIT_OK if done else EXIT_FAILED
+
+
+def install_warnings(reports: list, selection: inv.Selection) -> list[str]:
+    """Every warning of a run, in order and without repeats, each naming its host (or servers.tsv)."""
+    lines = [problem.render(selection.source) for problem in selection.warnings]
+    for report in reports:
+        for task in report.tasks:
+            for text in task.warnings:
+                line = text if text.startswith(f"{task.host}:") else f"{task.host}: {text}"
+                if line not in lines:
+                    lines.append(line)
+    return lines
 
 
 # --- the wizard ----------------------------------------------------------------------------
@@ -350,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="no questions: for unattended runs (host keys must be known or pinned)")
     p.add_argument("--step", action="append", metavar="NN", help="run only this step (repeatable), e.g. --step 01")
     p.add_argument("--verbose", "-v", action="store_true", help="also print the hosts' command output")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 when the run ends with any warning (XFS, clock, free space, pending restart...); "
+                        "the work is still done, and every warning is listed in the summary either way")
     p.set_defaults(handler=cmd_install)
 
     p = commands.add_parser("diagnose", help="probe the cluster: 12 checks in parallel, a report, exit 1 on any failure")
