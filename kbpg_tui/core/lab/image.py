@@ -31,10 +31,10 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Callable, Iterator
-
-import kbpg_tui
 
 from . import repo as repo_mod
 from .topology import (
@@ -86,9 +86,9 @@ WantedBy=multi-user.target
 """
 
 
-def assets_dir() -> Path:
-    """The directory of recipe files shipped beside the code (``assets/lab``)."""
-    return Path(kbpg_tui.__file__).resolve().parent.parent / "assets" / "lab"
+def assets_dir() -> Traversable:
+    """The recipe files: ``assets/lab`` in the source tree, package data of ``kbpg_tui.assets`` once installed."""
+    return resources.files("kbpg_tui.assets").joinpath("lab")
 
 
 def render_lb_haproxy_cfg() -> str:
@@ -126,8 +126,8 @@ def recipe() -> dict:
     """Everything that shapes the image, as plain data (hashed into the cache key)."""
     assets = assets_dir()
     files = {}
-    for path in sorted(assets.iterdir()):
-        if path.is_file():
+    for path in sorted(assets.iterdir(), key=lambda entry: entry.name):
+        if path.is_file() and not path.name.startswith("."):
             files[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
     return {
         "recipe_version": RECIPE_VERSION,

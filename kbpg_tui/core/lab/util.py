@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import time
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -124,7 +125,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
         time.sleep(interval)
 
 
-def read_list_file(path: Path) -> list[str]:
+def read_list_file(path: Path | Traversable) -> list[str]:
     """Non-blank, non-comment lines of a recipe list file."""
     items = []
     for line in path.read_text(encoding="utf-8").splitlines():
