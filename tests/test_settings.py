@@ -11,6 +11,8 @@ from kbpg_tui.core import settings as cfg
 
 from .conftest import run_kbpg
 
+FINGERPRINT = "SHA256:+ZRpwjaKw+p/aTW4Nf6prujikE8CXF+rw7tXH8Malnw"  # the form OpenSSH and paramiko print
+
 
 def test_defaults_follow_the_design() -> None:
     settings = cfg.Settings()
@@ -37,7 +39,9 @@ def test_round_trip(tmp_path: Path) -> None:
     settings.network.lb_address = "198.18.0.10"
     settings.patroni.timing_plan = "custom"
     settings.patroni.ttl, settings.patroni.loop_wait, settings.patroni.retry_timeout = 25, 5, 10
-    settings.ssh.pinned_host_keys = {"198.18.0.11": "SHA256:abc"}
+    settings.ssh.pinned_host_keys = {"198.18.0.11": FINGERPRINT}
+    settings.network.direct_clients = ["192.0.2.0/24"]
+    settings.ssh.silence_timeout = 60
     settings.inventory.db_rule = {"ENV": "staging", "ROLE": "db"}
     path = tmp_path / "kbpg.toml"
     assert cfg.save_settings(settings, path) is True
@@ -66,6 +70,7 @@ def test_timing_plan_values_are_applied_and_not_written(tmp_path: Path) -> None:
     ({"ports": {"pgbouncer": 70000}}, "ports.pgbouncer", "at most 65535"),
     ({"ports": {"haproxy_read": 6432}}, "ports.pgbouncer", "already used by ports.haproxy_read"),
     ({"network": {"lb_address": "10.0.0"}}, "network.lb_address", "an IP address"),
+    ({"network": {"lb_address": "fe80::1%eth0\nx"}}, "network.lb_address", "without a %scope"),
     ({"network": {"private_subnet": "10.0.0.0/33"}}, "network.private_subnet", "CIDR"),
     ({"network": {"bind": "everywhere"}}, "network.bind", "'private', 'all'"),
     ({"patroni": {"dcs": "etcd"}}, "patroni.dcs", "'raft'"),
@@ -117,3 +122,253 @@ def test_bad_answers_file_stops_other_commands_with_exit_2(tmp_path: Path, real_
     result = run_kbpg("inventory", str(real_inventory), workdir=tmp_path)
     assert result.returncode == 2
     assert "inventory.db_rule: must be a table of strings" in result.stderr
+
+
+# --- settings that must never reach a host ------------------------------------------------
+
+@pytest.mark.parametrize("data_dir", [
+    "/", "/srv", "/var/../etc/x", "/a b/c", "/x/\n", "/srv/pg/", "//srv/pg", "/srv//pg", "/srv/./pg",
+    "/srv/pg\t", "/srv/pg\u00a0x", "/srv/pg\u2028x", "relative/dir", "./pg", "/var/lib", "/etc/postgresql",
+    "/usr/lib", "/home/bob", "/proc/pg", "/boot/pg",
+])
+def test_data_dir_is_refused_unless_a_plain_dedicated_path(data_dir: str) -> None:
+    with pytest.raises(cfg.SettingsError) as caught:
+        cfg.from_dict({"postgresql": {"data_dir": data_dir}})
+    assert len(caught.value.errors) == 1
+    assert caught.value.errors[0].startswith("postgresql.data_dir: must be a normalised absolute path")
+    assert "\n" not in caught.value.errors[0], "one line, even for a value holding a newline"
+
+
+@pytest.mark.parametrize("data_dir", ["", "/srv/postgresql/data", "/usr/local/pgsql/data", "/data/pg",
+                                      "/var/lib/postgresql/16/main", "/srv/pg-16_a.b"])
+def test_data_dir_accepts_dedicated_paths(data_dir: str) -> None:
+    assert cfg.from_dict({"postgresql": {"data_dir": data_dir}}).postgresql.data_dir == data_dir
+
+
+OWNED = ["password_encryption", "wal_level", "listen_addresses", "port", "data_directory", "hba_file", "ident_file",
+         "config_file", "external_pid_file", "unix_socket_directories", "hot_standby", "wal_log_hints",
+         "max_connections", "shared_buffers", "ssl", "ssl_cert_file", "ssl_key_file", "ssl_ca_file", "ssl_ciphers",
+         "ssl_min_protocol_version", "archive_command", "restore_command", "archive_mode", "WAL_LEVEL", "Port",
+         "primary_conninfo", "synchronous_standby_names", "recovery_target_time"]
+
+
+@pytest.mark.parametrize("name", OWNED)
+def test_parameters_kbpg_owns_are_refused_with_the_reason(name: str) -> None:
+    with pytest.raises(cfg.SettingsError) as caught:
+        cfg.from_dict({"postgresql": {"parameters": {"work_mem": "4MB", name: "on"}}})
+    assert caught.value.errors == [caught.value.errors[0]]
+    assert caught.value.errors[0].startswith(f"postgresql.parameters.{name}: set by kbpg (")
+
+
+@pytest.mark.parametrize("name, value, hint", [
+    ("work mem", "4MB", 'postgresql.parameters."work mem": parameter names match ^[A-Za-z_][A-Za-z0-9_.]*$'),
+    ("work_mem\n", "4MB", 'postgresql.parameters."work_mem\\n": parameter names match'),
+    ("1work_mem", "4MB", 'postgresql.parameters.1work_mem: parameter names match'),
+    ("work-mem", "4MB", 'postgresql.parameters.work-mem: parameter names match'),
+    ("work_mem", "4MB\nlisten_addresses = '*'", "postgresql.parameters.work_mem: a value without control characters (found U+000A)"),
+    ("work_mem", "4MB\r", "postgresql.parameters.work_mem: a value without control characters (found U+000D)"),
+    ("work_mem", "4MB\x00", "postgresql.parameters.work_mem: a value without control characters (found U+0000)"),
+    ("include", "/etc/shadow", "postgresql.parameters.include: an include directive, not a parameter"),
+    ("include_dir", "/tmp", "postgresql.parameters.include_dir: an include directive, not a parameter"),
+])
+def test_parameter_names_and_values_are_strict(name: str, value: str, hint: str) -> None:
+    with pytest.raises(cfg.SettingsError) as caught:
+        cfg.from_dict({"postgresql": {"parameters": {name: value}}})
+    assert caught.value.errors == [hint + caught.value.errors[0][len(hint):]], caught.value.errors
+    assert "\n" not in caught.value.errors[0]
+
+
+def test_every_bad_parameter_is_named_at_once() -> None:
+    with pytest.raises(cfg.SettingsError) as caught:
+        cfg.from_dict({"postgresql": {"parameters": {"wal_level": "logical", "ssl": "on", "work_mem": "1MB"}}})
+    assert [error.split(":")[0] for error in caught.value.errors] == ["postgresql.parameters.wal_level",
+                                                                      "postgresql.parameters.ssl"]
+
+
+def test_ordinary_parameters_are_kept_as_strings() -> None:
+    settings = cfg.from_dict({"postgresql": {"parameters": {
+        "work_mem": "8MB", "pg_stat_statements.track": "all", "log_min_duration_statement": 500,
+        "jit": False, "shared_preload_libraries": "pg_stat_statements", "max_wal_senders": 12}}})
+    assert settings.postgresql.parameters == {
+        "work_mem": "8MB", "pg_stat_statements.track": "all", "log_min_duration_statement": "500", "jit": "off",
+        "shared_preload_libraries": "pg_stat_statements", "max_wal_senders": "12"}
+
+
+CUSTOM = {"source": "custom", "url": "http://198.18.0.10:8080/", "suite": "kbpg-lab", "components": ["main"],
+          "key_file": "lab-repo.asc"}
+
+
+@pytest.mark.parametrize("key, value, hint", [
+    ("url", "http://x/ kbpg main\ndeb http://evil/", "an http:// or https:// URL"),
+    ("url", "http://198.18.0.10/ evil main", "an http:// or https:// URL"),
+    ("url", "ftp://198.18.0.10/", "an http:// or https:// URL"),
+    ("url", "file:/srv/repo", "an http:// or https:// URL"),
+    ("url", "198.18.0.10/debian", "an http:// or https:// URL"),
+    ("url", "http:///debian", "an http:// or https:// URL"),
+    ("url", "http://x/\"", "an http:// or https:// URL"),
+    ("url", "http://x/#main", "an http:// or https:// URL"),
+    ("url", "http://[::1/", "an http:// or https:// URL"),
+    ("suite", "kbpg-lab\ndeb http://evil/ x main", "one word of letters, digits"),
+    ("suite", "kbpg lab", "one word of letters, digits"),
+    ("suite", "[trusted=yes]", "one word of letters, digits"),
+    ("suite", "-lab", "one word of letters, digits"),
+    ("components", ["main\ndeb http://evil/ x main"], "words of letters, digits"),
+    ("components", ["main contrib"], "words of letters, digits"),
+    ("components", ["main", ""], "words of letters, digits"),
+    ("components", [], "required when packages.source = \"custom\""),
+    ("key_file", "lab-repo.asc\n", "text without control characters (found U+000A)"),
+])
+def test_package_source_cannot_smuggle_an_apt_line(key: str, value, hint: str) -> None:
+    with pytest.raises(cfg.SettingsError) as caught:
+        cfg.from_dict({"packages": {**CUSTOM, key: value}})
+    assert len(caught.value.errors) == 1 and caught.value.errors[0].startswith(f"packages.{key}: ")
+    assert hint in caught.value.errors[0] and "\n" not in caught.value.errors[0]
+
+
+def test_a_plain_custom_package_source_is_accepted() -> None:
+    packages = cfg.from_dict({"packages": {**CUSTOM, "url": "https://apt.example.com/debian",
+                                           "suite": "bookworm-pgdg", "components": ["main", "non-free/x", "16"]}}).packages
+    assert (packages.url, packages.suite, packages.components) == ("https://apt.example.com/debian", "bookworm-pgdg",
+                                                                  ["main", "non-free/x", "16"])
+
+
+@pytest.mark.parametrize("address, fingerprint, hint", [
+    ("db-master-01", FINGERPRINT, 'ssh.pinned_host_keys.db-master-01: pinned host keys are keyed by IP address'),
+    ("10.0.0.300", FINGERPRINT, 'ssh.pinned_host_keys."10.0.0.300": pinned host keys are keyed by IP address'),
+    ("fe80::1%eth0", FINGERPRINT, 'ssh.pinned_host_keys."fe80::1%eth0": pinned host keys are keyed by IP address'),
+    ("198.18.0.11", "SHA256:abc", 'ssh.pinned_host_keys."198.18.0.11": must be "SHA256:" and 43 base64'),
+    ("198.18.0.11", FINGERPRINT + "=", 'ssh.pinned_host_keys."198.18.0.11": must be "SHA256:"'),
+    ("198.18.0.11", FINGERPRINT[7:], 'ssh.pinned_host_keys."198.18.0.11": must be "SHA256:"'),
+    ("198.18.0.11", "MD5:" + FINGERPRINT[7:], 'ssh.pinned_host_keys."198.18.0.11": must be "SHA256:"'),
+    ("198.18.0.11", FINGERPRINT[:-1] + "x", 'ssh.pinned_host_keys."198.18.0.11": must be "SHA256:"'),  # not canonical
+    ("198.18.0.11", FINGERPRINT + "\n", 'ssh.pinned_host_keys."198.18.0.11": must be "SHA256:"'),
+])
+def test_pinned_host_keys_are_ip_address_and_openssh_fingerprint(address: str, fingerprint: str, hint: str) -> None:
+    with pytest.raises(cfg.SettingsError) as caught:
+        cfg.from_dict({"ssh": {"pinned_host_keys": {"198.18.0.12": FINGERPRINT, address: fingerprint}}})
+    assert len(caught.value.errors) == 1 and caught.value.errors[0].startswith(hint), caught.value.errors
+
+
+def test_pinned_host_keys_accept_what_paramiko_prints() -> None:
+    import paramiko
+
+    fingerprint = paramiko.RSAKey.generate(1024).fingerprint
+    pins = {"198.18.0.11": fingerprint, "fd00::11": FINGERPRINT}
+    assert cfg.from_dict({"ssh": {"pinned_host_keys": pins}}).ssh.pinned_host_keys == pins
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"inventory": {"path": "servers.tsv\n"}}, "inventory.path"),
+    ({"ssh": {"known_hosts": "known_hosts\x1b[2J"}}, "ssh.known_hosts"),
+    ({"ssh": {"key_file": "id\u202ersa"}}, "ssh.key_file"),
+    ({"inventory": {"db_rule": {"ENV": "prod\n", "ROLE": "db"}}}, "inventory.db_rule"),
+    ({"inventory": {"haproxy_rule": {"ROLE": "lb\x00"}}}, "inventory.haproxy_rule"),
+])
+def test_local_paths_and_rules_refuse_control_characters(data: dict, key: str) -> None:
+    with pytest.raises(cfg.SettingsError) as caught:
+        cfg.from_dict(data)
+    assert len(caught.value.errors) == 1 and caught.value.errors[0].startswith(f"{key}: must be ")
+    assert "control characters" in caught.value.errors[0] and "\n" not in caught.value.errors[0]
+
+
+def test_direct_clients_and_silence_timeout_defaults_and_limits() -> None:
+    settings = cfg.Settings()
+    assert settings.network.direct_clients == [] and settings.ssh.silence_timeout == 120
+    settings = cfg.from_dict({"network": {"direct_clients": ["192.0.2.0/24", "198.51.100.7"]}, "ssh": {"silence_timeout": 30}})
+    assert settings.network.direct_clients == ["192.0.2.0/24", "198.51.100.7"] and settings.ssh.silence_timeout == 30
+    for data, key, hint in (
+        ({"network": {"direct_clients": ["192.0.2.0/33"]}}, "network.direct_clients", "'192.0.2.0/33' is not one"),
+        ({"network": {"direct_clients": ["clients"]}}, "network.direct_clients", "a list of networks in CIDR form"),
+        ({"network": {"direct_clients": "192.0.2.0/24"}}, "network.direct_clients", "must be a list of strings"),
+        ({"ssh": {"silence_timeout": 29}}, "ssh.silence_timeout", "must be at least 30"),
+        ({"ssh": {"silence_timeout": 3601}}, "ssh.silence_timeout", "must be at most 3600"),
+        ({"ssh": {"silence_timeout": "120"}}, "ssh.silence_timeout", "must be an integer"),
+    ):
+        with pytest.raises(cfg.SettingsError) as caught:
+            cfg.from_dict(data)
+        assert caught.value.errors[0].startswith(f"{key}: ") and hint in caught.value.errors[0], caught.value.errors
+
+
+def test_a_subnet_wider_than_16_is_a_warning_naming_the_key() -> None:
+    assert cfg.settings_warnings(cfg.Settings()) == []
+    assert cfg.settings_warnings(cfg.from_dict({"network": {"private_subnet": "10.0.0.0/16"}})) == []
+    assert cfg.settings_warnings(cfg.from_dict({"network": {"private_subnet": "fd00::/64"}})) == []
+    for subnet in ("10.0.0.0/8", "0.0.0.0/0", "10.0.0.0/15", "fd00::/48"):
+        warnings = cfg.settings_warnings(cfg.from_dict({"network": {"private_subnet": subnet}}))
+        assert len(warnings) == 1 and warnings[0].startswith(f"network.private_subnet: {subnet} is wider than /")
+    warnings = cfg.settings_warnings(cfg.from_dict({"network": {"direct_clients": ["192.0.2.0/24", "0.0.0.0/0"]}}))
+    assert warnings == [warnings[0]] and warnings[0].startswith("network.direct_clients: 0.0.0.0/0 is wider than /16")
+
+
+# --- the file itself -----------------------------------------------------------------------
+
+def _load_error(path: Path) -> str:
+    with pytest.raises(cfg.SettingsError) as caught:
+        cfg.load_settings(path)
+    assert len(caught.value.errors) == 1, caught.value.errors
+    return caught.value.errors[0]
+
+
+@pytest.mark.parametrize("text", [
+    "a = " + "[" * 5000 + "]" * 5000 + "\n",
+    "a = " + "{b = " * 5000 + "1" + "}" * 5000 + "\n",
+    "[postgresql]\nparameters = " + "[" * 100000 + "\n",
+])
+def test_deeply_nested_toml_is_one_line(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "kbpg.toml"
+    path.write_text(text)
+    error = _load_error(path)
+    assert "nested too deeply" in error or "not valid TOML" in error
+
+
+def test_a_value_nested_within_the_parser_limit_is_shown_short(tmp_path: Path) -> None:
+    path = tmp_path / "kbpg.toml"
+    path.write_text("[postgresql]\nversion = " + "[" * 200 + "]" * 200 + "\n" + "data_dir = '" + "x" * 500000 + "'\n")
+    with pytest.raises(cfg.SettingsError) as caught:
+        cfg.load_settings(path)
+    assert [e.split(":")[0] for e in caught.value.errors] == ["postgresql.version", "postgresql.data_dir"]
+    assert all(len(error) < 400 for error in caught.value.errors)
+
+
+def test_a_huge_file_is_refused_before_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "kbpg.toml"
+    path.write_text("# padding\n" * 120000)  # valid TOML, 1.2 MB
+    assert "too large" in _load_error(path)
+
+
+def test_a_directory_a_fifo_and_a_device_are_refused_without_blocking(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    directory = tmp_path / "dir.toml"
+    directory.mkdir()
+    assert "is a directory" in _load_error(directory)
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    outcome: list[str] = []
+    reader = threading.Thread(target=lambda: outcome.append(_load_error(fifo)), daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    assert outcome and "FIFO" in outcome[0], "reading a FIFO must not wait for a writer"
+    assert "character device" in _load_error(Path("/dev/zero"))
+
+
+def test_not_utf8_is_named_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "kbpg.toml"
+    path.write_bytes(b"[postgresql]\nversion = 16\ndata_dir = '/srv/\xe9t\xe9'\n")
+    assert _load_error(path) == "not UTF-8 text (byte 0xe9 on line 3)"
+
+
+def test_a_bom_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "kbpg.toml"
+    path.write_bytes("\ufeff[postgresql]\nversion = 17\n".encode())
+    assert cfg.load_settings(path).postgresql.version == 17
+
+
+def test_thousands_of_bad_keys_give_a_bounded_answer(tmp_path: Path) -> None:
+    path = tmp_path / "kbpg.toml"
+    path.write_text("[postgresql]\n" + "".join(f"k{i} = 1\n" for i in range(5000)) + "\"" + "y" * 100000 + "\" = 1\n")
+    with pytest.raises(cfg.SettingsError) as caught:
+        cfg.load_settings(path)
+    assert len(caught.value.errors) == cfg.MAX_ERRORS + 1 and caught.value.errors[-1] == "... and 4901 more problem(s)"
+    assert len(str(caught.value)) < 100 * 300

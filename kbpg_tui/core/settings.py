@@ -10,18 +10,21 @@ Validation errors name the key (``postgresql.version``) and the allowed values.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import ipaddress
 import re
+import reprlib
 import tomllib
 import typing
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
-from .files import atomic_write
+from .files import MAX_INPUT_BYTES, InputFileError, atomic_write, read_input_file
 from .inventory import COLUMNS, DEFAULT_DB_RULE, DEFAULT_HAPROXY_RULE
 
 SUPPORTED_PG_VERSIONS = (13, 14, 15, 16, 17)
@@ -34,12 +37,49 @@ TIMING_PLANS: dict[str, dict[str, int]] = {
 
 
 def _opt(default: Any = dataclasses.MISSING, *, choices: tuple | None = None, min: int | None = None,
-         max: int | None = None, check: Any = None, doc: str = "", factory: Any = None) -> Any:
-    """A dataclass field with its validation rules in metadata."""
-    metadata = {"choices": choices, "min": min, "max": max, "check": check, "doc": doc}
+         max: int | None = None, check: Any = None, items: Any = None, doc: str = "", factory: Any = None) -> Any:
+    """A dataclass field with its validation rules in metadata.
+
+    ``check(value)`` returns what the value must be, or None; for a table, ``items(name, value)`` returns
+    the problem of one entry (reported under its own key, e.g. ``postgresql.parameters.wal_level``), or None.
+    """
+    metadata = {"choices": choices, "min": min, "max": max, "check": check, "items": items, "doc": doc}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+_CONTROL_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")  # control, format (bidi overrides...), line/paragraph separators
+
+
+def _control_char(value: str) -> str | None:
+    """The first control character of ``value``, shown as U+XXXX, or None."""
+    for char in value:
+        if unicodedata.category(char) in _CONTROL_CATEGORIES:
+            return f"U+{ord(char):04X}"
+    return None
+
+
+_repr = reprlib.Repr()
+_repr.maxstring, _repr.maxother, _repr.maxlevel = 80, 80, 3
+
+
+def _show(value: Any) -> str:
+    """A short repr for error messages: bounded in length and depth, whatever the file held."""
+    return _repr.repr(value)
+
+
+def _key(name: str) -> str:
+    """A TOML key as it can be written in an error line: bare if it can be, else quoted; bounded."""
+    if len(name) <= 80 and re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        return name
+    return '"' + _show(name)[1:-1] + '"'
+
+
+def _check_text(value: str) -> str | None:
+    if (char := _control_char(value)):
+        return f"text without control characters (found {char})"
+    return None
 
 
 def _check_ip(value: str) -> str | None:
@@ -47,6 +87,8 @@ def _check_ip(value: str) -> str | None:
         ipaddress.ip_address(value)
     except ValueError:
         return "an IP address, e.g. 10.0.0.10"
+    if "%" in value:  # an IPv6 scope (fe80::1%eth0) may hold any character, a newline included
+        return "an IP address without a %scope, e.g. 10.0.0.10"
     return None
 
 
@@ -64,13 +106,169 @@ def _check_size(value: str) -> str | None:
     return "a PostgreSQL size such as 128MB or 2GB"
 
 
+# Directories of the system that a data directory must never be (step 02 chowns it to postgres, mode 0700).
+_SYSTEM_TOPS = {"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "run", "sbin", "sys"}
+_SYSTEM_DIRS = {"/var/lib", "/var/log", "/var/cache", "/var/spool", "/var/mail", "/var/tmp", "/var/backups",
+                "/var/opt", "/var/local", "/var/run", "/var/lock", "/var/www"}
+_DATA_DIR_FORM = ("a normalised absolute path with at least two components, e.g. /srv/postgresql/data "
+                  "(empty: the default)")
+
+
+def _check_data_dir(value: str) -> str | None:
+    """A data directory that cannot name the root, a system directory or a path that resolves elsewhere."""
+    if value == "":
+        return None
+    if (char := _control_char(value)):
+        return f"{_DATA_DIR_FORM}, without control characters (found {char})"
+    if any(char.isspace() for char in value):
+        return f"{_DATA_DIR_FORM}, without spaces"
+    if not value.startswith("/"):
+        return f"{_DATA_DIR_FORM}; this one is relative"
+    if value != "/" and value.endswith("/"):
+        return f"{_DATA_DIR_FORM}, without a trailing '/'"
+    parts = value[1:].split("/")
+    if "" in parts and value != "/":
+        return f"{_DATA_DIR_FORM}, without '//'"
+    if ".." in parts or "." in parts:
+        return f"{_DATA_DIR_FORM}, without '.' or '..' components"
+    if value == "/" or len(parts) < 2:
+        return f"{_DATA_DIR_FORM}; {value} would be chowned to postgres with mode 0700"
+    if parts[0] in _SYSTEM_TOPS or value in _SYSTEM_DIRS or (parts[0] in ("usr", "home") and len(parts) == 2):
+        return f"{_DATA_DIR_FORM}, not a system directory ({value} would be chowned to postgres with mode 0700)"
+    return None
+
+
 def _check_abs_path(value: str) -> str | None:
+    if (problem := _check_text(value)):
+        return problem
     if value == "" or value.startswith("/"):
         return None
     return "an absolute path on the hosts (or empty for the default)"
 
 
+_PARAMETER_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")  # used with fullmatch: "$" would let a final newline in
+# Parameters kbpg sets itself (or will), with where they come from. Matched case-insensitively, as PostgreSQL does.
+OWNED_PARAMETERS: dict[str, str] = {
+    "password_encryption": "kbpg stores SCRAM-SHA-256 verifiers",
+    "wal_level": "replication and failover need 'replica'",
+    "hot_standby": "replicas must answer read-only queries",
+    "wal_log_hints": "pg_rewind needs it to bring an old primary back",
+    "listen_addresses": "from network.bind",
+    "port": "from ports.postgresql",
+    "max_connections": "use postgresql.max_connections",
+    "shared_buffers": "use postgresql.shared_buffers",
+    "data_directory": "use postgresql.data_dir",
+    "hba_file": "Patroni writes pg_hba.conf",
+    "ident_file": "Patroni manages the configuration files",
+    "config_file": "Patroni manages the configuration files",
+    "external_pid_file": "Patroni manages the server process",
+    "unix_socket_directories": "Patroni and kbpg's local connections rely on /var/run/postgresql",
+    "archive_mode": "kbpg will own archiving with backups",
+    "archive_command": "kbpg will own archiving with backups",
+    "restore_command": "kbpg will own archiving with backups",
+    "primary_conninfo": "Patroni manages replication",
+    "primary_slot_name": "Patroni manages replication",
+    "synchronous_standby_names": "use patroni.synchronous_mode",
+}
+_INCLUDE_DIRECTIVES = ("include", "include_dir", "include_if_exists")
+
+
+def parameter_problem(name: str, value: str) -> str | None:
+    """Why ``name = value`` may not go into postgresql.parameters, or None."""
+    if not _PARAMETER_NAME_RE.fullmatch(name):
+        return f"parameter names match ^[A-Za-z_][A-Za-z0-9_.]*$ (got {_show(name)})"
+    lowered = name.lower()
+    if lowered in _INCLUDE_DIRECTIVES:
+        return "an include directive, not a parameter: set each parameter here instead"
+    if lowered in OWNED_PARAMETERS:
+        return f"set by kbpg ({OWNED_PARAMETERS[lowered]})"
+    if lowered.startswith("ssl"):
+        return "set by kbpg (kbpg will manage TLS)"
+    if lowered.startswith("recovery_target") or lowered == "promote_trigger_file":
+        return "set by kbpg (Patroni manages recovery)"
+    if (char := _control_char(value)):
+        return f"a value without control characters (found {char})"
+    return None
+
+
+_URL_FORBIDDEN = set("\"'`<>\\#")
+_APT_WORD_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/+~-]*")
+_FINGERPRINT_RE = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
+
+
+def _check_url(value: str) -> str | None:
+    if value == "":
+        return None
+    form = "an http:// or https:// URL without spaces, quotes or '#', e.g. https://apt.example.com/debian"
+    if (char := _control_char(value)) or any(c.isspace() or c in _URL_FORBIDDEN for c in value):
+        return form
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError:
+        return form
+    if parts.scheme not in ("http", "https") or not host:
+        return form
+    return None
+
+
+def _check_apt_word(value: str) -> str | None:
+    if value == "" or _APT_WORD_RE.fullmatch(value):
+        return None
+    return "one word of letters, digits and . _ / + ~ - (starting with a letter or digit), e.g. bookworm-pgdg"
+
+
+def _check_components(value: list) -> str | None:
+    bad = [item for item in value if not _APT_WORD_RE.fullmatch(item)]
+    if bad:
+        return f"words of letters, digits and . _ / + ~ - (starting with a letter or digit), e.g. main; not {_show(bad[0])}"
+    return None
+
+
+def pinned_key_problem(address: str, fingerprint: str) -> str | None:
+    """Why ``address = fingerprint`` is not a host key pin, or None."""
+    if _check_ip(address):
+        return "pinned host keys are keyed by IP address (the servers.tsv IP_PRIVEE), e.g. \"10.0.0.120\""
+    if not _FINGERPRINT_RE.fullmatch(fingerprint) or _canonical_b64(fingerprint[7:]) is None:
+        return (f"must be \"SHA256:\" and 43 base64 characters, as OpenSSH prints it "
+                f"(ssh-keyscan HOST | ssh-keygen -lf -) (got {_show(fingerprint)})")
+    return None
+
+
+def _canonical_b64(text: str) -> bytes | None:
+    try:
+        raw = base64.b64decode(text + "=", validate=True)
+    except ValueError:
+        return None
+    return raw if len(raw) == 32 and base64.b64encode(raw).decode().rstrip("=") == text else None
+
+
+def _check_networks(value: list) -> str | None:
+    for item in value:
+        if _check_network(item):
+            return f"a list of networks in CIDR form, e.g. [\"10.0.1.0/24\"]; {_show(item)} is not one"
+    return None
+
+
+WIDE_IPV4_PREFIX, WIDE_IPV6_PREFIX = 16, 64
+
+
+def _wide(network: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """The network if it is wider than a /16 (IPv4) or a /64 (IPv6), else None."""
+    try:
+        parsed = ipaddress.ip_network(network, strict=False)
+    except ValueError:
+        return None
+    limit = WIDE_IPV4_PREFIX if parsed.version == 4 else WIDE_IPV6_PREFIX
+    return parsed if parsed.prefixlen < limit else None
+
+
 def _check_rule(value: dict) -> str | None:
+    for column, wanted in value.items():
+        if (char := _control_char(wanted)):
+            return f"column = value pairs without control characters ({column}: found {char})"
     unknown = [column for column in value if column not in COLUMNS]
     if unknown:
         return f"columns of servers.tsv ({', '.join(COLUMNS)}); unknown: {', '.join(unknown)}"
@@ -81,7 +279,7 @@ def _check_rule(value: dict) -> str | None:
 
 @dataclass
 class InventorySettings:
-    path: str = _opt("servers.tsv", doc="servers.tsv, relative to the work directory")
+    path: str = _opt("servers.tsv", check=_check_text, doc="servers.tsv, relative to the work directory")
     db_rule: dict[str, str] = _opt(factory=lambda: dict(DEFAULT_DB_RULE), check=_check_rule)
     haproxy_rule: dict[str, str] = _opt(factory=lambda: dict(DEFAULT_HAPROXY_RULE), check=_check_rule)
 
@@ -89,10 +287,11 @@ class InventorySettings:
 @dataclass
 class PostgresqlSettings:
     version: int = _opt(16, choices=SUPPORTED_PG_VERSIONS)
-    data_dir: str = _opt("", check=_check_abs_path, doc="empty: /var/lib/postgresql/<version>/patroni")
+    data_dir: str = _opt("", check=_check_data_dir, doc="empty: /var/lib/postgresql/<version>/patroni")
     max_connections: int = _opt(200, min=20, max=10000)
     shared_buffers: str = _opt("256MB", check=_check_size)
-    parameters: dict[str, str] = _opt(factory=dict, doc="extra postgresql.conf parameters, as strings")
+    parameters: dict[str, str] = _opt(factory=dict, items=parameter_problem,
+                                      doc="extra postgresql.conf parameters, as strings; not those kbpg sets")
 
     @property
     def effective_data_dir(self) -> str:
@@ -102,10 +301,10 @@ class PostgresqlSettings:
 @dataclass
 class PackageSettings:
     source: str = _opt("pgdg", choices=("pgdg", "distro", "custom"))
-    url: str = _opt("", doc="custom: repository URL")
-    suite: str = _opt("", doc="custom: suite (distribution)")
-    components: list[str] = _opt(factory=lambda: ["main"])
-    key_file: str = _opt("", doc="custom: the repository's signing key, a local file")
+    url: str = _opt("", check=_check_url, doc="custom: repository URL (http or https)")
+    suite: str = _opt("", check=_check_apt_word, doc="custom: suite (distribution)")
+    components: list[str] = _opt(factory=lambda: ["main"], check=_check_components)
+    key_file: str = _opt("", check=_check_text, doc="custom: the repository's signing key, a local file")
 
 
 @dataclass
@@ -122,7 +321,11 @@ class PortSettings:
 @dataclass
 class NetworkSettings:
     lb_address: str = _opt("10.0.0.10", check=_check_ip)
-    private_subnet: str = _opt("10.0.0.0/16", check=_check_network, doc="clients allowed by pg_hba")
+    private_subnet: str = _opt("10.0.0.0/16", check=_check_network,
+                               doc="clients allowed by pg_hba; wider than /16 needs a confirmation")
+    direct_clients: list[str] = _opt(factory=list, check=_check_networks,
+                                     doc="clients allowed to connect to the DB nodes directly besides the "
+                                         "HAProxy and DB nodes (CIDRs)")
     bind: str = _opt("private", choices=("private", "all"), doc="listen on the private address, or 0.0.0.0")
 
 
@@ -149,11 +352,14 @@ class PgbouncerSettings:
 
 @dataclass
 class SshSettings:
-    known_hosts: str = _opt("known_hosts", doc="kbpg's own known_hosts, relative to the work directory")
-    key_file: str = _opt("", doc="private key; empty: the SSH agent and ~/.ssh defaults")
+    known_hosts: str = _opt("known_hosts", check=_check_text, doc="kbpg's own known_hosts, relative to the work directory")
+    key_file: str = _opt("", check=_check_text, doc="private key; empty: the SSH agent and ~/.ssh defaults")
     connect_timeout: int = _opt(10, min=1, max=300)
     command_timeout: int = _opt(900, min=10, max=86400)
-    pinned_host_keys: dict[str, str] = _opt(factory=dict, doc="address = \"SHA256:...\" accepted without asking")
+    silence_timeout: int = _opt(120, min=30, max=3600, doc="a host that answers nothing for this long fails its "
+                                                           "task; shown as not answering after 30 s")
+    pinned_host_keys: dict[str, str] = _opt(factory=dict, items=pinned_key_problem,
+                                            doc="address = \"SHA256:...\" accepted without asking")
 
 
 @dataclass
@@ -220,7 +426,7 @@ def _load_section(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in known:
-            errors.append(f"{prefix}.{key}: unknown key; allowed keys in [{prefix}]: {', '.join(known)}")
+            errors.append(f"{prefix}.{_key(key)}: unknown key; allowed keys in [{prefix}]: {', '.join(known)}")
     values = {}
     for name, spec in known.items():
         if name not in data:
@@ -228,12 +434,12 @@ def _load_section(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
         key = f"{prefix}.{name}"
         value, expected = _coerce(hints[name], data[name])
         if expected:
-            errors.append(f"{key}: must be {expected} (got {data[name]!r})")
+            errors.append(f"{key}: must be {expected} (got {_show(data[name])})")
             continue
         meta = spec.metadata
         if meta.get("choices") and value not in meta["choices"]:
             allowed = ", ".join(repr(choice) if isinstance(choice, str) else str(choice) for choice in meta["choices"])
-            errors.append(f"{key}: must be one of {allowed} (got {value!r})")
+            errors.append(f"{key}: must be one of {allowed} (got {_show(value)})")
             continue
         if meta.get("min") is not None and value < meta["min"]:
             errors.append(f"{key}: must be at least {meta['min']} (got {value})")
@@ -242,10 +448,20 @@ def _load_section(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
             errors.append(f"{key}: must be at most {meta['max']} (got {value})")
             continue
         if meta.get("check") and (expected_form := meta["check"](value)):
-            errors.append(f"{key}: must be {expected_form} (got {value!r})")
+            errors.append(f"{key}: must be {expected_form} (got {_show(value)})")
             continue
+        if meta.get("items"):
+            problems = [(item, problem) for item, item_value in value.items()
+                        if (problem := meta["items"](item, item_value))]
+            for item, problem in problems:
+                errors.append(f"{key}.{_key(item)}: {problem}")
+            if problems:
+                continue
         values[name] = value
     return cls(**values)
+
+
+MAX_ERRORS = 100  # a file full of junk gets a readable answer, not thousands of lines
 
 
 def from_dict(data: dict, source: str = "kbpg.toml") -> Settings:
@@ -254,13 +470,15 @@ def from_dict(data: dict, source: str = "kbpg.toml") -> Settings:
     sections = {f.name: f for f in dataclasses.fields(Settings)}
     for key in data:
         if key not in sections:
-            errors.append(f"{key}: unknown section; allowed sections: {', '.join(sections)}")
+            errors.append(f"{_key(key)}: unknown section; allowed sections: {', '.join(sections)}")
     built = {}
     for name, spec in sections.items():
         section_cls = spec.default_factory  # type: ignore[misc]
         built[name] = _load_section(section_cls, data.get(name, {}), name, errors)
     settings = Settings(**built)
     _cross_checks(settings, data.get("patroni", {}) if isinstance(data.get("patroni"), dict) else {}, errors)
+    if len(errors) > MAX_ERRORS:
+        errors[MAX_ERRORS:] = [f"... and {len(errors) - MAX_ERRORS} more problem(s)"]
     if errors:
         raise SettingsError(source, errors)
     return settings
@@ -299,8 +517,8 @@ def _cross_checks(settings: Settings, raw_patroni: dict, errors: list[str]) -> N
             seen[port] = key
     packages = settings.packages
     if packages.source == "custom":
-        for key in ("url", "suite", "key_file"):
-            if not getattr(packages, key):
+        for key in ("url", "suite", "key_file", "components"):
+            if not getattr(packages, key) and not any(error.startswith(f"packages.{key}:") for error in errors):
                 errors.append(f"packages.{key}: required when packages.source = \"custom\"")
     budget = settings.pgbouncer.default_pool_size
     if budget and budget >= settings.postgresql.max_connections:
@@ -308,6 +526,22 @@ def _cross_checks(settings: Settings, raw_patroni: dict, errors: list[str]) -> N
             f"pgbouncer.default_pool_size: must stay under postgresql.max_connections "
             f"({budget} >= {settings.postgresql.max_connections})"
         )
+
+
+def settings_warnings(settings: Settings) -> list[str]:
+    """Valid but risky choices the operator must confirm, one line each naming its key.
+
+    ``kbpg install --yes`` refuses them unless ``--allow-wide-subnet``; an interactive install asks.
+    """
+    warnings = []
+    network = settings.network
+    for key, value in (("network.private_subnet", network.private_subnet),
+                       *(("network.direct_clients", item) for item in network.direct_clients)):
+        if (wide := _wide(value)) is not None:
+            limit = WIDE_IPV4_PREFIX if wide.version == 4 else WIDE_IPV6_PREFIX
+            warnings.append(f"{key}: {wide} is wider than /{limit}: pg_hba lets {wide.num_addresses:,} addresses "
+                            f"connect to PostgreSQL with a password")
+    return warnings
 
 
 def to_dict(settings: Settings) -> dict:
@@ -320,18 +554,31 @@ def to_dict(settings: Settings) -> dict:
 
 
 def load_settings(path: str | Path) -> Settings:
-    """Read and validate kbpg.toml; raises :class:`SettingsError` (naming every bad key)."""
+    """Read and validate kbpg.toml; raises :class:`SettingsError` (naming every bad key).
+
+    A file that is not a small regular UTF-8 file (a directory, a FIFO, a device, over 1 MiB,
+    other bytes) or TOML nested too deeply to parse is one error line, never a traceback.
+    """
     path = Path(path)
     try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        raise SettingsError(str(path), ["file not found"]) from None
+        raw = read_input_file(path, MAX_INPUT_BYTES, "kbpg.toml answers file")
+    except InputFileError as exc:
+        raise SettingsError(str(path), [exc.reason]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise SettingsError(str(path), [f"not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line})"]) from None
+    try:
+        data = tomllib.loads(text.removeprefix("\ufeff"))  # a BOM some editors add
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(str(path), [f"not valid TOML: {exc}"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SettingsError(str(path), [f"cannot read: {exc}"]) from None
-    return from_dict(data, str(path))
+    except RecursionError:
+        raise SettingsError(str(path), ["not a kbpg.toml: arrays or tables nested too deeply to read"]) from None
+    try:
+        return from_dict(data, str(path))
+    except RecursionError:
+        raise SettingsError(str(path), ["not a kbpg.toml: values nested too deeply to check"]) from None
 
 
 def save_settings(settings: Settings, path: str | Path) -> bool:
@@ -340,9 +587,9 @@ def save_settings(settings: Settings, path: str | Path) -> bool:
     header = "# kbpg answers file: replay with `kbpg install --answers kbpg.toml --yes`. No secrets here.\n"
     text = header + tomli_w.dumps(to_dict(settings))
     try:
-        if path.read_text(encoding="utf-8") == text:
+        if read_input_file(path).decode("utf-8") == text:
             return False
-    except (FileNotFoundError, UnicodeDecodeError):
+    except (InputFileError, UnicodeDecodeError):
         pass
     atomic_write(path, text.encode("utf-8"), mode=0o644)
     return True
