@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from .files import InputFileError, read_input_file
+
 COLUMNS: tuple[str, ...] = (
     "ENV",
     "IP_PUBLIQUE",
@@ -243,16 +245,10 @@ def parse_file(path: str | Path) -> Inventory:
     path = Path(path)
     source = str(path)
     try:
-        if path.is_dir():
-            return Inventory(source, problems=[Problem(0, "is a directory, not a servers.tsv file")])
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            return Inventory(source, problems=[Problem(0, f"file is {size} bytes: too large for a servers.tsv")])
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return Inventory(source, problems=[Problem(0, "file not found")])
-    except OSError as exc:
-        return Inventory(source, problems=[Problem(0, f"cannot read the file: {exc.strerror or exc}")])
+        # A directory, FIFO, device or oversized file is refused without blocking or reading it all.
+        data = read_input_file(path, MAX_FILE_BYTES, "servers.tsv file")
+    except InputFileError as exc:
+        return Inventory(source, problems=[Problem(0, exc.reason)])
     return parse_text(data, source)
 
 
