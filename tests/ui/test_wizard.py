@@ -6,6 +6,7 @@ import stat
 import tomllib
 from pathlib import Path
 
+import pytest
 from textual.widgets import DataTable, Input, Log, Static
 
 from kbpg_tui.core import credentials as creds
@@ -261,3 +262,94 @@ async def test_plan_toggles_rolling_restarts(demo: Path) -> None:
         app.screen.query_one("#f-patroni-apply_pending_restarts", Select).value = True
         await pilot.press("s")
         assert tomllib.loads((demo / "kbpg.toml").read_text())["patroni"]["apply_pending_restarts"] is True
+
+
+# An invalid kbpg.toml is the operator's work: the wizard shows every error with its key and never writes over it.
+
+INVALID_ANSWERS = {
+    "bad value": (lambda text: text.replace("version = 17", "version = 18"),
+                  ["kbpg.toml: postgresql.version: must be one of 13, 14, 15, 16, 17 (got 18)"]),
+    "unknown key": (lambda text: text.replace('lb_address = "198.18.0.10"', 'lb_adress = "198.18.0.10"'),
+                    ["kbpg.toml: network.lb_adress: unknown key; allowed keys in [network]:"]),
+    "not TOML": (lambda text: text.replace("[network]", "[network"),
+                 ["kbpg.toml: not valid TOML:", "(at line 42, column 9)"]),
+}
+
+
+def break_answers(demo: Path, case: str) -> tuple[bytes, list[str]]:
+    edit, expected = INVALID_ANSWERS[case]
+    path = demo / "kbpg.toml"
+    path.write_text(edit(path.read_text()))
+    return path.read_bytes(), expected
+
+
+def shown_text(app) -> str:
+    return "\n".join(str(widget.render()) for widget in app.screen.query(Static) if widget.display)
+
+
+@pytest.mark.parametrize("case", sorted(INVALID_ANSWERS))
+async def test_an_invalid_kbpg_toml_is_shown_and_never_overwritten(demo: Path, case: str) -> None:
+    from kbpg_tui.ui.screens.dialogs import InvalidAnswersDialog
+
+    before, expected = break_answers(demo, case)
+    app = KbpgApp(demo)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        welcome = text_of(app, "#answers-problems")
+        assert all(line in welcome for line in expected), welcome
+        assert "INVALID, 1 error(s)" in text_of(app, "#status")
+        await pilot.press("1", "n")
+        assert isinstance(app.screen, HostsScreen)
+        await pilot.press("n")  # saving would write the defaults over the file: refused, the errors shown
+        assert isinstance(app.screen, InvalidAnswersDialog)
+        assert all(line in shown_text(app) for line in expected)
+        await pilot.press("escape")
+        assert isinstance(app.screen, HostsScreen)
+        await pilot.press("n", "r")  # reloaded, still invalid: stays
+        assert isinstance(app.screen, HostsScreen)
+        # The plan screen refuses too (whatever leads there), and so does going on to the install.
+        app.push_screen(PlanScreen())
+        await pilot.pause()
+        assert all(line in text_of(app, "#settings-errors") for line in expected)
+        await pilot.press("s")
+        assert isinstance(app.screen, InvalidAnswersDialog)
+        await pilot.press("escape", "n")
+        assert isinstance(app.screen, InvalidAnswersDialog)
+        await pilot.press("escape", "escape", "escape", "escape")
+        assert isinstance(app.screen, WelcomeScreen)
+        await pilot.press("2")  # diagnostics does not run on defaults either
+        await pilot.pause()
+        assert "cannot run" in text_of(app, "#diag-status") and expected[0] in text_of(app, "#diag-status")
+    assert (demo / "kbpg.toml").read_bytes() == before
+    assert not list(demo.glob("kbpg.toml.bak*"))
+
+
+async def test_a_fixed_kbpg_toml_is_reloaded_from_the_dialog(demo: Path) -> None:
+    from kbpg_tui.ui.screens.dialogs import InvalidAnswersDialog
+
+    valid = (demo / "kbpg.toml").read_text().replace('"198.18.0.10"', '"198.18.0.99"')
+    break_answers(demo, "unknown key")
+    app = KbpgApp(demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("1", "n", "n")
+        assert isinstance(app.screen, InvalidAnswersDialog)
+        (demo / "kbpg.toml").write_text(valid)  # the operator fixes it in an editor
+        await pilot.press("r")
+        await pilot.pause()
+        assert isinstance(app.screen, PlanScreen)
+        assert app.screen.query_one("#f-network-lb_address", Input).value == "198.18.0.99"
+    assert tomllib.loads((demo / "kbpg.toml").read_text())["network"]["lb_address"] == "198.18.0.99"
+    assert not list(demo.glob("kbpg.toml.bak*"))
+
+
+async def test_saving_over_an_invalid_kbpg_toml_keeps_it_as_bak_first(demo: Path) -> None:
+    before, _expected = break_answers(demo, "bad value")
+    (demo / "kbpg.toml.bak").write_text("an older backup, kept\n")
+    app = KbpgApp(demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("1", "n", "n", "b")  # the explicit choice
+        await pilot.pause()
+        assert isinstance(app.screen, PlanScreen)
+    assert (demo / "kbpg.toml.bak").read_text() == "an older backup, kept\n"
+    assert (demo / "kbpg.toml.bak.1").read_bytes() == before
+    assert tomllib.loads((demo / "kbpg.toml").read_text())["postgresql"]["version"] == 16  # the defaults now

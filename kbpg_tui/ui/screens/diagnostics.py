@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -84,7 +85,7 @@ class DiagnosticsScreen(Screen):
         self.refresh_cluster()
 
     def set_status(self, text: str) -> None:
-        self.query_one("#diag-status", Static).update(text)
+        self.query_one("#diag-status", Static).update(Text(text))  # literal: errors quote the operator's files
 
     # checks
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
@@ -80,6 +81,53 @@ class ConfirmDialog(ModalScreen[bool]):
 
     def action_no(self) -> None:
         self.dismiss(False)
+
+
+class InvalidAnswersDialog(ModalScreen[str | None]):
+    """kbpg.toml is invalid: every error with its key, and what the operator may do. Saving over the file is
+    never the default: it needs the explicit "b", and then the file is kept as kbpg.toml.bak first.
+
+    Dismissed with "reload" (read the file again, once fixed), "backup" (keep it as .bak and save), or None.
+    """
+
+    BINDINGS = [
+        Binding("r", "reload", "Reload kbpg.toml"),
+        Binding("b", "backup", "Keep .bak and save"),
+        Binding("escape", "cancel", "Cancel"),
+    ]
+
+    def __init__(self, errors: list[str]):
+        super().__init__()
+        self.errors = errors
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Static(f"kbpg.toml is invalid: {len(self.errors)} error(s)", classes="title")
+            with VerticalScroll(id="answers-errors"):
+                yield Static(Text("\n".join(self.errors)), classes="problems")  # literal: no markup
+            yield Static("The wizard does not write over it (its LB address, data directory, pinned keys … would be "
+                         "lost). Fix it in an editor (`kbpg answers check` lists the same errors) and reload, or "
+                         "keep it as kbpg.toml.bak and save the wizard's settings: the defaults and what you "
+                         "changed here.")
+            with Horizontal():
+                yield Button("Reload (r)", id="reload", variant="primary")
+                yield Button("Keep .bak, save (b)", id="backup", variant="warning")
+                yield Button("Cancel (esc)", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#reload", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(None if event.button.id == "cancel" else event.button.id)
+
+    def action_reload(self) -> None:
+        self.dismiss("reload")
+
+    def action_backup(self) -> None:
+        self.dismiss("backup")
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
 
 
 HELP = """\

@@ -16,6 +16,7 @@ from ...core import install as inst
 from ...core.files import resolve
 from ...core.inventory import Server
 from ...core.ssh import ConnectionPool, Host, KnownHosts, SshError
+from ..state import AnswersInvalid
 from ..text import show
 
 
@@ -127,12 +128,36 @@ class HostsScreen(Screen):
             return
         try:
             state.save_settings()
+        except AnswersInvalid as exc:  # never over the operator's file: fix and reload, or keep a .bak first
+            from .dialogs import InvalidAnswersDialog
+
+            self.app.push_screen(InvalidAnswersDialog(exc.errors), self.invalid_answers)
+            return
         except OSError as exc:
             self.notify(f"cannot write kbpg.toml: {exc}", severity="error")
             return
         from .plan import PlanScreen
 
         self.app.push_screen(PlanScreen())
+
+    def invalid_answers(self, choice: str | None) -> None:
+        state = self.app.state
+        if choice == "reload":
+            if not state.load_settings():
+                self.notify(f"kbpg.toml is still invalid: {len(state.answers_errors)} error(s)", severity="error")
+                return
+            self.query_one("#inventory-path", Input).value = str(state.settings.inventory.path)
+            self.action_reload()
+            self.notify("kbpg.toml reloaded")
+            self.action_next()
+        elif choice == "backup":
+            try:
+                state.save_settings(backup=True)
+            except OSError as exc:
+                self.notify(f"kbpg.toml not saved: {exc}", severity="error")
+                return
+            self.notify(f"the invalid kbpg.toml is kept as {state.answers_backup}; kbpg.toml saved")
+            self.action_next()
 
     def action_back(self) -> None:
         self.app.pop_screen()

@@ -12,6 +12,7 @@ from textual.widgets import Footer, Header, Input, Label, Select, Static
 
 from ...core import settings as cfg
 from ...core.steps import install_steps
+from ..state import AnswersInvalid
 from ..text import show
 
 # (kbpg.toml key, label, choices or None for free text)
@@ -116,7 +117,7 @@ class PlanScreen(Screen):
                 data["patroni"].pop(name, None)
         return cfg.from_dict(data)
 
-    def action_save(self) -> bool:
+    def action_save(self, then_install: bool = False) -> bool:
         errors = self.query_one("#settings-errors", Static)
         try:
             settings = self.collect()
@@ -124,17 +125,53 @@ class PlanScreen(Screen):
             show(errors, "\n".join(exc.errors))
             return False
         state = self.app.state
+        if state.answers_errors:  # the file on disk is invalid: never written over without a .bak
+            from .dialogs import InvalidAnswersDialog
+
+            show(errors, state.settings_error)
+            self.app.push_screen(InvalidAnswersDialog(state.answers_errors),
+                                 lambda choice: self.invalid_answers(choice, settings, then_install))
+            return False
         state.settings = settings
         state.settings_error = ""
         show(errors, "")
         try:
             written = state.save_settings()
+        except AnswersInvalid:
+            return False
         except OSError as exc:
             show(errors, f"cannot write kbpg.toml: {exc}")
             return False
         self.query_one("#plan", Static).update(plan_text(state))
         self.notify(f"{state.answers_path} {'saved' if written else 'unchanged'}")
         return True
+
+    def invalid_answers(self, choice: str | None, settings: cfg.Settings, then_install: bool) -> None:
+        state = self.app.state
+        errors = self.query_one("#settings-errors", Static)
+        if choice == "reload":
+            if not state.load_settings():
+                show(errors, state.settings_error)
+                self.notify(f"kbpg.toml is still invalid: {len(state.answers_errors)} error(s)", severity="error")
+                return
+            state.load_inventory()
+            for key, _label, choices in FIELDS:  # the file's values, for the operator to review
+                value = get_value(state.settings, key)
+                self.query_one(f"#{field_id(key)}").value = value if choices else str(value)
+            show(errors, "")
+            self.query_one("#plan", Static).update(plan_text(state))
+            self.notify("kbpg.toml reloaded into the form: s saves, n saves and goes on")
+        elif choice == "backup":
+            state.settings = settings
+            try:
+                state.save_settings(backup=True)
+            except OSError as exc:
+                show(errors, f"kbpg.toml not saved: {exc}")
+                return
+            show(errors, "")
+            self.notify(f"the invalid kbpg.toml is kept as {state.answers_backup}; kbpg.toml saved")
+            if then_install:
+                self.action_next()
 
     def on_select_changed(self, event: Select.Changed) -> None:
         try:
@@ -143,7 +180,7 @@ class PlanScreen(Screen):
             pass
 
     def action_next(self) -> None:
-        if not self.action_save():
+        if not self.action_save(then_install=True):
             return
         from .install import InstallScreen
 
