@@ -23,6 +23,7 @@ from .core import settings as cfg
 from .core.files import resolve
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_BUSY = 3  # the cluster's run lock is held by another run (or a stale one awaits `kbpg unlock`)
 ANSWERS_FILE = "kbpg.toml"
 
 
@@ -199,6 +200,7 @@ def _terminal_prompt(event: ev.HostKeyUnknown) -> bool:
 
 def cmd_install(args: argparse.Namespace) -> int:
     from .core import install as inst
+    from .core import runlock
     from .core.logs import setup_file_logging
     from .core.steps import install_steps
 
@@ -226,12 +228,27 @@ def cmd_install(args: argparse.Namespace) -> int:
         print("Nothing done.")
         return EXIT_OK
     started = time.monotonic()
+    steps = install_steps(args.step)
+    try:  # one run at a time per cluster: the lock is taken on the DB nodes before anything changes
+        lock = runlock.acquire_for_run(run, _install_command(args)) if runlock.changes_hosts(steps) else None
+    except runlock.LockError as exc:
+        run.close()
+        if isinstance(exc, runlock.LockBusy):
+            print(f"kbpg: {exc}", file=sys.stderr)
+            return EXIT_BUSY
+        print(f"   error: {exc}\nNOT done: nothing was changed.")
+        return EXIT_FAILED
+    except BaseException:
+        run.close()
+        raise
     try:
-        reports = run.engine.run(install_steps(args.step))
+        reports = run.engine.run(steps)
     except KeyboardInterrupt:
         run.ctx.cancel.set()
         raise
     finally:
+        if lock is not None:
+            lock.release()
         run.close()
     counts = inst.summarize(reports)
     done = bool(reports) and all(r.status in (ev.Status.CHANGED, ev.Status.UNCHANGED) for r in reports)
@@ -260,6 +277,79 @@ def install_warnings(reports: list, selection: inv.Selection) -> list[str]:
                 if line not in lines:
                     lines.append(line)
     return lines
+
+
+def _install_command(args: argparse.Namespace) -> str:
+    """The command a run lock names as its holder's (never a secret: kbpg takes none in argv)."""
+    parts = ["kbpg", "install"]
+    if getattr(args, "answers", None):
+        parts += ["--answers", str(args.answers)]
+    parts += ["--yes"] if args.yes else []
+    for step in args.step or []:
+        parts += ["--step", step]
+    return " ".join(parts)
+
+
+# --- unlock ----------------------------------------------------------------------------------
+
+def cmd_unlock(args: argparse.Namespace) -> int:
+    """Break the cluster's run lock when its holder is gone (stale heartbeat, or a dead process of this machine)."""
+    from .core import install as inst
+    from .core import runlock
+    from .core.logs import setup_file_logging
+
+    settings = load_answers(args, required=True)
+    interactive = sys.stdin.isatty() and not args.yes
+    if not args.yes and not interactive:
+        raise BadInput("not a terminal: pass --yes to break the cluster's run lock without a question")
+    setup_file_logging(args.workdir, "unlock")
+    try:
+        run = inst.prepare(args.workdir, settings, PlainPrinter(), _terminal_prompt if interactive else None)
+    except (inv.InventoryError, creds.CredentialsError) as exc:
+        raise BadInput(str(exc)) from None
+    pool = runlock.lock_pool(run.ctx.pool)
+    try:
+        hosts = run.ctx.db_hosts
+        states = runlock.inspect(pool, hosts)
+        for state in states:
+            what = {runlock.FREE: "no run lock", runlock.ERROR: f"not checked: {state.error}"}.get(state.status, "")
+            if state.status == runlock.HELD and state.holder is not None:
+                what = f"held by {state.holder.describe()}, heartbeat {runlock.age_text(state.age)} ago"
+            print(f"  {state.host:<16} {what}")
+        found = runlock.holdings(states)
+        if not found:
+            print("No run lock on the cluster's reachable DB nodes: nothing to break.")
+            return EXIT_OK
+        alive = [holding for holding in found if not holding.gone and not holding.stale()]
+        for holding in alive:
+            print(f"kbpg: not broken: {holding.holder.describe()} holds the cluster's run lock and its heartbeat is "
+                  f"{runlock.age_text(holding.age)} old (on {holding.hosts_text()}): that run is alive. A lock is broken "
+                  f"only once its heartbeat is over {runlock.STALE_SECONDS:.0f} s old, or its process (on this machine) "
+                  "has ended.", file=sys.stderr)
+        if alive:
+            return EXIT_BUSY
+        status = EXIT_OK
+        for holding in found:
+            why = ("its process is no longer running on this machine" if holding.gone
+                   else f"its heartbeat stopped {runlock.age_text(holding.age)} ago")
+            print(f"Run lock of {holding.holder.describe()}: {why} (on {holding.hosts_text()}).")
+            if interactive and input("Break it? [y/N] ").strip().lower() not in ("y", "yes"):
+                print("Not broken.")
+                return EXIT_OK
+            results = runlock.break_lock(pool, hosts, holding)
+            removed = [state.host for state in results if state.status == runlock.REMOVED]
+            print(f"Broken on {', '.join(removed) or 'no node'}.")
+            for state in results:
+                if state.status == runlock.HELD and state.holder is not None:
+                    status = EXIT_BUSY
+                    print(f"  {state.host}: left alone: taken meanwhile by {state.holder.describe()}")
+                elif state.status == runlock.ERROR:
+                    status = EXIT_FAILED
+                    print(f"  {state.host}: not broken: {state.error}")
+        return status
+    finally:
+        pool.close()
+        run.close()
 
 
 # --- the wizard ----------------------------------------------------------------------------
@@ -375,6 +465,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 1 when the run ends with any warning (XFS, clock, free space, pending restart...); "
                         "the work is still done, and every warning is listed in the summary either way")
     p.set_defaults(handler=cmd_install)
+
+    p = commands.add_parser("unlock", help="break the cluster's run lock when the run holding it is gone")
+    p.add_argument("--answers", help="kbpg.toml (default: WORKDIR/kbpg.toml)")
+    p.add_argument("--yes", action="store_true", help="break it without asking (only a stale or dead holder's)")
+    p.set_defaults(handler=cmd_unlock)
 
     p = commands.add_parser("diagnose", help="probe the cluster: 12 checks in parallel, a report, exit 1 on any failure")
     p.add_argument("--answers", help="kbpg.toml (default: WORKDIR/kbpg.toml)")

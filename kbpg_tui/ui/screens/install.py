@@ -22,6 +22,7 @@ from textual.worker import Worker, WorkerState
 
 from ...core import events as ev
 from ...core import install as inst
+from ...core import runlock
 from ...core.engine import CLUSTER, LOCAL, StepReport
 from ...core.steps import ALL_STEPS, install_steps
 
@@ -157,9 +158,19 @@ class InstallScreen(Screen):
         state = self.app.state
         run = inst.prepare(state.workdir, state.settings, self.sink, prompt=lambda e: self.app.ask_host_key(e, cancel),
                            cancel=cancel, selection=state.selection)
+        # The cluster's run lock (core/runlock.py): a refusal naming its holder ends the worker in error,
+        # shown by on_worker_state_changed as "could not start: the cluster is busy: <holder> ...".
+        try:
+            lock = (runlock.acquire_for_run(run, f"kbpg wizard: install steps {steps[0].number}-{steps[-1].number}")
+                    if runlock.changes_hosts(steps) else None)
+        except BaseException:
+            run.close()
+            raise
         try:
             reports = run.engine.run(steps)
         finally:
+            if lock is not None:
+                lock.release()
             run.close()
         self.post_message(InstallDone(reports))
 
