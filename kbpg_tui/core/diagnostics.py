@@ -1,4 +1,4 @@
-"""Diagnostics: the 12 checks of design.md as small, independent probes.
+"""Diagnostics: the 12 checks of design.md, and those of the field failures (13, 14), as small, independent probes.
 
 Each probe checks one thing on one target (a host, a port through the LB, the
 cluster) and returns pass / warn / fail with a one-line reason naming the host,
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import ipaddress
 import json
 import secrets
 import socket
@@ -88,6 +89,8 @@ CHECK_NAMES = {
     10: "pgvector",
     11: "haproxy",
     12: "secret files",
+    13: "patroni rest auth",
+    14: "client sessions",
 }
 
 
@@ -209,6 +212,9 @@ class Diagnostics:
         for host in ctx.haproxy_hosts:
             probes.append(Probe(11, CHECK_NAMES[11], host.name, lambda h=host: self.check_haproxy(h)))
         probes.append(Probe(12, CHECK_NAMES[12], "credentials/postgres.env", self.check_local_secrets))
+        for host in ctx.db_hosts:
+            probes.append(Probe(13, CHECK_NAMES[13], host.name, lambda h=host: self.check_rest_auth(h)))
+        probes.append(Probe(14, CHECK_NAMES[14], f"LB {lb}:{ports.haproxy_write}", self.check_client_sessions))
         return probes
 
     # 1
@@ -363,7 +369,9 @@ class Diagnostics:
         while pending and time.monotonic() < deadline:
             for name, host in list(pending.items()):
                 try:
-                    with self.app(host.address, port) as conn:
+                    # Straight to each node, past HAProxy: as the superuser (pg_hba lets it in from the private
+                    # subnet; the app role only comes through the HAProxy nodes).
+                    with self.admin(host.address, port) as conn:
                         found = conn.execute("SELECT count(*) FROM kbpg_diagnostics WHERE marker = %s AND via = %s",
                                              (self.marker, via)).fetchone()[0]
                     if found:
@@ -520,6 +528,54 @@ find /etc /var/lib/postgresql /var/lib/patroni /var/log /root /home /tmp -xdev -
             raise CheckFailed(f"{host.name}: a secret is in world-readable {', '.join(found[:3])}")
         return f"{host.name}: no secret in a world-readable file"
 
+    # 13
+    def check_rest_auth(self, host: Host) -> str:
+        """Field failure 14: Patroni's unsafe endpoints must refuse a request without credentials.
+
+        The probe is ``PATCH /config`` with no body, the endpoint that matters most (whoever may patch the dynamic
+        configuration can set any PostgreSQL parameter cluster-wide, archive_command included) and the most harmless
+        one to knock on: Patroni checks the credentials first (401), and even without them it would answer 400 to
+        an empty body before touching the DCS. ``POST /reload`` or ``/restart`` would act if they were open.
+        """
+        url = f"http://{host.address}:{self.settings.ports.patroni_rest}/config"
+        status, _ = self.http(url, method="PATCH")
+        if status != 401:
+            accepted = " (it reached the handler: unsafe endpoints take requests from anyone)" if status in (200, 400) else ""
+            raise CheckFailed(f"{host.name}: PATCH /config without credentials answered {status}, expected 401{accepted}; "
+                              "re-run `kbpg install` to restore restapi.authentication")
+        return f"{host.name}: unsafe REST endpoints refuse requests without credentials (401)"
+
+    # 14
+    def check_client_sessions(self) -> str:
+        """Field failure 12: applications pointed at a node's address instead of the LB.
+
+        Client sessions on the primary should come from the HAProxy nodes (HAProxy, PgBouncer), the DB nodes,
+        this host itself, ``network.direct_clients``, or be the superuser from the private subnet (administrators,
+        these diagnostics). Anything else still works today, and breaks at the next failover.
+        """
+        lb, port = self.settings.network.lb_address, self.settings.ports.haproxy_write
+        try:
+            with self.admin(lb, port, dbname="postgres") as conn:
+                server = conn.execute("SELECT host(inet_server_addr())").fetchone()[0]
+                rows = conn.execute(
+                    "SELECT host(client_addr), usename, count(*) FROM pg_stat_activity "
+                    "WHERE backend_type = 'client backend' AND client_addr IS NOT NULL AND pid <> pg_backend_pid() "
+                    "GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
+        except psycopg.Error as exc:
+            raise CheckFailed(f"LB {lb}:{port} as {self.values['POSTGRES_SUPERUSER']}: {self._pg_error(exc)}") from None
+        hosts = self.ctx.db_hosts + self.ctx.haproxy_hosts
+        strays = stray_sessions([(addr, user or "", n) for addr, user, n in rows],
+                                [h.address for h in hosts] + list(self.settings.network.direct_clients),
+                                self.values["POSTGRES_SUPERUSER"], self.settings.network.private_subnet)
+        names = {h.address: h.name for h in self.ctx.db_hosts}
+        primary = names.get(server, server)
+        if strays:
+            shown = ", ".join(f"{addr} ({user}, {n} session{'s' if n > 1 else ''})" for addr, user, n in strays[:5]) + (" ..." if len(strays) > 5 else "")
+            raise CheckWarning(f"primary {primary}: client sessions from outside the HAProxy nodes, DB nodes and "
+                               f"network.direct_clients: {shown}; point those clients at the LB "
+                               f"({lb}), or add their network to network.direct_clients")
+        return f"primary {primary}: {sum(n for _, _, n in rows)} client sessions, all from expected addresses"
+
     # --- running ---------------------------------------------------------------------------
 
     def run(self, on_result: Callable[[CheckResult], None] | None = None, only: set[int] | None = None) -> Report:
@@ -570,6 +626,30 @@ find /etc /var/lib/postgresql /var/lib/patroni /var/log /root /home /tmp -xdev -
                         on_result(results[index])
         final = sorted((r for r in results if r is not None), key=lambda r: (r.number, r.target))
         return Report(final, started, time.monotonic() - clock, max((r.duration for r in final), default=0.0))
+
+
+def stray_sessions(sessions: list[tuple[str, str, int]], allowed: list[str], superuser: str,
+                   admin_network: str) -> list[tuple[str, str, int]]:
+    """The (address, role, count) of ``sessions`` that come from where clients should not connect directly.
+
+    Expected: ``allowed`` (addresses or CIDRs: the HAProxy and DB nodes, network.direct_clients), loopback, and
+    ``superuser`` from ``admin_network`` (the private subnet, where pg_hba lets administrators in).
+    """
+    networks = [ipaddress.ip_network(item, strict=False) for item in allowed]
+    admin = ipaddress.ip_network(admin_network, strict=False)
+    strays = []
+    for address, role, count in sessions:
+        try:
+            ip = ipaddress.ip_address(address)
+            if ip.version == 6 and ip.ipv4_mapped:
+                ip = ip.ipv4_mapped
+        except ValueError:
+            strays.append((address, role, count))
+            continue
+        if ip.is_loopback or any(ip in network for network in networks) or (role == superuser and ip in admin):
+            continue
+        strays.append((address, role, count))
+    return strays
 
 
 def write_reports(workdir: Path, report: Report) -> tuple[Path, Path]:

@@ -12,6 +12,7 @@ the leader is whatever Patroni says it is now.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import shlex
@@ -95,16 +96,25 @@ def dynamic_config(run: TaskRun) -> dict:
 
 def hba_rules(run: TaskRun) -> list[str]:
     values = run.ctx.credentials
-    admin, repl = values["POSTGRES_SUPERUSER"], values["POSTGRES_REPL_USER"]
+    # Role names double-quoted: a role named "all" or "replication" must not turn into pg_hba's keyword.
+    admin, repl = f'"{values["POSTGRES_SUPERUSER"]}"', f'"{values["POSTGRES_REPL_USER"]}"'
     rules = [
         f"local all {admin} peer map=kbpg",  # the postgres OS user (Patroni, kbpg's psql) acts as the superuser
         "local all all scram-sha-256",
     ]
     for host in run.ctx.db_hosts:
         rules.append(f"host replication {repl} {host.address}/32 scram-sha-256")
+    # Field failure 12: applications pointed at a node's address work until the next failover. Roles other than
+    # the superuser come only from the HAProxy nodes (HAProxy, PgBouncer), the DB nodes, and the networks the
+    # operator lists in network.direct_clients.
     for host in run.ctx.db_hosts + run.ctx.haproxy_hosts:
         rules.append(f"host all all {host.address}/32 scram-sha-256")
-    rules.append(f"host all all {run.settings.network.private_subnet} scram-sha-256")
+    network = run.settings.network
+    for cidr in network.direct_clients:
+        rules.append(f"host all all {ipaddress.ip_network(cidr, strict=False)} scram-sha-256")
+    # network.private_subnet is where administrators reach a node directly: the superuser only (a DBA on one node,
+    # kbpg's diagnostics reading each replica). Patroni and pg_rewind need only the DB nodes and the socket.
+    rules.append(f"host all {admin} {ipaddress.ip_network(network.private_subnet, strict=False)} scram-sha-256")
     rules.append("host all all 127.0.0.1/32 scram-sha-256")
     return rules
 
