@@ -287,7 +287,8 @@ def test_ages_read_as_people_say_them() -> None:
 
 # --- `kbpg install` and `kbpg unlock` with the lock on fake hosts -----------------------------------
 
-DEMO = Path(__file__).resolve().parent / "ui" / "demo"  # servers.tsv (db-master-01, db-slave-01, db-slave-02), kbpg.toml
+# servers.tsv (db-master-01, db-slave-01, db-slave-02), kbpg.toml, credentials
+DEMO = Path(__file__).resolve().parent / "ui" / "demo"
 DEMO_DB = ["db-master-01", "db-slave-01", "db-slave-02"]
 
 

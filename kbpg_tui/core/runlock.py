@@ -473,8 +473,9 @@ def acquire(pool: Pool, hosts: Sequence[Host], holder: Holder, *, directory: str
             reachable = [host for host in ordered if host.name not in errors]
             taken_over = break_lock(pool, reachable, _everywhere(found, reachable), directory)
             removed = [s.host for s in taken_over if s.status == REMOVED]
-            sink(Message(Level.WARNING, f"took over the run lock left by {found.holder.describe()}: that process is "
-                                        f"no longer running on this machine (removed on {', '.join(removed) or 'no node'})"))
+            sink(Message(Level.WARNING, f"took over the run lock left by {found.holder.describe()}: that process "
+                                        "is no longer running on this machine "
+                                        f"(removed on {', '.join(removed) or 'no node'})"))
         else:
             raise LockUnavailable("the cluster's run lock changed hands three times while being taken; run again")
         if len(lock.held) < needed:

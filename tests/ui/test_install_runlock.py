@@ -1,4 +1,7 @@
-"""The install screen takes the cluster's run lock in its worker (fake hosts; the engine is a recorder: nothing connects)."""
+"""The install screen takes the cluster's run lock in its worker.
+
+Fake hosts; the engine is a recorder: nothing connects.
+"""
 
 from __future__ import annotations
 
