@@ -6,7 +6,10 @@ from pathlib import Path
 
 from kbpg_tui.core.events import HostKeyUnknown
 from kbpg_tui.ui.app import KbpgApp
+from kbpg_tui.ui.screens.diagnostics import ClusterSeen, DiagnosticsDone, DiagnosticsScreen
 from kbpg_tui.ui.screens.dialogs import HostKeyDialog
+
+from . import fabricated
 
 from .conftest import SIZE
 
@@ -62,3 +65,17 @@ def test_summary(snap_compare, demo: Path) -> None:
 
 def test_welcome_at_80x24(snap_compare, demo: Path) -> None:
     assert snap_compare(KbpgApp(demo), terminal_size=(80, 24))
+
+
+def test_diagnostics_with_failures_at_80x24(snap_compare, demo: Path) -> None:
+    """PgBouncer stopped on haproxy-02 (made-up results): problems first, the second one's whole reason below."""
+    async def show(pilot) -> None:
+        screen = DiagnosticsScreen(autorun=False)
+        pilot.app.push_screen(screen)
+        await pilot.pause()
+        screen.post_message(ClusterSeen(fabricated.members()))
+        screen.post_message(DiagnosticsDone(fabricated.report()))
+        await pilot.pause()
+        await pilot.press("down")
+
+    assert snap_compare(KbpgApp(demo), run_before=show, terminal_size=(80, 24))

@@ -353,3 +353,94 @@ async def test_saving_over_an_invalid_kbpg_toml_keeps_it_as_bak_first(demo: Path
     assert (demo / "kbpg.toml.bak").read_text() == "an older backup, kept\n"
     assert (demo / "kbpg.toml.bak.1").read_bytes() == before
     assert tomllib.loads((demo / "kbpg.toml").read_text())["postgresql"]["version"] == 16  # the defaults now
+
+
+# Diagnostics: problems first, and the selected row's whole reason readable at 80×24. The results are made up
+# (tests/ui/fabricated.py): no probe runs against anything here.
+
+
+def check_rows(table: DataTable) -> list[tuple[int, str, str]]:
+    return [(int(cell(table, row, 0)), cell(table, row, 2), cell(table, row, 3)) for row in range(table.row_count)]
+
+
+def assert_problems_first(rows: list[tuple[int, str, str]]) -> None:
+    verdicts = [verdict for _n, _target, verdict in rows]
+    rank = {"✗ FAIL": 0, "! warn": 1, "✓ pass": 2}
+    assert verdicts == sorted(verdicts, key=rank.__getitem__), verdicts
+    for group in rank:
+        numbers = [n for n, _target, verdict in rows if verdict == group]
+        assert numbers == sorted(numbers), (group, numbers)
+
+
+async def test_diagnostics_show_problems_first_and_the_whole_reason_at_80x24(demo: Path) -> None:
+    from kbpg_tui.ui.screens.diagnostics import DiagnosticsDone
+    from tests.ui import fabricated
+
+    app = KbpgApp(demo)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = DiagnosticsScreen(autorun=False)
+        app.push_screen(screen)
+        await pilot.pause()
+        screen.post_message(DiagnosticsDone(fabricated.report()))
+        await pilot.pause()
+        table = screen.query_one("#checks", DataTable)
+        rows = check_rows(table)
+        assert len(rows) == 32
+        assert rows[:3] == [(3, "haproxy-02", "✗ FAIL"), (8, "haproxy-02:6432", "✗ FAIL"), (10, "LB 198.18.0.10:6432", "! warn")]
+        assert_problems_first(rows)
+        assert "2 fail, 1 warn, 29 pass" in text_of(app, "#diag-status")
+        detail = screen.query_one("#check-detail", Static)
+        assert "check 3 services — haproxy-02" in str(detail.render()) and fabricated.PGBOUNCER_DOWN in str(detail.render())
+        await pilot.press("down")  # the cursor moves: the pane follows, with the long reason in full and on screen
+        await pilot.pause()
+        shown = str(detail.render())
+        assert "✗ FAIL" in shown and "check 8 pgbouncer — haproxy-02:6432" in shown and fabricated.PGBOUNCER_REFUSED in shown
+        lines_needed = 1 + -(-len(fabricated.PGBOUNCER_REFUSED) // (detail.content_region.width - 1))
+        assert detail.region.height >= lines_needed and detail.region.bottom <= 23  # above the footer
+        assert table.region.right <= 80
+        await pilot.press("down")
+        await pilot.pause()
+        assert "! warn" in str(detail.render()) and "no HNSW index" in str(detail.render())
+
+
+async def test_diagnostics_run_sorts_results_as_they_arrive(demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The screen's own worker, with the core's probes and cluster view replaced by made-up results."""
+    import random
+
+    from kbpg_tui.ui.screens import diagnostics as screen_module
+    from tests.ui import fabricated
+
+    class FakeRun:
+        ctx = None
+
+        def close(self) -> None:
+            pass
+
+    class FakeDiagnostics:
+        def __init__(self, ctx) -> None:
+            pass
+
+        def run(self, on_result=None):
+            report = fabricated.report()
+            for result in random.Random(7).sample(report.results, len(report.results)):
+                on_result(result)
+            return report
+
+    monkeypatch.setattr(screen_module.inst, "prepare", lambda *args, **kwargs: FakeRun())
+    monkeypatch.setattr(screen_module, "Diagnostics", FakeDiagnostics)
+    monkeypatch.setattr(screen_module, "cluster_view", lambda ctx: fabricated.members())
+    app = KbpgApp(demo)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        screen = app.screen
+        assert isinstance(screen, DiagnosticsScreen)
+        for _ in range(50):
+            await pilot.pause(0.05)
+            if screen.report is not None:
+                break
+        await pilot.pause()
+        rows = check_rows(screen.query_one("#checks", DataTable))
+        assert len(rows) == 32 and rows[0] == (3, "haproxy-02", "✗ FAIL")
+        assert_problems_first(rows)
+        assert screen.query_one("#members", DataTable).row_count == 3
+        assert "FAILURES" in text_of(app, "#diag-status")

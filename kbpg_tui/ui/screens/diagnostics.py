@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -12,10 +13,26 @@ from textual.widgets import DataTable, Footer, Header, Static
 from textual.worker import Worker, WorkerState
 
 from ...core import install as inst
-from ...core.diagnostics import CheckFailed, CheckResult, Diagnostics, Member, Report, cluster_view, write_reports
+from ...core.diagnostics import (CheckFailed, CheckResult, Diagnostics, Member, Report, Verdict,
+                                 cluster_view, write_reports)
 
 REFRESH_SECONDS = 5.0
 VERDICT = {"pass": "✓ pass", "warn": "! warn", "fail": "✗ FAIL"}
+RANK = {Verdict.FAIL: 0, Verdict.WARN: 1, Verdict.PASS: 2}
+
+
+def problems_first(results: list[CheckResult]) -> list[CheckResult]:
+    """Failures, then warnings, then passes; each group in check order (probe order within a check)."""
+    return sorted(results, key=lambda r: (RANK[r.verdict], r.number))
+
+
+def detail_text(r: CheckResult) -> Text:
+    """The selected row in full: check, target, verdict, time, and the whole reason (wrapped by the pane)."""
+    style = {Verdict.FAIL: "bold red", Verdict.WARN: "bold yellow", Verdict.PASS: "bold green"}[r.verdict]
+    text = Text.assemble((VERDICT[r.verdict.value], style), f"  check {r.number} {r.check} — {r.target}  "
+                         f"({r.duration:.2f}s)\n")
+    text.append(r.reason or "(no reason given)")
+    return text
 
 
 class CheckDone(Message):
@@ -44,14 +61,19 @@ class DiagnosticsScreen(Screen):
         Binding("escape", "back", "Back"),
     ]
 
-    def __init__(self) -> None:
+    def __init__(self, autorun: bool = True) -> None:
+        """``autorun``: run the checks and watch the cluster as soon as the screen opens (False: on ``r`` only)."""
         super().__init__()
+        self.autorun = autorun
         self.report: Report | None = None
+        self.results: list[CheckResult] = []  # as they arrive; shown problems first
+        self.shown: list[CheckResult] = []  # the table's rows, in order
         self.running = False
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static("Diagnostics — 12 checks in parallel, through the LB and each node", classes="title")
+        yield Static("Diagnostics — all checks at once, via the LB and each node; problems first",
+                     classes="title")
         yield Static("", id="diag-status", classes="hint")
         members = DataTable(id="members", cursor_type="none")
         members.add_columns("member", "host", "role", "state", "TL", "lag")
@@ -64,6 +86,7 @@ class DiagnosticsScreen(Screen):
         checks.add_column("time", key="time")
         checks.add_column("reason", key="reason")
         yield checks
+        yield Static("", id="check-detail")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -77,10 +100,18 @@ class DiagnosticsScreen(Screen):
             problems.append("no credentials/postgres.env")
         if not state.selection:
             problems.append("servers.tsv has errors")
+        self.query_one("#check-detail", Static).display = False
+        self.query_one("#checks", DataTable).focus()
         if problems:
             self.set_status("cannot run: " + "; ".join(problems))
             return
+        if not self.autorun:
+            self.set_status("r runs the checks")
+            return
         self.action_run()
+        self.start_watching()
+
+    def start_watching(self) -> None:
         self.set_interval(REFRESH_SECONDS, self.refresh_cluster)
         self.refresh_cluster()
 
@@ -93,7 +124,8 @@ class DiagnosticsScreen(Screen):
         if self.running or not self.app.state.selection:
             return
         self.running = True
-        self.query_one("#checks", DataTable).clear()
+        self.results = []
+        self.show_results()
         self.set_status("running …")
         self.run_checks()
 
@@ -108,24 +140,61 @@ class DiagnosticsScreen(Screen):
         self.post_message(DiagnosticsDone(report))
 
     def on_check_done(self, message: CheckDone) -> None:
-        r = message.result
-        self.query_one("#checks", DataTable).add_row(str(r.number), r.check, r.target, VERDICT[r.verdict.value],
-                                                     f"{r.duration:.2f}s", r.reason)
+        self.results.append(message.result)
+        self.show_results()
 
     def on_diagnostics_done(self, message: DiagnosticsDone) -> None:
         self.running = False
         self.report = report = message.report
-        table = self.query_one("#checks", DataTable)
-        table.clear()
-        for r in report.results:  # the final order: by check number
-            table.add_row(str(r.number), r.check, r.target, VERDICT[r.verdict.value], f"{r.duration:.2f}s", r.reason)
+        self.results = list(report.results)  # the final set, in probe order
+        self.show_results()
         counts = report.counts()
         verdict = "ALL GREEN" if not report.failed else "FAILURES"
         status = self.query_one("#diag-status", Static)
         status.set_class(not report.failed, "green")
         status.set_class(report.failed, "red")
-        self.set_status(f"{verdict}: {counts['pass']} pass, {counts['warn']} warn, {counts['fail']} fail in "
-                        f"{report.elapsed:.2f}s — r runs again, e exports the report")
+        self.set_status(f"{verdict}: {counts['fail']} fail, {counts['warn']} warn, {counts['pass']} pass in "
+                        f"{report.elapsed:.2f}s — r runs again, e exports")
+
+    def show_results(self) -> None:
+        """Redraw the table problems first; the cursor stays on the row it was on (or the first problem)."""
+        table = self.query_one("#checks", DataTable)
+        selected = self.selected()
+        self.shown = problems_first(self.results)
+        rows = [[str(r.number), r.check, r.target, VERDICT[r.verdict.value], f"{r.duration:.2f}s"] for r in self.shown]
+        # The reason gets what is left of the width (the detail pane below shows all of it): no sideways scrolling.
+        used = sum(max([cell_len(str(column.label))] + [cell_len(row[i]) for row in rows]) + 2 * table.cell_padding
+                   for i, column in enumerate(list(table.columns.values())[:-1]))
+        width = max(8, (table.size.width or 200) - used - 2 * table.cell_padding - 2)  # 2: the vertical scrollbar
+        table.clear()
+        for row, r in zip(rows, self.shown):
+            reason = r.reason if cell_len(r.reason) <= width else r.reason[:width - 1] + "…"
+            table.add_row(*row, reason)
+        # The row the operator moved to stays selected; the top row stays on top (the worst problem so far).
+        row = 0 if table.cursor_row <= 0 else next((i for i, r in enumerate(self.shown) if r is selected), 0)
+        if self.shown:
+            table.move_cursor(row=row, animate=False)
+        self.show_detail(row)
+
+    def on_resize(self) -> None:
+        if self.shown:
+            self.show_results()
+
+    def selected(self) -> CheckResult | None:
+        row = self.query_one("#checks", DataTable).cursor_row
+        return self.shown[row] if 0 <= row < len(self.shown) else None
+
+    def show_detail(self, row: int) -> None:
+        detail = self.query_one("#check-detail", Static)
+        if 0 <= row < len(self.shown):
+            detail.update(detail_text(self.shown[row]))
+            detail.display = True
+        else:
+            detail.display = False
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "checks":
+            self.show_detail(event.cursor_row)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.group == "diagnose" and event.state == WorkerState.ERROR:

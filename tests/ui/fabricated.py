@@ -1,0 +1,71 @@
+"""Made-up results for the wizard's tests and screenshots: nothing here runs a probe or touches a host.
+
+The diagnostics of the demo cluster with PgBouncer stopped on haproxy-02 (what an operator saw at 80×24),
+and the install events of a run where step 02 fails on one host while another stops answering.
+"""
+
+from __future__ import annotations
+
+from kbpg_tui.core import events as ev
+from kbpg_tui.core.diagnostics import CheckResult, Member, Report, Verdict
+
+PASS, WARN, FAIL = Verdict.PASS, Verdict.WARN, Verdict.FAIL
+DB = ("db-master-01", "db-slave-01", "db-slave-02")
+PROXIES = ("haproxy-01", "haproxy-02")
+REFUSED = ('connection failed: connection to server at "198.18.0.12", port 6432 failed: Connection refused. '
+           "Is the server running on that host and accepting TCP/IP connections?")
+PGBOUNCER_DOWN = "haproxy-02: pgbouncer is inactive (failed since 10:41:07; last exit: status=1/FAILURE)"
+PGBOUNCER_REFUSED = f"haproxy-02:6432: app login failed: {REFUSED}"
+SLOW_CLIENT = "LB 198.18.0.10:5432: 1 client session on the primary from 198.18.0.77, outside the allowed clients"
+
+
+def _results() -> list[CheckResult]:
+    """In probe order, as ``Diagnostics.run`` returns them (32 rows)."""
+    rows: list[tuple[int, str, str, Verdict, str]] = [(1, "inventory", "servers.tsv", PASS, "3 DB + 2 HAProxy nodes, addresses unique")]
+    for host in DB + PROXIES:
+        rows.append((2, "ssh and sudo", host, PASS, f"{host}: commands run as root"))
+        rows.append((12, "secret files", host, PASS, f"{host}: no secret in a world-readable file"))
+    for host in DB:
+        rows.append((3, "services", host, PASS, f"{host}: patroni active"))
+    rows.append((3, "services", "haproxy-01", PASS, "haproxy-01: haproxy, pgbouncer active"))
+    rows.append((3, "services", "haproxy-02", FAIL, PGBOUNCER_DOWN))
+    rows.append((4, "patroni cluster", "cluster", PASS, "leader db-master-01, 2 streaming replicas, timeline 1, lag 0 B"))
+    rows.append((5, "patroni timing", "cluster", PASS, "ttl 20, loop_wait 5, retry_timeout 5"))
+    for name, where in (("LB", "LB 198.18.0.10"), ("haproxy-01", "haproxy-01"), ("haproxy-02", "haproxy-02")):
+        rows.append((6, "writes through the LB", f"{where}:5432", PASS, f"{name}: write on db-master-01 seen on 2 replicas"))
+        rows.append((7, "read-only port", f"{where}:5433", PASS, f"{name}: lands on db-slave-01"))
+        verdict, reason = (FAIL, PGBOUNCER_REFUSED) if name == "haproxy-02" else (PASS, f"{name}: SCRAM login, wrong password refused")
+        rows.append((8, "pgbouncer", f"{where}:6432", verdict, reason))
+    rows.append((9, "roles and database", "LB 198.18.0.10:5432", PASS, "kb_admin, kb_repl, kb_app, keybuzz"))
+    rows.append((10, "pgvector", "LB 198.18.0.10:6432", WARN, "vector 0.8.0 present; distance 1; no HNSW index on any table yet"))
+    for host in PROXIES:
+        rows.append((11, "haproxy", host, PASS, f"{host}: 1 server UP in the write backend; stats need the password"))
+    rows.append((12, "secret files", "credentials/postgres.env", PASS, "postgres.env 0600"))
+    return [CheckResult(n, check, target, verdict, reason, 0.05 + (i % 7) * 0.08)
+            for i, (n, check, target, verdict, reason) in enumerate(rows)]
+
+
+def report() -> Report:
+    results = _results()
+    return Report(results, started=1_700_000_000.0, elapsed=0.62, slowest=0.61)
+
+
+def members() -> list[Member]:
+    return [Member("db-master-01", "198.18.0.120", "leader", "running", 1, None),
+            Member("db-slave-01", "198.18.0.121", "replica", "streaming", 1, 0),
+            Member("db-slave-02", "198.18.0.122", "replica", "streaming", 1, 0)]
+
+
+def install_events() -> list:
+    """Steps 00 and 01 done everywhere; in 02, db-slave-02 fails its packages, db-slave-01 stops answering."""
+    events: list = []
+    events.append(ev.TaskFinished("00", "local", "credentials", ev.Status.UNCHANGED, "", 0.1))
+    for host in DB + PROXIES:
+        events.append(ev.TaskFinished("01", host, "host", ev.Status.CHANGED, "", 1.2))
+        events.append(ev.TaskFinished("01", host, "network", ev.Status.UNCHANGED, "", 0.4))
+    events.append(ev.TaskFinished("02", "db-master-01", "packages", ev.Status.CHANGED, "", 31.4))
+    events.append(ev.TaskStarted("02", "db-slave-01", "packages"))
+    events.append(ev.TaskFinished("02", "db-slave-02", "packages", ev.Status.FAILED,
+                                  "apt-get install postgresql-17: E: Unable to locate package postgresql-17-pgvector", 12.7))
+    events.append(ev.HostSilent("02", "db-slave-01", 35.2))
+    return events
