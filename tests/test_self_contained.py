@@ -7,8 +7,13 @@ from pathlib import Path
 
 from .conftest import REAL_INVENTORY, REPO
 
-# `../shared`, `/work/shared`, or "shared" as a path component (Path(...) / "shared", os.path.join(.., "shared")).
-OUTSIDE = re.compile(r"""\.\./shared\b|/work/shared\b|["']shared["']""")
+# `../shared`, `/work/shared`, the repository's parent joined with "shared" (REPO.parent / "shared",
+# parents[1] / "shared", os.path.join(root, "..", "shared")); a "shared" inside tmp_path is fine.
+OUTSIDE = re.compile(
+    r"""\.\./shared\b|/work/shared\b"""
+    r"""|\.parents?(\[\d+\])?\s*/\s*["']shared["']"""
+    r"""|["']\.\.["']\s*,\s*["']shared["']"""
+)
 SCANNED = ("kbpg_tui", "tests", "scripts", ".ci")
 
 
@@ -35,9 +40,10 @@ def test_no_file_refers_to_the_shared_directory_outside_the_repository() -> None
 
 def test_the_pattern_finds_what_it_is_for() -> None:
     for line in ('SHARED = REPO.parent / "shared"', "cat ../shared/fixtures/x.tsv", "open('/work/shared/docs/design.md')",
-                 "os.path.join(root, '..', 'shared')"):
+                 "os.path.join(root, '..', 'shared')", 'Path(__file__).parents[2] / "shared" / "fixtures"',
+                 'REPO.parent/"shared"'):
         assert OUTSIDE.search(line), line
-    for line in ('shared_buffers = "256MB"', '"""Small helpers shared by the screens."""'):
+    for line in ('shared_buffers = "256MB"', '"""Small helpers shared by the screens."""', 'shared = tmp_path / "shared"'):
         assert not OUTSIDE.search(line), line
 
 
