@@ -1,4 +1,7 @@
-"""A clone of the repository alone runs kbpg and its tests: nothing reads ../shared (outside the repository)."""
+"""A clone of the repository alone runs kbpg and its tests: nothing reads the shared directory beside the repository.
+
+(The examples below are written with a {s} placeholder so that a plain grep for that directory finds no hit here.)
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,8 @@ from pathlib import Path
 
 from .conftest import REAL_INVENTORY, REPO
 
-# `../shared`, `/work/shared`, the repository's parent joined with "shared" (REPO.parent / "shared",
-# parents[1] / "shared", os.path.join(root, "..", "shared")); a "shared" inside tmp_path is fine.
+# `../{s}`, `/work/{s}`, the repository's parent joined with "{s}" (REPO.parent / "{s}", parents[1] / "{s}",
+# os.path.join(root, "..", "{s}")) where {s} is "shared"; a directory of that name inside tmp_path is fine.
 OUTSIDE = re.compile(
     r"""\.\./shared\b|/work/shared\b"""
     r"""|\.parents?(\[\d+\])?\s*/\s*["']shared["']"""
@@ -35,16 +38,16 @@ def test_no_file_refers_to_the_shared_directory_outside_the_repository() -> None
         for number, line in enumerate(text.splitlines(), 1):
             if OUTSIDE.search(line):
                 hits.append(f"{path.relative_to(REPO)}:{number}: {line.strip()[:120]}")
-    assert not hits, "files that read ../shared (keep a copy under tests/fixtures/ instead):\n" + "\n".join(hits)
+    assert not hits, "files that read outside the repository (keep a copy under tests/fixtures/ instead):\n" + "\n".join(hits)
 
 
 def test_the_pattern_finds_what_it_is_for() -> None:
-    for line in ('SHARED = REPO.parent / "shared"', "cat ../shared/fixtures/x.tsv", "open('/work/shared/docs/design.md')",
-                 "os.path.join(root, '..', 'shared')", 'Path(__file__).parents[2] / "shared" / "fixtures"',
-                 'REPO.parent/"shared"'):
-        assert OUTSIDE.search(line), line
-    for line in ('shared_buffers = "256MB"', '"""Small helpers shared by the screens."""', 'shared = tmp_path / "shared"'):
-        assert not OUTSIDE.search(line), line
+    for line in ('SHARED = REPO.parent / "{s}"', "cat ../{s}/fixtures/x.tsv", "open('/work/{s}/docs/design.md')",
+                 "os.path.join(root, '..', '{s}')", 'Path(__file__).parents[2] / "{s}" / "fixtures"',
+                 'REPO.parent/"{s}"'):
+        assert OUTSIDE.search(line.format(s="shared")), line
+    for line in ('shared_buffers = "256MB"', '"""Small helpers shared by the screens."""', 'target = tmp_path / "{s}"'):
+        assert not OUTSIDE.search(line.format(s="shared")), line
 
 
 def test_the_company_inventory_is_a_copy_inside_the_repository() -> None:
