@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import threading
@@ -20,9 +21,12 @@ from .core import credentials as creds
 from .core import inventory as inv
 from .core import events as ev
 from .core import settings as cfg
-from .core.files import resolve
+from .core.files import InputFileError, resolve
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+MAX_PROBE_TIMEOUT = 300  # diagnose --timeout: seconds
+# Commands that create a missing --workdir; every other command refuses one that does not exist.
+CREATES_WORKDIR = ("kbpg (the wizard)", "lab up", "answers init", "credentials generate")
 EXIT_BUSY = 3  # the cluster's run lock is held by another run (or a stale one awaits `kbpg unlock`)
 ANSWERS_FILE = "kbpg.toml"
 
@@ -198,13 +202,48 @@ def _terminal_prompt(event: ev.HostKeyUnknown) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
+def _check_steps(given: list[str] | None) -> list[str] | None:
+    """``--step`` values as step numbers ("2" and "02,03" are accepted); an unknown one is bad input naming them all."""
+    from .core.steps import ALL_STEPS
+
+    if not given:
+        return given
+    known = {step.number: step for step in ALL_STEPS}
+    steps: list[str] = []
+    for value in given:
+        for item in value.replace(",", " ").split() or [value]:
+            number = item.zfill(2) if item.isascii() and item.isdigit() and len(item) <= 2 else item
+            if number not in known:
+                listing = ", ".join(step.label for step in ALL_STEPS)
+                raise BadInput(f"--step {item!r}: no such step; the steps are {listing}")
+            steps.append(number)
+    return list(dict.fromkeys(steps))
+
+
+def _confirm_wide_networks(args: argparse.Namespace, settings: cfg.Settings) -> None:
+    """Networks wider than /16 in pg_hba: refused with --yes unless --allow-wide-subnet; asked for otherwise."""
+    warnings = cfg.settings_warnings(settings)
+    if not warnings or args.allow_wide_subnet:
+        return
+    path = _answers_path(args)
+    if args.yes or not sys.stdin.isatty():
+        raise BadInput("\n".join(f"{path}: {warning}; pass --allow-wide-subnet to install with it, "
+                                 "or narrow it" for warning in warnings))
+    for warning in warnings:
+        print(f"warning: {path}: {warning}")
+    if input("Allow these networks? [y/N] ").strip().lower() not in ("y", "yes"):
+        raise BadInput(f"{path}: wide networks not confirmed; narrow them, or pass --allow-wide-subnet")
+
+
 def cmd_install(args: argparse.Namespace) -> int:
     from .core import install as inst
     from .core import runlock
     from .core.logs import setup_file_logging
     from .core.steps import install_steps
 
+    args.step = _check_steps(args.step)
     settings = load_answers(args, required=True)
+    _confirm_wide_networks(args, settings)
     if args.step and "00" not in args.step:
         path = args.workdir / creds.ENV_FILE
         values = _read_existing(path)
@@ -373,9 +412,19 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from .core.diagnostics import Diagnostics, write_reports
     from .core.logs import setup_file_logging
 
+    if not (math.isfinite(args.timeout) and 0 < args.timeout <= MAX_PROBE_TIMEOUT):
+        raise BadInput(f"diagnose --timeout: must be a number of seconds above 0 and at most {MAX_PROBE_TIMEOUT} "
+                       f"(got {args.timeout:g})")
     settings = load_answers(args, required=True)
-    if not (args.workdir / creds.ENV_FILE).exists():
-        raise BadInput(f"{args.workdir / creds.ENV_FILE}: not found; diagnostics need the cluster's credentials")
+    env_path = args.workdir / creds.ENV_FILE
+    if not env_path.exists():
+        raise BadInput(f"{env_path}: not found; diagnostics need the cluster's credentials")
+    values = _read_existing(env_path)
+    needed = dict.fromkeys((*creds.REQUIRED_NAMES, *creds.USER_NAMES, *creds.PASSWORD_NAMES))
+    missing = [name for name in needed if values is None or name not in values]
+    if missing:
+        raise BadInput(f"{env_path}: lacks {', '.join(missing)}; diagnostics need the values the cluster was "
+                       "installed with")
     if not args.no_tui and not args.json:
         return cmd_wizard(args, start="diagnostics")
     setup_file_logging(args.workdir, "diagnose")
@@ -405,10 +454,13 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 def cmd_answers_check(args: argparse.Namespace) -> int:
     path = _answers_path(args)
     try:
-        cfg.load_settings(path)
+        settings = cfg.load_settings(path)
     except cfg.SettingsError as exc:
         print(exc, file=sys.stderr)
         return EXIT_BAD_INPUT
+    for warning in cfg.settings_warnings(settings):
+        print(f"{path}: warning: {warning} (install asks to confirm it; --yes needs --allow-wide-subnet)",
+              file=sys.stderr)
     print(f"{path}: valid")
     return EXIT_OK
 
@@ -419,7 +471,10 @@ def cmd_answers_init(args: argparse.Namespace) -> int:
         print(f"{path}: already exists; left as it is.")
         return EXIT_OK
     args.workdir.mkdir(parents=True, exist_ok=True)
-    cfg.save_settings(cfg.Settings(), path)
+    try:
+        cfg.save_settings(cfg.Settings(), path)
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot write: {exc.strerror or exc}") from None
     print(f"{path}: written with the defaults.")
     return EXIT_OK
 
@@ -434,8 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"kbpg {__version__}")
     parser.add_argument(
-        "--workdir", type=Path, default=Path.cwd(),
-        help="where kbpg.toml, credentials/, logs/ and known_hosts live (default: the current directory)",
+        "--workdir", type=Path, default=None,
+        help="where kbpg.toml, credentials/, logs/ and known_hosts live (default: the current directory); "
+        f"it must be an existing directory, except for {', '.join(CREATES_WORKDIR)}, which create it, "
+        "and lab down/status, which take any",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -459,7 +516,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("install", help="install the cluster, step by step, with plain progress output")
     p.add_argument("--answers", help="kbpg.toml to replay (default: WORKDIR/kbpg.toml)")
     p.add_argument("--yes", action="store_true", help="no questions: for unattended runs (host keys must be known or pinned)")
-    p.add_argument("--step", action="append", metavar="NN", help="run only this step (repeatable), e.g. --step 01")
+    p.add_argument("--step", action="append", metavar="NN",
+                   help="run only this step (repeatable), e.g. --step 01: 00 credentials, 01 preflight, 02 patroni, "
+                        "03 haproxy, 04 pgbouncer, 05 pgvector")
+    p.add_argument("--allow-wide-subnet", action="store_true",
+                   help="accept network.private_subnet or network.direct_clients wider than /16 (refused with --yes, "
+                        "asked otherwise)")
     p.add_argument("--verbose", "-v", action="store_true", help="also print the hosts' command output")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when the run ends with any warning (XFS, clock, free space, pending restart...); "
@@ -475,7 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--answers", help="kbpg.toml (default: WORKDIR/kbpg.toml)")
     p.add_argument("--no-tui", action="store_true", help="print a table instead of opening the diagnostics panel")
     p.add_argument("--json", action="store_true", help="print a machine-readable report")
-    p.add_argument("--timeout", type=float, default=8.0, help="seconds each probe may wait for an answer (default 8)")
+    p.add_argument("--timeout", type=float, default=8.0,
+                   help=f"seconds each probe may wait for an answer (default 8, at most {MAX_PROBE_TIMEOUT})")
     p.set_defaults(handler=cmd_diagnose)
 
     p = commands.add_parser("answers", help="the kbpg.toml answers file")
@@ -500,19 +563,87 @@ def _add_optional_commands(commands: argparse._SubParsersAction) -> None:
     add_lab_parser(commands)
 
 
+def _workdir_policy(args: argparse.Namespace) -> str:
+    """'create' (the command makes a missing work dir), 'any' (lab down/status) or 'existing'."""
+    command, action = getattr(args, "command", None), getattr(args, "action", None)
+    if command is None or (command, action) in (("answers", "init"), ("credentials", "generate")):
+        return "create"
+    if command == "lab":
+        return "create" if getattr(args, "lab_action", None) == "up" else "any"
+    return "existing"
+
+
+def _check_workdir(args: argparse.Namespace) -> None:
+    """Refuse a --workdir that is a file, or that does not exist for a command that does not create one."""
+    workdir, policy = args.workdir, _workdir_policy(args)
+    if policy == "any" or workdir.is_dir():
+        return
+    if workdir.exists():
+        raise BadInput(f"--workdir {workdir}: not a directory")
+    if policy == "existing":
+        raise BadInput(f"--workdir {workdir}: no such directory (only {', '.join(CREATES_WORKDIR)} create one)")
+    parent = next((p for p in workdir.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise BadInput(f"--workdir {workdir}: cannot be created: {parent} is not a directory")
+
+
+def _one_line(text: str) -> str:
+    from .core.logs import redact
+
+    return " ".join(redact(text).split())[:500]
+
+
+def _unexpected(args: argparse.Namespace, exc: BaseException) -> int:
+    """An error no command expected: one line on stderr, the traceback only in the log (redacted)."""
+    import logging
+
+    from .core.logs import current_log_path, setup_file_logging
+
+    log_path = current_log_path()
+    workdir = getattr(args, "workdir", None)
+    if log_path is None and isinstance(workdir, Path):
+        try:
+            if workdir.is_dir():
+                log_path = setup_file_logging(workdir, "error")
+        except Exception:  # the log is a courtesy: never let it hide the error itself
+            log_path = None
+    if log_path is not None:
+        logging.getLogger("kbpg").error("unexpected error in `kbpg %s`", getattr(args, "command", None) or "",
+                                        exc_info=exc)
+    if isinstance(exc, RecursionError):
+        what = "input nested too deeply to handle"
+    elif isinstance(exc, MemoryError):
+        what = "out of memory"
+    elif isinstance(exc, OSError):
+        target = " ".join(f"{name}" for name in (exc.filename, exc.filename2) if name is not None)
+        what = f"{exc.strerror or type(exc).__name__}{': ' + target if target else ''}"
+    else:
+        what = f"{type(exc).__name__}: {exc}"
+    where = f"traceback in {log_path}" if log_path is not None else "no log written"
+    print(f"kbpg: error: {_one_line(what)} ({where})", file=sys.stderr)
+    return EXIT_FAILED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.workdir = args.workdir.expanduser().resolve()
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
     if handler is None:
         handler = cmd_wizard
     try:
+        try:
+            args.workdir = (args.workdir or Path.cwd()).expanduser().resolve()
+        except (OSError, RuntimeError) as exc:  # a symlink loop, a current directory that was removed
+            raise BadInput(f"--workdir {args.workdir or '.'}: cannot be resolved ({_one_line(str(exc))})") from None
+        _check_workdir(args)
         return handler(args)
     except BadInput as exc:
         print(f"kbpg: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except creds.CredentialsError as exc:
+        print(f"kbpg: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (cfg.SettingsError, inv.InventoryError, InputFileError) as exc:
         print(f"kbpg: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
@@ -521,6 +652,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `kbpg ... | head`: the reader left; nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except Exception as exc:  # OSError, RecursionError, UnicodeError, MemoryError...: one line, never a traceback
+        return _unexpected(args, exc)
 
 
 if __name__ == "__main__":

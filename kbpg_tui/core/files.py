@@ -8,7 +8,6 @@ import stat
 import tempfile
 from pathlib import Path
 
-
 MAX_INPUT_BYTES = 1 << 20  # kbpg.toml and servers.tsv are a few KiB; anything over 1 MiB is not one of them
 
 

@@ -73,6 +73,15 @@ def setup_file_logging(workdir: Path, name: str = "kbpg") -> Path:
             logger.removeHandler(old)
             old.close()
     handler._kbpg_file = True  # type: ignore[attr-defined]
+    handler._kbpg_path = path  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.propagate = False
     return path
+
+
+def current_log_path() -> Path | None:
+    """The file :func:`setup_file_logging` last opened in this process, if any."""
+    for handler in logging.getLogger("kbpg").handlers:
+        if getattr(handler, "_kbpg_file", False):
+            return getattr(handler, "_kbpg_path", None)
+    return None

@@ -200,7 +200,7 @@ def _check_url(value: str) -> str | None:
     if value == "":
         return None
     form = "an http:// or https:// URL without spaces, quotes or '#', e.g. https://apt.example.com/debian"
-    if (char := _control_char(value)) or any(c.isspace() or c in _URL_FORBIDDEN for c in value):
+    if _control_char(value) or any(c.isspace() or c in _URL_FORBIDDEN for c in value):
         return form
     from urllib.parse import urlsplit
 
