@@ -129,7 +129,7 @@ def test_bad_answers_file_stops_other_commands_with_exit_2(tmp_path: Path, real_
 @pytest.mark.parametrize("data_dir", [
     "/", "/srv", "/var/../etc/x", "/a b/c", "/x/\n", "/srv/pg/", "//srv/pg", "/srv//pg", "/srv/./pg",
     "/srv/pg\t", "/srv/pg\u00a0x", "/srv/pg\u2028x", "relative/dir", "./pg", "/var/lib", "/etc/postgresql",
-    "/usr/lib", "/home/bob", "/proc/pg", "/boot/pg",
+    "/usr/lib", "/home/bob", "/proc/pg", "/boot/pg", "/srv/pg\\x", "/srv/$(reboot)", "/srv/pg'x", "/srv/données",
 ])
 def test_data_dir_is_refused_unless_a_plain_dedicated_path(data_dir: str) -> None:
     with pytest.raises(cfg.SettingsError) as caught:

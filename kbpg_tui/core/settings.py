@@ -124,6 +124,8 @@ def _check_data_dir(value: str) -> str | None:
         return f"{_DATA_DIR_FORM}, without spaces"
     if not value.startswith("/"):
         return f"{_DATA_DIR_FORM}; this one is relative"
+    if not re.fullmatch(r"[A-Za-z0-9._+@:,~/-]+", value):  # it goes into shell commands, YAML and unit files
+        return f"{_DATA_DIR_FORM}, of ASCII letters, digits and / . _ - + @ : , ~ only"
     if value != "/" and value.endswith("/"):
         return f"{_DATA_DIR_FORM}, without a trailing '/'"
     parts = value[1:].split("/")
