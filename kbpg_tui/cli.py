@@ -28,6 +28,7 @@ MAX_PROBE_TIMEOUT = 300  # diagnose --timeout: seconds
 # Commands that create a missing --workdir; every other command refuses one that does not exist.
 CREATES_WORKDIR = ("kbpg (the wizard)", "lab up", "answers init", "credentials generate")
 EXIT_BUSY = 3  # the cluster's run lock is held by another run (or a stale one awaits `kbpg unlock`)
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT): the work was cancelled, as a shell reports 128 + SIGINT
 ANSWERS_FILE = "kbpg.toml"
 
 
@@ -158,19 +159,32 @@ def cmd_credentials_export(args: argparse.Namespace) -> int:
 # --- install -----------------------------------------------------------------------------
 
 class PlainPrinter:
-    """Turns engine events into plain lines on stdout (no screen, no colours needed)."""
+    """Turns engine events into plain lines on stdout (no screen, no colours needed).
+
+    Every line is redacted whole before it is printed. After :meth:`close` (the summary is out),
+    late events of work the run stopped waiting for are no longer printed.
+    """
 
     def __init__(self, verbose: bool = False, stream=None):
         self.verbose = verbose
         self.stream = stream or sys.stdout
         self._last_progress = 0.0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._closed = False
 
     def __call__(self, event: ev.Event) -> None:
+        from .core.logs import redact
+
         with self._lock:
+            if self._closed:
+                return
             line = self._format(event)
             if line is not None:
-                print(line, file=self.stream, flush=True)
+                print(redact(line), file=self.stream, flush=True)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
 
     def _format(self, event: ev.Event) -> str | None:
         if isinstance(event, ev.StepStarted):
@@ -192,6 +206,11 @@ class PlainPrinter:
             return f"   … {event.text}"
         if isinstance(event, ev.HostKeyUnknown):
             return f"   host key of {event.host} ({event.address}) is unknown: {event.key_type} {event.fingerprint}"
+        if isinstance(event, ev.HostSilent):
+            return (f"   {event.step or '--'} {event.host:<14} NOT ANSWERING over SSH for {event.silent_for:.0f}s: its "
+                    "network or the host may be down; waiting for it (ssh.silence_timeout)")
+        if isinstance(event, ev.HostAnswering):
+            return f"   {event.step or '--'} {event.host:<14} answering again"
         if isinstance(event, ev.OutputLine) and self.verbose:
             return f"      {event.host}| {event.text}"
         return None
@@ -280,14 +299,14 @@ def cmd_install(args: argparse.Namespace) -> int:
     except BaseException:
         run.close()
         raise
+    interrupted = _cancel_on_sigint(run.ctx.cancel)
     try:
         reports = run.engine.run(steps)
-    except KeyboardInterrupt:
-        run.ctx.cancel.set()
-        raise
     finally:
+        interrupted.restore()
         if lock is not None:
             lock.release()
+        printer.close()  # work the engine stopped waiting for may still report: not after the summary
         run.close()
     counts = inst.summarize(reports)
     done = bool(reports) and all(r.status in (ev.Status.CHANGED, ev.Status.UNCHANGED) for r in reports)
@@ -299,11 +318,48 @@ def cmd_install(args: argparse.Namespace) -> int:
     print(f"Summary: changed {counts['changed']}, unchanged {counts['unchanged']}, failed {counts['failed']}"
           f"{', cancelled ' + str(counts['cancelled']) if counts['cancelled'] else ''}, warnings {len(warnings)} "
           f"in {time.monotonic() - started:.1f}s — "
-          + ("all hosts done." if done else "NOT done: fix what is named above and run the same command again."))
+          + ("all hosts done." if done else "NOT done: interrupted (Ctrl-C); run the same command again to continue."
+             if interrupted.hit else "NOT done: fix what is named above and run the same command again."))
+    if interrupted.hit and not done:
+        return EXIT_INTERRUPTED
     if done and warnings and args.strict:
         print(f"--strict: {len(warnings)} warning(s), exit {EXIT_FAILED}.")
         return EXIT_FAILED
     return EXIT_OK if done else EXIT_FAILED
+
+
+class _SigintCancels:
+    """While the engine runs, Ctrl-C (SIGINT) sets the run's cancel event instead of raising in the middle of it.
+
+    The engine then stops every host's work within its grace time and returns, so the summary is printed
+    and the exit status is 130. A second Ctrl-C raises KeyboardInterrupt as usual.
+    """
+
+    def __init__(self, cancel: threading.Event):
+        import signal
+
+        self.cancel = cancel
+        self.hit = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:  # noqa: ANN001 (signal's signature); sets flags only, prints nothing
+        if self.hit:
+            raise KeyboardInterrupt
+        self.hit = True
+        self.cancel.set()
+
+    def restore(self) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+def _cancel_on_sigint(cancel: threading.Event) -> _SigintCancels:
+    return _SigintCancels(cancel)
 
 
 def install_warnings(reports: list, selection: inv.Selection) -> list[str]:

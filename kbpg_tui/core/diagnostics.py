@@ -30,9 +30,18 @@ from . import credentials as creds
 from .engine import Context
 from .files import atomic_write, resolve
 from .inventory import InventoryError, load_selection
+from .logs import redact
 from .ssh import Host, SshError
 
 DEFAULT_TIMEOUT = 8.0
+
+
+def direct_opener() -> urllib.request.OpenerDirector:
+    """An opener that goes straight to the hosts, never through a proxy named in the environment (http_proxy,
+    https_proxy, all_proxy...): the HAProxy stats and Patroni passwords travel in these requests."""
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 MAX_LAG_BYTES = 16 * 1024 * 1024
 
 
@@ -168,7 +177,7 @@ class Diagnostics:
             token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
             request.add_header("Authorization", f"Basic {token}")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with direct_opener().open(request, timeout=self.timeout) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read() if exc.fp else b""
@@ -183,7 +192,7 @@ class Diagnostics:
     @staticmethod
     def _pg_error(exc: Exception) -> str:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return text[:200]
+        return redact(text)[:200]  # redacted whole, then cut
 
     # --- probes -------------------------------------------------------------------------
 
@@ -600,6 +609,7 @@ find /etc /var/lib/postgresql /var/lib/patroni /var/log /root /home /tmp -xdev -
                 verdict, reason = Verdict.FAIL, str(exc).splitlines()[0]
             except Exception as exc:  # a probe's bug is that probe's failure, not the run's
                 verdict, reason = Verdict.FAIL, f"{probe.target}: {type(exc).__name__}: {exc}"
+            reason = redact(reason)  # whole, before the cut below: reports, the panel and the CLI show no secret
             result = CheckResult(probe.number, probe.check, probe.target, verdict, reason.splitlines()[0] if reason else "",
                                  time.monotonic() - began)
             with lock:
@@ -685,7 +695,7 @@ def cluster_view(ctx: Context, timeout: float = 3.0) -> list[Member]:
     for host in ctx.db_hosts:
         url = f"http://{host.address}:{ctx.settings.ports.patroni_rest}/cluster"
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
+            with direct_opener().open(url, timeout=timeout) as response:
                 data = json.loads(response.read())
         except (OSError, ValueError) as exc:
             errors.append(f"{host.name}: {getattr(exc, 'reason', exc)}")

@@ -5,7 +5,10 @@ when ``serial``), or once for the cluster. Each reports changed, unchanged or
 failed through events. One failing host fails the step after the others have
 finished their own work, which stays intact; a re-run checks again and continues
 from where things are. Cancellation is a ``threading.Event`` passed down to every
-remote command.
+remote command; once it is set, the engine waits at most ``CANCEL_GRACE_SECONDS``
+for the running tasks to stop and reports those still running as cancelled (their
+threads are daemons, abandoned: an interrupted ``kbpg install`` ends at once).
+Every text an event carries is redacted before it leaves the engine.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -21,6 +23,7 @@ from typing import Callable, Iterable
 from .credentials import Credentials
 from .events import EventSink, Level, Message, Status, StepFinished, StepStarted, TaskFinished, TaskStarted
 from .inventory import Selection
+from .logs import redact, redacting_sink
 from .settings import Settings
 from .ssh import Cancelled, Connection, ConnectionPool, Host, LineCallback, Result, SshError, output_sink
 
@@ -28,6 +31,8 @@ log = logging.getLogger("kbpg.engine")
 
 CLUSTER = "cluster"  # the pseudo-host of tasks that run once for the whole cluster
 LOCAL = "local"  # the pseudo-host of tasks that run on this machine
+CANCEL_GRACE_SECONDS = 1.0  # after a cancel, how long running tasks get to stop on their own
+_WAIT_SECONDS = 0.05
 
 
 class TaskError(Exception):
@@ -65,6 +70,9 @@ class Context:
     sink: EventSink
     cancel: threading.Event = field(default_factory=threading.Event)
     state: dict = field(default_factory=dict)  # facts found by one task for the next (leader, changed configs)
+
+    def __post_init__(self) -> None:
+        self.sink = redacting_sink(self.sink)  # whatever a task or a remote command says, no secret reaches a screen
 
     @property
     def db_hosts(self) -> list[Host]:
@@ -161,6 +169,51 @@ class StepReport:
         return [task for task in self.tasks if task.status in (Status.FAILED, Status.CANCELLED)]
 
 
+class _Worker:
+    """One task on one host, in a daemon thread; the engine may stop waiting for it (cancel)."""
+
+    def __init__(self, engine: "Engine", step: Step, task: Task, host: Host | None, finished: threading.Event):
+        self.host = host
+        self.report: TaskReport | None = None
+        self.started = time.monotonic()
+        self.done = threading.Event()
+        self._claimed = False
+        self._lock = threading.Lock()
+        self._finished = finished
+        where = host.name if host else task.scope
+        self.thread = threading.Thread(target=self._work, args=(engine, step, task), daemon=True,
+                                       name=f"kbpg-{step.number}-{task.name}-{where}")
+
+    def _work(self, engine: "Engine", step: Step, task: Task) -> None:
+        try:
+            report = engine._run_task(step, task, self.host, self.claim)
+        except BaseException as exc:  # _run_task catches every Exception; this is the last resort
+            where = self.host.name if self.host else task.scope
+            report = TaskReport(step.number, where, task.name, Status.FAILED, f"internal error: {type(exc).__name__}",
+                                0.0, [])
+        with self._lock:
+            if self.report is None:  # else the engine gave up waiting and reported it cancelled
+                self.report = report
+        self.done.set()
+        self._finished.set()
+
+    def give_up(self, report: Callable[[], TaskReport]) -> None:
+        """Report the task cancelled now, unless it has just reported its own end."""
+        if self.claim():
+            with self._lock:
+                self.report = report()
+        else:
+            self.done.wait(0.5)  # it is returning its report this very moment
+
+    def claim(self) -> bool:
+        """True once: for whoever reports this task's end first (the task itself, or the engine giving up on it)."""
+        with self._lock:
+            if self._claimed:
+                return False
+            self._claimed = True
+            return True
+
+
 class Engine:
     """Runs steps against a context, emitting events; never prints."""
 
@@ -179,7 +232,8 @@ class Engine:
             return [None]
         raise ValueError(f"unknown task scope {scope!r}")
 
-    def _run_task(self, step: Step, task: Task, host: Host | None) -> TaskReport:
+    def _run_task(self, step: Step, task: Task, host: Host | None,
+                  claim: Callable[[], bool] = lambda: True) -> TaskReport:
         where = host.name if host else (LOCAL if task.scope == "local" else CLUSTER)
         sink = self.ctx.sink
         sink(TaskStarted(step.number, where, task.name))
@@ -197,33 +251,76 @@ class Engine:
             log.exception("%s %s on %s: unexpected error", step.label, task.name, where)
             outcome = Outcome(Status.FAILED, f"internal error: {type(exc).__name__}: {exc} (details in the log)")
         elapsed = time.monotonic() - started
+        outcome.detail, outcome.warnings = redact(outcome.detail), [redact(w) for w in outcome.warnings]
+        if not claim():  # the engine stopped waiting (cancel) and already reported it cancelled
+            log.info("%s %s %s: %s after the run stopped waiting, in %.1fs %s", step.number, where, task.name,
+                     outcome.status, elapsed, outcome.detail)
+            return TaskReport(step.number, where, task.name, outcome.status, outcome.detail, elapsed, outcome.warnings)
         for warning in outcome.warnings:
             sink(Message(Level.WARNING, warning, where))
         sink(TaskFinished(step.number, where, task.name, outcome.status, outcome.detail, elapsed))
         log.info("%s %s %s: %s in %.1fs %s", step.number, where, task.name, outcome.status, elapsed, outcome.detail)
         return TaskReport(step.number, where, task.name, outcome.status, outcome.detail, elapsed, outcome.warnings)
 
+    def _run_batch(self, step: Step, task: Task, targets: list[Host | None]) -> list[TaskReport]:
+        """Run a task on its targets (in parallel, or one after another for a serial task).
+
+        Every task runs in a worker thread so that a cancel is never stuck behind one: once the cancel
+        is set, the running ones get ``CANCEL_GRACE_SECONDS`` to stop (remote commands are closed at
+        once), then are reported cancelled and left behind.
+        """
+        serial = task.serial or len(targets) == 1
+        limit = 1 if serial else max(1, self.max_workers)
+        pending = list(targets)
+        running: list[_Worker] = []
+        finished: list[_Worker] = []
+        woken = threading.Event()
+        give_up_at: float | None = None
+        while pending or running:
+            if self.ctx.cancel.is_set():
+                pending.clear()  # nothing new starts
+                if give_up_at is None:
+                    give_up_at = time.monotonic() + CANCEL_GRACE_SECONDS
+            while pending and len(running) < limit:
+                worker = _Worker(self, step, task, pending.pop(0), woken)
+                running.append(worker)
+                worker.thread.start()
+            woken.wait(_WAIT_SECONDS)
+            woken.clear()
+            for worker in [w for w in running if w.done.is_set()]:
+                running.remove(worker)
+                finished.append(worker)
+                if serial and worker.report is not None and worker.report.status in (Status.FAILED, Status.CANCELLED):
+                    pending.clear()  # a rolling change stops at the first host that fails
+            if give_up_at is not None and running and time.monotonic() >= give_up_at:
+                for worker in running:
+                    worker.give_up(lambda w=worker: self._abandoned(step, task, w.host, time.monotonic() - w.started))
+                    finished.append(worker)
+                running.clear()
+        order = {id(host): index for index, host in enumerate(targets)}
+        finished.sort(key=lambda w: order[id(w.host)])
+        return [w.report for w in finished if w.report is not None]
+
+    def _abandoned(self, step: Step, task: Task, host: Host | None, elapsed: float) -> TaskReport:
+        where = host.name if host else (LOCAL if task.scope == "local" else CLUSTER)
+        detail = ("cancelled; it was still running when the run stopped (a command on the host may still finish "
+                  "on its own); every step checks first, so re-run to continue")
+        self.ctx.sink(TaskFinished(step.number, where, task.name, Status.CANCELLED, detail, elapsed))
+        log.info("%s %s %s: abandoned after the cancel, in %.1fs", step.number, where, task.name, elapsed)
+        return TaskReport(step.number, where, task.name, Status.CANCELLED, detail, elapsed, [])
+
     def run_step(self, step: Step) -> StepReport:
         hosts = [h.name for h in self.ctx.db_hosts + self.ctx.haproxy_hosts]
+        if self.ctx.pool is not None:
+            self.ctx.pool.step = step.number  # named by the events of a host that stops answering
         self.ctx.sink(StepStarted(step.number, step.title, tuple(hosts)))
         started = time.monotonic()
         reports: list[TaskReport] = []
         status = Status.UNCHANGED
         for task in step.tasks:
-            targets = self._hosts(task.scope)
-            if task.serial or len(targets) == 1:
-                batch = []
-                for host in targets:
-                    report = self._run_task(step, task, host)
-                    batch.append(report)
-                    if report.status in (Status.FAILED, Status.CANCELLED):
-                        break  # a rolling change stops at the first host that fails
-            else:
-                with ThreadPoolExecutor(max_workers=min(self.max_workers, len(targets)),
-                                        thread_name_prefix=f"kbpg-{step.number}-{task.name}") as executor:
-                    batch = list(executor.map(lambda h: self._run_task(step, task, h), targets))
+            batch = self._run_batch(step, task, self._hosts(task.scope))
             reports += batch
-            if any(r.status == Status.CANCELLED for r in batch):
+            if self.ctx.cancel.is_set() or any(r.status == Status.CANCELLED for r in batch):
                 status = Status.CANCELLED
                 break
             if any(r.status == Status.FAILED for r in batch):

@@ -52,6 +52,7 @@ def ssh_options(workdir: Path, settings: Settings) -> SshOptions:
         connect_timeout=ssh.connect_timeout,
         command_timeout=ssh.command_timeout,
         pinned_host_keys=dict(ssh.pinned_host_keys),
+        silence_timeout=ssh.silence_timeout,
     )
 
 

@@ -7,6 +7,7 @@ the log filter replaces it before a record is written, whatever logger wrote it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -35,6 +36,30 @@ def redact(text: str) -> str:
         if secret in text:
             text = text.replace(secret, REDACTED)
     return text
+
+
+def redact_event(event):
+    """An event (a frozen dataclass, see events.py) with every registered secret redacted from its texts."""
+    changes = {}
+    for item in dataclasses.fields(event):
+        value = getattr(event, item.name)
+        if isinstance(value, str):
+            clean = redact(value)
+            if clean != value:
+                changes[item.name] = clean
+    return dataclasses.replace(event, **changes) if changes else event
+
+
+def redacting_sink(sink):
+    """An event sink that redacts every event's texts, whole, before handing it on (screens cut them later)."""
+    if getattr(sink, "_kbpg_redacting", False):
+        return sink
+
+    def redacting(event) -> None:
+        sink(redact_event(event))
+
+    redacting._kbpg_redacting = True  # type: ignore[attr-defined]
+    return redacting
 
 
 class RedactingFilter(logging.Filter):

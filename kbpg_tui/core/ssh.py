@@ -3,13 +3,17 @@
 - Host keys: kbpg keeps its own known_hosts. An unknown key is accepted only by
   an explicit yes from the operator (a callback the UI answers) or because it is
   pinned in kbpg.toml; a changed key is always refused. Never ``AutoAddPolicy``.
-- Connect, banner and auth timeouts; keepalive; a timeout per command.
+- Connect, banner and auth timeouts; a timeout per command. A host that stops answering
+  (keepalive requests with a reply, every few seconds) is reported after 30 s and its
+  command abandoned after ``ssh.silence_timeout``, instead of waiting out the command timeout.
 - Output is streamed while the command runs, decoded incrementally (a UTF-8
   character split across two packets is never mangled), and the exit status is
   read last, after the channel is drained.
 - Non-root users go through ``sudo``: passwordless when the host allows it, else
-  ``sudo -S`` with the password on stdin (never in argv) and a clear error when
-  the password is wrong.
+  ``sudo -S`` with the password on stdin (never in argv), sent only when sudo's own
+  prompt shows, and the command's stdin only once the command has started (so a
+  sudo that does not ask never passes the password on to the command), and a clear
+  error when the password is wrong.
 - Secrets reach hosts through stdin or uploaded files only.
 - Every command run is written to the log (redacted), with its exit status and time.
 """
@@ -32,13 +36,15 @@ from typing import Callable, Protocol
 import paramiko
 from paramiko.hostkeys import InvalidHostKey
 
-from .events import EventSink, HostKeyUnknown, OutputLine
+from .events import EventSink, HostAnswering, HostKeyUnknown, HostSilent, OutputLine
 from .files import atomic_write
 from .logs import redact
 
 log = logging.getLogger("kbpg.ssh")
 
 KEEPALIVE_SECONDS = 15
+PROBE_SECONDS = 5.0  # a keepalive request the host must answer, this often, to know it still does
+SILENCE_WARNING_SECONDS = 30.0  # a host silent this long is reported (HostSilent), and again each time as long
 OUTPUT_TAIL_LINES = 40
 MAX_CAPTURE_BYTES = 16 * 1024 * 1024  # beyond this only the tail is kept; lines still stream out
 _POLL_SECONDS = 0.05
@@ -62,6 +68,14 @@ class CommandTimeout(SshError):
 
 class Cancelled(SshError):
     """The operator cancelled; the command's channel was closed."""
+
+
+class HostNotAnswering(SshError):
+    """The host did not answer on its SSH connection for ``ssh.silence_timeout`` s; its command was abandoned."""
+
+    def __init__(self, message: str, silent_for: float):
+        super().__init__(message)
+        self.silent_for = silent_for
 
 
 @dataclass(frozen=True)
@@ -92,7 +106,8 @@ class Result:
         return self.exit_status == 0
 
     def tail(self, lines: int = OUTPUT_TAIL_LINES) -> str:
-        text = (self.stderr.strip() or self.stdout.strip()).splitlines()
+        """The last lines of the output, redacted (whole, before any cut: no secret is left half shown)."""
+        text = redact(self.stderr.strip() or self.stdout.strip()).splitlines()
         return "\n".join(text[-lines:])
 
 
@@ -101,11 +116,12 @@ class RemoteCommandError(SshError):
         self.host = host
         self.result = result
         summary = what or _short(result.command)
-        tail = redact(result.tail(12))
+        tail = result.tail(12)  # redacted
         super().__init__(f"{host.name}: {summary} failed (exit {result.exit_status})" + (f":\n{tail}" if tail else ""))
 
 
 def _short(command: str, limit: int = 80) -> str:
+    command = redact(command)  # before the cut: a script holds no secret, but if one did, no half of it shows
     first = command.strip().splitlines()[0] if command.strip() else command
     return first if len(first) <= limit else first[: limit - 1] + "…"
 
@@ -249,6 +265,108 @@ class _Stream:
         return prefix + "\n".join(self.captured) + ("\n" if self.captured else "")
 
 
+class SilenceWatch:
+    """Notices a host that stops answering while a command runs on it.
+
+    ``silent_for()`` says how long ago the host last answered on its SSH connection (see
+    :class:`_Liveness`). Past ``warn_after`` seconds, ``report(seconds)`` is called, and again at each
+    further ``warn_after``; ``report(None)`` when a host reported silent answers again. Past ``timeout``
+    seconds, :meth:`check` raises :class:`HostNotAnswering`.
+    """
+
+    def __init__(self, silent_for: Callable[[], float], timeout: float,
+                 report: Callable[[float | None], None], warn_after: float = SILENCE_WARNING_SECONDS):
+        self.silent_for = silent_for
+        self.timeout = timeout
+        self.report = report
+        self.warn_after = max(1.0, min(warn_after, timeout / 2))  # always a warning before giving up
+        self._next = self.warn_after
+        self._reported = False
+
+    def check(self) -> None:
+        silent = self.silent_for()
+        if silent >= self.timeout:
+            raise HostNotAnswering(f"no answer for {silent:.0f} s", silent)
+        if silent >= self._next:
+            self._reported = True
+            self._next = (silent // self.warn_after + 1) * self.warn_after
+            self.report(silent)
+        elif self._reported and silent < self.warn_after:
+            self._reported = False
+            self._next = self.warn_after
+            self.report(None)
+
+
+SUDO_PROMPT = "[kbpg-sudo-prompt]"
+SUDO_STARTED = "[kbpg-sudo-started]"  # printed to stderr by the command sudo runs, just before it execs
+
+
+class SudoGate:
+    """Stands between ``sudo -S`` and the command behind it on stdin.
+
+    The password is sent only when sudo's own prompt shows on stderr (once: a second prompt means it
+    was wrong, and stdin is closed so that sudo ends). The command's own stdin is sent only after the
+    start marker shows, i.e. once sudo has let the command run: a sudo that does not ask (NOPASSWD,
+    a cached timestamp) never passes the password on to the command. Prompt and marker are removed
+    from the output, even when split across packets.
+    """
+
+    _PROMPT = SUDO_PROMPT.encode()
+    _STARTED = SUDO_STARTED.encode()
+
+    def __init__(self, password: bytes, stdin: bytes | None):
+        self.password = password
+        self.stdin = stdin or b""
+        self.started = False
+        self.prompts = 0
+        self._buffer = b""
+
+    def stderr(self, data: bytes, channel: Channel) -> bytes:
+        """Filter stderr until the command starts, acting on the prompt and the marker; return what is output."""
+        if self.started:
+            return data
+        self._buffer += data
+        out = b""
+        while not self.started:
+            prompt, started = self._buffer.find(self._PROMPT), self._buffer.find(self._STARTED)
+            if started >= 0 and (prompt < 0 or started < prompt):
+                out += self._buffer[:started]
+                self._buffer = self._buffer[started + len(self._STARTED):]
+                self.started = True
+                if self.stdin:
+                    channel.sendall(self.stdin)
+                channel.shutdown_write()
+            elif prompt >= 0:
+                out += self._buffer[:prompt]
+                self._buffer = self._buffer[prompt + len(self._PROMPT):]
+                self.prompts += 1
+                if self.prompts == 1:
+                    channel.sendall(self.password + b"\n")
+                else:
+                    channel.shutdown_write()  # a wrong password: no second try; sudo reads EOF and ends
+            else:
+                break
+        if self.started:
+            out, self._buffer = out + self._buffer, b""
+        else:  # keep what may be the start of a prompt or marker cut by a packet boundary
+            keep = max(_overlap(self._buffer, self._PROMPT), _overlap(self._buffer, self._STARTED))
+            cut = len(self._buffer) - keep
+            out, self._buffer = out + self._buffer[:cut], self._buffer[cut:]
+        return out
+
+    def flush(self) -> bytes:
+        rest, self._buffer = self._buffer, b""
+        return rest
+
+
+def _overlap(data: bytes, token: bytes) -> int:
+    """The length of the longest end of ``data`` that is a proper beginning of ``token``."""
+    for size in range(min(len(data), len(token) - 1), 0, -1):
+        if data.endswith(token[:size]):
+            return size
+    return 0
+
+
 def pump(
     channel: Channel,
     stdin: bytes | None,
@@ -257,16 +375,27 @@ def pump(
     on_line: LineCallback | None = None,
     clock: Callable[[], float] = time.monotonic,
     wait: Callable[[float], None] = time.sleep,
+    watch: SilenceWatch | None = None,
+    gate: SudoGate | None = None,
 ) -> tuple[int, str, str]:
     """Feed stdin, stream stdout/stderr until the command ends, then read its exit status.
 
-    Raises :class:`CommandTimeout` or :class:`Cancelled` (after closing the channel).
+    With a ``gate`` (sudo with a password), stdin is the gate's business and ``stdin`` is ignored.
+    Raises :class:`CommandTimeout`, :class:`Cancelled` or :class:`HostNotAnswering` (after closing the
+    channel); their messages carry the last output, redacted before it is cut.
     """
-    if stdin:
-        channel.sendall(stdin)
-    channel.shutdown_write()
+    if gate is None:
+        if stdin:
+            channel.sendall(stdin)
+        channel.shutdown_write()
     out, err = _Stream("stdout", on_line), _Stream("stderr", on_line)
     deadline = clock() + timeout if timeout else None
+
+    def last_output() -> str:
+        out.feed(b"", final=True)
+        err.feed((gate.flush() if gate else b""), final=True)
+        return redact(err.text() or out.text())[-2000:]  # redacted whole, then cut
+
     while True:
         busy = False
         if channel.recv_ready():
@@ -277,7 +406,7 @@ def pump(
         if channel.recv_stderr_ready():
             data = channel.recv_stderr(65536)
             if data:
-                err.feed(data)
+                err.feed(gate.stderr(data, channel) if gate else data)
                 busy = True
         # Drained: only now is the exit status meaningful (and recv_exit_status cannot block on a full window).
         if not busy and channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
@@ -288,13 +417,18 @@ def pump(
             raise Cancelled("cancelled")
         if deadline is not None and clock() > deadline:
             channel.close()
-            out.feed(b"", final=True)
-            err.feed(b"", final=True)
-            raise CommandTimeout(f"no end after {timeout:.0f} s; stopped. Last output:\n{(err.text() or out.text())[-2000:]}")
+            raise CommandTimeout(f"no end after {timeout:.0f} s; stopped. Last output:\n{last_output()}")
+        if watch is not None:
+            try:
+                watch.check()
+            except HostNotAnswering as exc:
+                channel.close()
+                tail = last_output().strip()
+                raise HostNotAnswering(f"{exc}" + (f". Last output:\n{tail}" if tail else ""), exc.silent_for) from None
         if not busy:
             wait(_POLL_SECONDS)
     out.feed(b"", final=True)
-    err.feed(b"", final=True)
+    err.feed(gate.flush() if gate else b"", final=True)
     return channel.recv_exit_status(), out.text(), err.text()
 
 
@@ -306,9 +440,56 @@ class SshOptions:
     connect_timeout: float = 10
     command_timeout: float = 900
     pinned_host_keys: dict[str, str] = field(default_factory=dict)
+    silence_timeout: float = 120  # a host silent this long mid-command fails that command; 0: wait for the command timeout
 
 
-SUDO_PROMPT = "[kbpg-sudo-prompt]"
+class _Liveness:
+    """When the host last answered on its SSH connection.
+
+    paramiko's keepalives (``set_keepalive``) ask for no reply, so they prove nothing about the
+    host. A daemon thread sends a ``keepalive@openssh.com`` global request that does want one (as
+    OpenSSH's ServerAliveInterval does) every ``interval`` seconds and records when the answer
+    came. paramiko's ``global_request(wait=True)`` has no timeout: the thread simply waits while
+    the host is silent, and ends with the transport.
+    """
+
+    def __init__(self, transport: paramiko.Transport, name: str, interval: float = PROBE_SECONDS,
+                 clock: Callable[[], float] = time.monotonic):
+        self.transport = transport
+        self.interval = interval
+        self.clock = clock
+        self.last_answer = clock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._probe, daemon=True, name=f"kbpg-alive-{name}")
+
+    def start(self) -> "_Liveness":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def silent_for(self) -> float:
+        return max(0.0, self.clock() - self.last_answer)
+
+    def _probe(self) -> None:
+        while not self._stop.is_set() and self.transport.is_active():
+            try:
+                self.transport.global_request("keepalive@openssh.com", wait=True)  # any answer will do
+            except Exception:  # noqa: BLE001 (the transport went away under it: nothing more to watch)
+                return
+            if not self.transport.is_active():
+                return
+            self.last_answer = self.clock()
+            self._stop.wait(self.interval)
+
+
+_SUDO_START = f"printf %s {shlex.quote(SUDO_STARTED)} >&2; exec \"$@\""
+
+
+def _with_sudo_password(command: str) -> str:
+    """``command`` run by ``sudo -S``, announcing on stderr that it starts (see :class:`SudoGate`)."""
+    return f"sudo -S -k -p {shlex.quote(SUDO_PROMPT)} -- sh -c {shlex.quote(_SUDO_START)} sh {command}"
 
 
 class Connection:
@@ -323,6 +504,7 @@ class Connection:
         prompt: HostKeyPrompt | None = None,
         sudo_password: str | None = None,
         cancel: threading.Event | None = None,
+        step: Callable[[], str] = lambda: "",
     ):
         self.host = host
         self.options = options
@@ -331,7 +513,9 @@ class Connection:
         self.prompt = prompt
         self.sudo_password = sudo_password
         self.cancel = cancel
+        self.step = step  # the step running now, for the HostSilent / HostAnswering events
         self.client: paramiko.SSHClient | None = None
+        self._liveness: _Liveness | None = None
         self.sudo_mode: str | None = None  # "root" | "nopasswd" | "password"
         self._lock = threading.Lock()
 
@@ -394,6 +578,8 @@ class Connection:
         transport = client.get_transport()
         assert transport is not None
         transport.set_keepalive(KEEPALIVE_SECONDS)
+        self._stop_liveness()  # a lost connection's watcher, if any
+        self._liveness = _Liveness(transport, host.name).start()
         self.client = client
         log.info("%s: connected to %s@%s:%s", host.name, host.user, host.address, host.port)
         try:
@@ -402,6 +588,7 @@ class Connection:
             # Never keep a connection whose sudo is unknown: connect() would hand it out again
             # and run() would then run its commands as the plain user.
             self.client, self.sudo_mode = None, None
+            self._stop_liveness()
             client.close()
             raise
         return self
@@ -419,41 +606,87 @@ class Connection:
                 f"{self.host.name}: {self.host.user} needs a sudo password; put it in KBPG_SUDO_PASSWORD "
                 "(environment or credentials/sudo.env), or give the user passwordless sudo"
             )
-        check = self._exec(f"sudo -S -k -p {shlex.quote(SUDO_PROMPT)} true", (self.sudo_password + "\n").encode(),
-                           timeout=self.options.connect_timeout * 3)
+        check = self._exec(_with_sudo_password("true"), None, timeout=self.options.connect_timeout * 3,
+                           gate=SudoGate(self.sudo_password.encode(), None))
         if check.exit_status != 0:
             if "incorrect password" in check.stderr or "Sorry, try again" in check.stderr or "password is required" in check.stderr:
                 raise SudoError(f"{self.host.name}: wrong sudo password for {self.host.user}; check KBPG_SUDO_PASSWORD")
-            raise SudoError(f"{self.host.name}: {self.host.user} cannot use sudo: {redact(check.tail(3))}")
+            raise SudoError(f"{self.host.name}: {self.host.user} cannot use sudo: {check.tail(3)}")
         self.sudo_mode = "password"
 
     def close(self) -> None:
+        self._stop_liveness()
         if self.client is not None:
             self.client.close()
             self.client = None
 
+    def _stop_liveness(self) -> None:
+        if self._liveness is not None:
+            self._liveness.stop()
+            self._liveness = None
+
+    def _drop(self, client: paramiko.SSHClient) -> None:
+        """Forget a connection to a host that stopped answering: the next command connects afresh.
+
+        (No lock: connect() may hold it in this very thread, checking sudo.)
+        """
+        if self.client is client:
+            self.client = None
+            self._stop_liveness()
+        client.close()
+
+    def _report_silence(self, silent_for: float | None) -> None:
+        step = self.step()
+        if silent_for is None:
+            log.warning("%s: answering again", self.host.name)
+            self.sink(HostAnswering(step, self.host.name))
+        else:
+            log.warning("%s: no answer over SSH for %.0f s", self.host.name, silent_for)
+            self.sink(HostSilent(step, self.host.name, silent_for))
+
     # -- running
 
     def _exec(self, command: str, stdin: bytes | None, timeout: float | None,
-              on_line: LineCallback | None = None) -> Result:
-        if self.client is None:
+              on_line: LineCallback | None = None, gate: SudoGate | None = None, label: str = "") -> Result:
+        client = self.client
+        if client is None:
             raise SshError(f"{self.host.name}: not connected")
-        transport = self.client.get_transport()
+        transport = client.get_transport()
         if transport is None or not transport.is_active():
             raise SshError(f"{self.host.name}: the SSH connection was lost")
+        shown = _short(label or command)
+        liveness = self._liveness
+        watch = None
+        if liveness is not None and self.options.silence_timeout:
+            watch = SilenceWatch(liveness.silent_for, self.options.silence_timeout, self._report_silence)
         started = time.monotonic()
         try:
             channel = transport.open_session(timeout=self.options.connect_timeout)
             channel.exec_command(command)
-            status, stdout, stderr = pump(channel, stdin, timeout, self.cancel, on_line)
+            status, stdout, stderr = pump(channel, stdin, timeout, self.cancel, on_line, watch=watch, gate=gate)
         except (CommandTimeout, Cancelled) as exc:
-            log.warning("%s: %s: %s", self.host.name, _short(command), exc)
+            log.warning("%s: %s: %s", self.host.name, shown, exc)
             if isinstance(exc, CommandTimeout):
                 # The message carries the command's last output to the screen and the task's detail: redacted.
-                raise CommandTimeout(f"{self.host.name}: `{_short(command)}` {redact(str(exc))}") from None
+                raise CommandTimeout(f"{self.host.name}: `{shown}` {redact(str(exc))}") from None
             raise Cancelled(f"{self.host.name}: cancelled") from None
+        except HostNotAnswering as exc:
+            log.warning("%s: %s: %s", self.host.name, shown, exc)
+            self._drop(client)
+            raise HostNotAnswering(
+                f"{self.host.name} ({self.host.address}) stopped answering over SSH: no answer for "
+                f"{exc.silent_for:.0f} s (ssh.silence_timeout {self.options.silence_timeout:.0f} s) during `{shown}`; "
+                f"gave up on it (it may still be running there). Its network or the host itself is down: check that "
+                f"{self.host.name} is up and reachable from here, then run the same command again (every step "
+                f"checks first and continues).\n{redact(str(exc))}",
+                exc.silent_for,
+            ) from None
         except (OSError, paramiko.SSHException, EOFError) as exc:
-            raise SshError(f"{self.host.name}: SSH channel failed during `{_short(command)}`: {exc}") from None
+            raise SshError(f"{self.host.name}: SSH channel failed during `{shown}`: {exc}") from None
+        if status == -1 and not transport.is_active():  # paramiko's exit status of a channel whose connection died
+            self._drop(client)
+            raise SshError(f"{self.host.name} ({self.host.address}): the SSH connection was lost during `{shown}`; "
+                           f"check that {self.host.name} is reachable, then run the same command again")
         return Result(command, status, stdout, stderr, time.monotonic() - started)
 
     def run(
@@ -476,22 +709,20 @@ class Connection:
             stdin = stdin.encode("utf-8")
         body = "set -o pipefail; export LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive; " + script
         command = "bash -c " + shlex.quote(body)
+        gate = None
         if self.sudo_mode == "nopasswd":
             command = "sudo -n -- " + command
         elif self.sudo_mode == "password":
-            command = f"sudo -S -k -p {shlex.quote(SUDO_PROMPT)} -- " + command
-            stdin = (self.sudo_password or "").encode() + b"\n" + (stdin or b"")
+            # The password only to sudo's prompt, the script's stdin only once the script runs (SudoGate).
+            command = _with_sudo_password(command)
+            gate, stdin = SudoGate((self.sudo_password or "").encode(), stdin), None
         timeout = self.options.command_timeout if timeout is None else timeout
         log.debug("%s $ %s", self.host.name, redact(script))
-        if self.sudo_mode == "password" and on_line is not None:
-            on_line = _without_prompt(on_line)
-        result = self._exec(command, stdin, timeout, on_line)
+        result = self._exec(command, stdin, timeout, on_line, gate=gate, label=script)
         result.command = script
-        if self.sudo_mode == "password" and result.stderr.startswith(SUDO_PROMPT):
-            result.stderr = result.stderr[len(SUDO_PROMPT):]
         log.info("%s: exit %s in %.1fs: %s", self.host.name, result.exit_status, result.elapsed, redact(_short(script)))
         if result.exit_status != 0:
-            log.debug("%s: output tail:\n%s", self.host.name, redact(result.tail()))
+            log.debug("%s: output tail:\n%s", self.host.name, result.tail())
         if check and result.exit_status != 0:
             raise RemoteCommandError(self.host, result, what)
         return result
@@ -543,22 +774,6 @@ class Connection:
         return base64.b64decode(lines[1].strip() or b"")
 
 
-def _without_prompt(on_line: LineCallback) -> LineCallback:
-    """sudo prints its prompt (no newline) before the command's first stderr line: drop it."""
-    seen = [False]
-
-    def forward(stream: str, line: str) -> None:
-        if stream == "stderr" and not seen[0]:
-            seen[0] = True
-            if line.startswith(SUDO_PROMPT):
-                line = line[len(SUDO_PROMPT):]
-                if not line:
-                    return
-        on_line(stream, line)
-
-    return forward
-
-
 class ConnectionPool:
     """One connection per host for a run, created on demand, closed together."""
 
@@ -571,6 +786,7 @@ class ConnectionPool:
         self.prompt = prompt
         self.sudo_passwords = sudo_passwords or (lambda host: None)
         self.cancel = cancel
+        self.step = ""  # the step running now (the engine sets it), named by HostSilent / HostAnswering
         self._connections: dict[str, Connection] = {}
         self._lock = threading.Lock()
         self._prompt_lock = threading.Lock()  # one host-key question on screen at a time
@@ -586,7 +802,7 @@ class ConnectionPool:
             if connection is None:
                 connection = Connection(host, self.options, self.known_hosts, self.sink,
                                         self._serial_prompt if self.prompt else None,
-                                        self.sudo_passwords(host), self.cancel)
+                                        self.sudo_passwords(host), self.cancel, lambda: self.step)
                 self._connections[host.name] = connection
         return connection.connect()
 
