@@ -160,6 +160,25 @@ def _tab_in_value(lines: list[str]) -> list[str]:
     return lines
 
 
+def _short_row(keep: int, hostname: str = "db-slave-01") -> Mutation:
+    def mutate(lines: list[str]) -> list[str]:
+        number = line_number_of(lines, hostname)
+        lines[number - 1] = "\t".join(lines[number - 1].split("\t")[:keep])
+        return lines
+    return mutate
+
+
+def _spaces_in_one_row(lines: list[str]) -> list[str]:
+    number = line_number_of(lines, "maria-02")  # a row kbpg does not even select
+    lines[number - 1] = lines[number - 1].replace("\t", "  ", 3)
+    return lines
+
+
+def _header_control(lines: list[str]) -> list[str]:
+    lines[0] = lines[0].replace("FQDN", "FQ\x1bDN")
+    return lines
+
+
 def _duplicate_header_column(lines: list[str]) -> list[str]:
     lines[0] = lines[0] + "\tHOSTNAME"
     return lines
@@ -193,6 +212,28 @@ BROKEN: dict[str, tuple[Mutation, str | None, str | None, str]] = {
     "spaces instead of tabs": (_spaces, "header", None, "tab-separated"),
     "tab inside a value": (_tab_in_value, "db-slave-01", None, "header has 12"),
     "duplicate header column": (_duplicate_header_column, "header", "HOSTNAME", "appears twice"),
+    "short row": (_short_row(8), "db-slave-01", None,
+                  "8 tab-separated fields but the header has 12: no SUBROLE, DOCKER_STACK, CORE "),
+    "row without CORE and NOTES": (_short_row(10), "db-slave-01", None,
+                                   "10 tab-separated fields but the header has 12: no CORE "),
+    "short unselected row": (_short_row(4, "maria-01"), "maria-01", None,
+                             "4 tab-separated fields but the header has 12"),
+    "spaces instead of tabs in one row": (_spaces_in_one_row, "maria-02", None, "spaces instead of a tab?"),
+    "escape character": (_replace_line("maria-01", "HOSTNAME", "maria\x1b[31m-01"), "maria-01", "HOSTNAME",
+                         "control character U+001B (control character) in the value"),
+    "line separator": (_replace_line("db-slave-01", "NOTES", "réplica\u2028second line"), "db-slave-01", "NOTES",
+                       "control character U+2028 (LINE SEPARATOR) in the value"),
+    "paragraph separator": (_replace_line("haproxy-01", "FQDN", "haproxy-01\u2029.example"), "haproxy-01", "FQDN",
+                            "control character U+2029 (PARAGRAPH SEPARATOR)"),
+    "next line (U+0085)": (_replace_line("db-master-01", "IP_PRIVEE", "10.0.0.120\x85"), "db-master-01", "IP_PRIVEE",
+                           "control character U+0085"),
+    "carriage return inside a line": (_replace_line("db-slave-02", "USER_SSH", "ro\rot"), "db-slave-02", "USER_SSH",
+                                      "control character U+000D"),
+    "DEL": (_replace_line("haproxy-02", "POOL", "pool\x7f"), "haproxy-02", "POOL", "control character U+007F"),
+    "vertical tab at the end of a value": (_replace_line("db-slave-02", "ENV", "prod\x0b"), "db-slave-02", "ENV",
+                                           "control character U+000B"),
+    "control character in the header": (_header_control, "header", None,
+                                        "control character U+001B (control character) in header field 5"),
 }
 
 
@@ -216,6 +257,48 @@ def test_broken_inventory_is_refused_clearly(case: str, real_inventory: Path, tm
         assert f"{path}:{line_number_of(original, located_on)}:" in result.stderr
     if column:
         assert f"column {column} ({inv.COLUMNS.index(column) + 1})" in result.stderr
+
+
+def test_only_notes_may_be_left_out_at_the_end_of_a_row(real_inventory: Path, tmp_path: Path) -> None:
+    lines = lines_of(real_inventory)
+    number = line_number_of(lines, "db-slave-01")
+    lines[number - 1] = lines[number - 1].rsplit("\t", 1)[0]  # NOTES left out: fine
+    path = tmp_path / "servers.tsv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert inv.load_selection(path).db_nodes[1].notes == ""
+    lines[number - 1] = lines[number - 1].rsplit("\t", 1)[0]  # CORE too: refused, naming the line and CORE
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    problems = inv.parse_file(path).problems
+    assert [(p.line, p.severity) for p in problems] == [(number, "error")]
+    assert "no CORE (only NOTES may be left out" in problems[0].message
+
+
+def test_extra_empty_fields_and_extra_header_columns_are_accepted(real_inventory: Path, tmp_path: Path) -> None:
+    lines = lines_of(real_inventory)
+    lines[0] += "\tRACK"  # a column kbpg does not read, that some rows leave out
+    lines = [line + ("\tr1" if "haproxy" in line else "") for line in lines]
+    number = line_number_of(lines, "db-slave-02")
+    lines[number - 1] += "\t\t \t"  # empty fields past the header: stray tabs, nothing lost
+    path = tmp_path / "servers.tsv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    selection = inv.load_selection(path)
+    assert [(s.hostname, s.ip_private) for s in selection.db_nodes] == EXPECTED_DB
+    assert [(s.hostname, s.ip_private) for s in selection.haproxy_nodes] == EXPECTED_HAPROXY
+
+
+def test_the_real_inventory_has_no_problem_at_all(real_inventory: Path) -> None:
+    inventory = inv.parse_file(real_inventory)
+    assert inventory.problems == []
+    assert len(inventory.servers) == 48
+    assert all(len(line.split("\t")) == 12 for line in lines_of(real_inventory) if line.strip())
+
+
+def test_control_characters_in_comment_lines_are_ignored(real_inventory: Path, tmp_path: Path) -> None:
+    lines = lines_of(real_inventory)
+    lines.insert(1, "# exported \x1b[1mby hand\x1b[0m\u2028")
+    path = tmp_path / "servers.tsv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert len(inv.load_selection(path).db_nodes) == 3
 
 
 def test_every_problem_is_reported_not_just_the_first(real_inventory: Path, tmp_path: Path) -> None:

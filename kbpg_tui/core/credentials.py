@@ -19,15 +19,15 @@ import math
 import os
 import re
 import secrets as _secrets
-import shlex
 import stat
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 from passlib import pwd
 from passlib.utils import saslprep
 
-from .files import atomic_write
+from .files import InputFileError, atomic_write, read_input_file
 from .logs import register_secret
 
 ENV_FILE = Path("credentials") / "postgres.env"
@@ -136,12 +136,34 @@ def password_strength(password: str) -> Strength:
     return Strength(round(bits, 1), weak, tuple(reasons))
 
 
+# Characters no value may hold: control characters (C0, DEL, C1, NUL included: category Cc), Unicode line and
+# paragraph separators (Zl, Zp: U+2028, U+2029) and lone surrogates (Cs: bytes that were not UTF-8, as Python
+# decodes them from the environment). Each of them ends a line somewhere (a config file, a terminal, a log).
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs"})
+
+
+def check_characters(name: str, value: str) -> str | None:
+    """Why ``value`` has characters no credential may hold, or None. The message names ``name``, never the value."""
+    for char in value:
+        category = unicodedata.category(char)
+        if category == "Cs":
+            return f"{name} is not valid UTF-8 text; type it again"
+        if category in _FORBIDDEN_CATEGORIES:
+            return (f"{name} contains a control character or a line/paragraph separator (newline, tab, NUL, "
+                    "U+0085, U+2028, U+2029, ...); only printable characters on one line are allowed")
+    return None
+
+
 def check_value(name: str, value: str) -> str | None:
-    """Why ``value`` cannot be stored under ``name``, or None."""
+    """Why ``value`` cannot be stored under ``name``, or None.
+
+    The one check for every value, whether typed in the wizard, taken from the environment by
+    ``kbpg credentials export --from-env``, read from postgres.env or about to be written to it.
+    """
     if value == "":
         return f"{name} is empty"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-        return f"{name} contains a control character (newline, tab, ...); type it on one line"
+    if (problem := check_characters(name, value)):
+        return problem
     if name in ("POSTGRES_SUPERUSER", "POSTGRES_REPL_USER", "POSTGRES_APP_USER", "POSTGRES_DB",
                 "HAPROXY_STATS_USER", "PGBOUNCER_ADMIN_USER", "PGBOUNCER_STATS_USER"):
         if not _IDENTIFIER_RE.match(value):
@@ -220,9 +242,12 @@ def render_env(credentials: Credentials) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_env(path: str | Path, credentials: Credentials) -> bool:
-    """Write postgres.env atomically: directory 0700, file 0600 from creation.
+def write_env(path: str | Path, credentials: Credentials, tighten_directory: bool = True) -> bool:
+    """Write postgres.env atomically: file 0600 from creation, in a directory created 0700 if missing.
 
+    ``tighten_directory``: also set an existing directory to 0700 (kbpg's own ``credentials/``). Off for a
+    directory the operator named (``export --to``): kbpg never changes the mode of a directory it did not
+    create (``/tmp`` made 0700 breaks the machine); see :func:`directory_warning`.
     Returns False (and writes nothing) if the file already holds exactly these values.
     """
     problems = credentials.validate()
@@ -230,77 +255,193 @@ def write_env(path: str | Path, credentials: Credentials) -> bool:
         raise CredentialsError("; ".join(problems))
     path = Path(path)
     directory = path.parent
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if stat.S_IMODE(directory.stat().st_mode) != 0o700:
-        os.chmod(directory, 0o700)  # tighten a directory an operator made by hand
     text = render_env(credentials)
-    if path.exists():
-        try:
-            if read_env(path) == credentials and path.read_text(encoding="utf-8") == text:
-                if stat.S_IMODE(path.stat().st_mode) != 0o600:
-                    os.chmod(path, 0o600)
-                return False
-        except CredentialsError:
-            pass
-    atomic_write(path, text.encode("utf-8"), mode=0o600)
+    try:
+        if path.is_dir():
+            raise CredentialsError(f"{path}: is a directory; name the file to write (e.g. {path / 'postgres.env'})")
+        if not directory.is_dir():
+            # mkdir's mode applies to the last component only; missing parents get the usual umask mode.
+            directory.mkdir(mode=0o700, parents=True)
+            os.chmod(directory, 0o700)  # whatever the umask
+        elif tighten_directory and stat.S_IMODE(directory.stat().st_mode) != 0o700:
+            os.chmod(directory, 0o700)  # tighten a directory an operator made by hand
+        if path.exists():
+            try:
+                if read_env(path) == credentials and path.read_text(encoding="utf-8") == text:
+                    if stat.S_IMODE(path.stat().st_mode) != 0o600:
+                        os.chmod(path, 0o600)
+                    return False
+            except (CredentialsError, OSError, UnicodeDecodeError):
+                pass
+        atomic_write(path, text.encode("utf-8"), mode=0o600)
+    except OSError as exc:
+        raise CredentialsError(f"{exc.filename or path}: cannot write {path.name}: {exc.strerror or exc}") from None
     return True
 
 
+def directory_warning(path: str | Path) -> str | None:
+    """A warning if others could replace ``path`` after kbpg wrote it: its existing directory is writable by
+    group or others without the sticky bit (``/tmp``, 1777, is fine: only the owner may rename or delete)."""
+    directory = Path(path).parent
+    try:
+        mode = directory.stat().st_mode
+    except OSError:
+        return None  # missing: it will be created 0700
+    if mode & 0o022 and not mode & stat.S_ISVTX:
+        return (f"{directory} is {stat.S_IMODE(mode):04o}: other users can replace {Path(path).name} in it "
+                "(kbpg leaves the mode of an existing directory alone)")
+    return None
+
+
+MAX_ENV_BYTES = 64 * 1024  # a postgres.env is a few hundred bytes; anything this large is the wrong file
+
+# Outside quotes, only these characters are taken literally by every POSIX shell in an assignment value
+# (no expansion, no globbing, not an operator, not a word break). ``#`` is literal there: the value is glued
+# to ``NAME=`` so it never starts a word.
+_UNQUOTED_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_@%+=:,./-#")
+_UNQUOTED_SPECIAL = {
+    "$": "a $ outside single quotes (bash expands it)",
+    "`": "a backquote outside single quotes (bash runs a command)",
+    "\\": "a backslash outside single quotes (bash removes or interprets it; only the '\\'' escape is read)",
+    "~": "a ~ outside quotes (bash expands it to a home directory)",
+    "!": "a ! outside quotes (history expansion when pasted into an interactive bash)",
+    **{op: f"the shell operator {op} outside quotes" for op in ";&|<>()"},
+    **{glob: f"the pattern character {glob} outside quotes (other shells may expand it)" for glob in "*?[]"},
+    **{brace: f"a brace {brace} outside quotes (bash expands {{a,b}} after export)" for brace in "{}"},
+}
+_DOUBLE_QUOTED_SPECIAL = {
+    "$": "a $ inside double quotes (bash expands it)",
+    "`": "a backquote inside double quotes (bash runs a command)",
+    "\\": "a backslash inside double quotes (bash may remove it)",
+}
+_ASSIGNMENT_RE = re.compile(r"[ \t]*(?:export[ \t]+)?([A-Za-z_][A-Za-z0-9_]*)=")
+# Names bash will not take a value for (read-only: it refuses the line) or gives its own value back
+# (RANDOM, SECONDS, LINENO, ...), and the BASH* names it reserves.
+_SHELL_NAMES = frozenset({
+    "UID", "EUID", "PPID", "SHELLOPTS", "BASHOPTS", "RANDOM", "SRANDOM", "SECONDS", "LINENO", "EPOCHSECONDS",
+    "EPOCHREALTIME", "HISTCMD", "FUNCNAME", "GROUPS", "DIRSTACK", "OPTIND", "PIPESTATUS",
+})
+_ONE_LINE = "a value must open and close its quotes on its own line"
+_QUOTE_ADVICE = "write the value in single quotes: NAME='value' (a ' inside is written '\\'')"
+
+
+class _LineProblem(Exception):
+    def __init__(self, message: str, name: str | None = None):
+        super().__init__(message)
+        self.name = name
+
+
+def _parse_assignment(line: str) -> tuple[str, str]:
+    """``NAME=value`` as bash reads it, or :class:`_LineProblem` when bash would read something else.
+
+    Accepted, and read exactly as bash does (the tests check each form against bash itself):
+    ``[export ]NAME=`` followed by one word made of any mix of
+    - ``'single quoted'`` text (anything but ``'``), and the ``\\'`` escape between single-quoted parts;
+    - ``"double quoted"`` text without ``$``, backquotes or backslashes;
+    - unquoted letters, digits and ``_@%+=:,./-#``;
+    then optional blanks and an optional ``# comment``. Every other form is refused, never guessed.
+    """
+    match = _ASSIGNMENT_RE.match(line)
+    if not match:
+        raise _LineProblem("expected NAME=value (NAME in upper case, no space around =)")
+    name = match.group(1)
+    if not _ENV_NAME_RE.match(name):
+        raise _LineProblem(f"{name}: names are upper-case letters, digits and _", name)
+    if name in _SHELL_NAMES or name.startswith("BASH"):
+        raise _LineProblem(f"{name}: bash keeps this name for itself and would not give the value back", name)
+    value: list[str] = []
+    i = match.end()
+    while i < len(line):
+        char = line[i]
+        if char == "'":
+            end = line.find("'", i + 1)
+            if end < 0:
+                raise _LineProblem(f"{name}: unbalanced ' quote: {_ONE_LINE}", name)
+            value.append(line[i + 1:end])
+            i = end + 1
+        elif char == '"':
+            end = line.find('"', i + 1)
+            if end < 0:
+                raise _LineProblem(f"{name}: unbalanced \" quote: {_ONE_LINE}", name)
+            inner = line[i + 1:end]
+            special = next((c for c in inner if c in _DOUBLE_QUOTED_SPECIAL), None)
+            if special is not None:
+                raise _LineProblem(f"{name}: {_DOUBLE_QUOTED_SPECIAL[special]}; {_QUOTE_ADVICE}", name)
+            value.append(inner)
+            i = end + 1
+        elif char == "\\" and line[i + 1:i + 2] == "'":
+            value.append("'")
+            i += 2
+        elif char in " \t":
+            rest = line[i:].lstrip(" \t")
+            if rest and not rest.startswith("#"):
+                raise _LineProblem(f"{name}: a blank outside quotes ends the value and bash would run the rest as a "
+                                   f"command; {_QUOTE_ADVICE}", name)
+            break
+        elif char == "\r":
+            raise _LineProblem(f"{name}: Windows line end (CR): bash would keep the CR in the value; "
+                               "save the file with Unix line ends (dos2unix)", name)
+        elif char in _UNQUOTED_SAFE:
+            value.append(char)
+            i += 1
+        else:
+            what = _UNQUOTED_SPECIAL.get(char, "a character that must be quoted (control or non-ASCII, ...)")
+            raise _LineProblem(f"{name}: {what}; {_QUOTE_ADVICE}", name)
+    text = "".join(value)
+    if (problem := check_characters(name, text)):
+        raise _LineProblem(problem, name)
+    return name, text
+
+
 def read_env(path: str | Path) -> Credentials:
-    """Parse postgres.env with shell quoting rules (without running a shell)."""
+    """Read postgres.env exactly as ``set -a; . postgres.env`` in bash would, or refuse it.
+
+    Every line that bash would read differently from its text is named (line number and variable, never
+    the value), all at once, in one :class:`CredentialsError`; so is a name set twice.
+    """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CredentialsError(f"{path}: not found; run `kbpg credentials generate` first") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CredentialsError(f"{path}: cannot read: {exc}") from None
+        # A directory, FIFO, device or oversized file is refused without blocking or reading it all.
+        data = read_input_file(path, MAX_ENV_BYTES, "postgres.env file")
+    except InputFileError as exc:
+        if not path.exists() and not path.is_symlink():
+            raise CredentialsError(f"{path}: not found; run `kbpg credentials generate` first") from None
+        raise CredentialsError(str(exc)) from None
     credentials = Credentials()
-    for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
+    first_line: dict[str, int] = {}
+    problems: list[str] = []
+    # Lines end at \n only, as in bash (str.splitlines would also split at U+2028, \x0b, \x1c ... in a value).
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            problems.append(f"{path}:{number}: not UTF-8 text; save the file as UTF-8")
+            continue
+        if "\x00" in line:
+            problems.append(f"{path}:{number}: NUL byte (bash drops it): this is not a text file")
+            continue
+        stripped = line.lstrip(" \t")
         if not stripped or stripped.startswith("#"):
             continue
-        if stripped.startswith("export "):
-            stripped = stripped[len("export "):].lstrip()
-        name, sep, raw = stripped.partition("=")
-        if not sep or not _ENV_NAME_RE.match(name):
-            raise CredentialsError(f"{path}:{number}: expected NAME=value")
+        if stripped == "\r":
+            problems.append(f"{path}:{number}: Windows line end (CR): bash would run it as a command; "
+                            "save the file with Unix line ends (dos2unix)")
+            continue
         try:
-            words = shlex.split(_without_comment(raw), posix=True) or [""]
-        except ValueError as exc:
-            raise CredentialsError(f"{path}:{number}: {name}: bad quoting ({exc})") from None
-        if len(words) != 1:
-            raise CredentialsError(f"{path}:{number}: {name}: the value must be one quoted word")
-        credentials[name] = words[0]
-    credentials.register_secrets()
+            name, value = _parse_assignment(line)
+        except _LineProblem as problem:
+            problems.append(f"{path}:{number}: {problem}")
+            continue
+        if name in first_line:
+            problems.append(f"{path}:{number}: {name} is set again (first on line {first_line[name]}): "
+                            "keep only one")
+            continue
+        first_line[name] = number
+        credentials[name] = value
+    credentials.register_secrets()  # even on refusal: the values read so far stay out of the logs
+    if problems:
+        raise CredentialsError("\n".join(problems))
     return credentials
-
-
-def _without_comment(raw: str) -> str:
-    """``raw`` up to a shell comment: a ``#`` outside quotes at the start of a word, as bash reads it.
-
-    (shlex's ``comments=True`` also cuts at a ``#`` inside a word: ``PASS=abc#def`` would read as ``abc``
-    while ``. postgres.env`` gives ``abc#def``.)
-    """
-    quote, word_start, i = None, False, 0  # the value starts glued to "NAME=": not a word start
-    while i < len(raw):
-        char = raw[i]
-        if quote == "'":
-            quote = None if char == "'" else quote
-        elif quote == '"':
-            if char == "\\":
-                i += 1
-            elif char == '"':
-                quote = None
-        elif char == "\\":
-            i += 1
-        elif char in "'\"":
-            quote = char
-        elif char == "#" and word_start:
-            return raw[:i]
-        word_start = quote is None and char in " \t"
-        i += 1
-    return raw
 
 
 def file_mode_problem(path: str | Path) -> str | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -36,6 +37,9 @@ COLUMNS: tuple[str, ...] = (
 
 DEFAULT_DB_RULE: dict[str, str] = {"ENV": "prod", "ROLE": "db", "SUBROLE": "postgres", "DOCKER_STACK": "patroni-node"}
 DEFAULT_HAPROXY_RULE: dict[str, str] = {"ENV": "prod", "ROLE": "lb", "SUBROLE": "internal-haproxy"}
+
+# Columns a row may leave out at its end (editors that strip trailing whitespace drop an empty last field).
+OPTIONAL_COLUMNS: tuple[str, ...] = ("NOTES",)
 
 ALLOWED_DB_COUNTS = (3, 5)  # Raft needs an odd quorum; the seed runs 3
 MAX_FILE_BYTES = 4 * 1024 * 1024
@@ -172,15 +176,18 @@ def _decode(data: bytes) -> tuple[list[str], list[Problem]]:
             problems.append(Problem(number, f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at character {exc.start + 1})"))
             lines.append("")
             continue
-        bad = next((ch for ch in text if ord(ch) < 32 and ch != "\t"), None)
-        if bad is not None:
-            problems.append(Problem(number, f"control character 0x{ord(bad):02x} in the line: this is not a servers.tsv text file"))
-            lines.append("")
-            continue
-        lines.append(text)
+        lines.append(text)  # control characters are reported with their column (_control_character)
     if lines and lines[-1] == "" and data.endswith(b"\n"):
         lines.pop()  # the final newline does not start a line
     return lines, problems
+
+
+def _control_character(value: str) -> str | None:
+    """The first control character, line or paragraph separator in ``value`` (code point and name), or None."""
+    for char in value:
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+            return f"U+{ord(char):04X} ({unicodedata.name(char, 'control character')})"
+    return None
 
 
 def _skippable(text: str) -> bool:
@@ -205,7 +212,13 @@ def parse_text(data: bytes | str, source: str = "servers.tsv") -> Inventory:
         if not decode_problems:
             inventory.problems.append(Problem(1, "no header line: only blank or comment lines"))
         return inventory
-    header = [name.strip() for name in lines[header_line - 1].split("\t")]
+    raw_header = lines[header_line - 1].split("\t")
+    for index, raw in enumerate(raw_header, start=1):
+        if (bad := _control_character(raw)):
+            inventory.problems.append(
+                Problem(header_line, f"control character {bad} in header field {index}: only tabs separate columns")
+            )
+    header = [name.strip() for name in raw_header]
     positions: dict[str, int] = {}
     for index, name in enumerate(header):
         if not name:
@@ -227,13 +240,30 @@ def parse_text(data: bytes | str, source: str = "servers.tsv") -> Inventory:
         text = lines[number - 1]
         if number in bad_lines or _skippable(text):
             continue
-        fields = [value.strip() for value in text.split("\t")]
+        raw_fields = text.split("\t")
+        row_problems = []
+        for index, raw in enumerate(raw_fields):
+            if (bad := _control_character(raw)):
+                name = header[index] if index < len(header) and header[index] else None
+                where = "" if name else f" (field {index + 1})"
+                row_problems.append(Problem(number, f"control character {bad} in the value{where}: only tabs "
+                                                    "separate columns, a value is one line of text", column=name))
+        fields = [value.strip() for value in raw_fields]
         if len(fields) > len(header) and any(fields[len(header):]):
-            inventory.problems.append(
+            row_problems.append(
                 Problem(number, f"{len(fields)} tab-separated fields but the header has {len(header)}: a tab inside a value?")
             )
+        missing = [name for name in header[len(fields):] if name in COLUMNS and name not in OPTIONAL_COLUMNS]
+        if missing:
+            row_problems.append(Problem(
+                number,
+                f"{len(fields)} tab-separated fields but the header has {len(header)}: no {', '.join(missing)} "
+                f"(only {', '.join(OPTIONAL_COLUMNS)} may be left out at the end of a row); spaces instead of a tab?",
+            ))
+        if row_problems:
+            inventory.problems.extend(row_problems)
             continue
-        # Editors that strip trailing whitespace drop empty trailing fields (NOTES, CORE): read them as empty.
+        # Editors that strip trailing whitespace drop an empty last field (NOTES): read it as empty.
         fields += [""] * (len(header) - len(fields))
         values = {name: fields[positions[name]] for name in COLUMNS}
         inventory.servers.append(Server(number, *(values[name] for name in COLUMNS)))
