@@ -147,8 +147,13 @@ def cmd_credentials_export(args: argparse.Namespace) -> int:
     problems = credentials.validate()
     if problems:
         raise BadInput(f"{path}: " + "; ".join(problems))
-    target = Path(args.to) if args.to else path
-    written = creds.write_env(target, credentials)
+    target = Path(args.to).expanduser() if args.to else path
+    # kbpg's own credentials/ is kept 0700; a directory the operator names keeps its mode (a missing one is
+    # created 0700), with a warning if others could replace the file in it.
+    own_directory = target.absolute().parent == path.parent
+    if not own_directory and (warning := creds.directory_warning(target)):
+        print(f"kbpg: warning: {warning}", file=sys.stderr)
+    written = creds.write_env(target, credentials, tighten_directory=own_directory)
     for name in credentials:
         origin = "from environment" if name in typed else "generated" if name in generated else "kept"
         print(f"  {name:<22} {origin}")
