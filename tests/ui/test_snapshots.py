@@ -8,6 +8,7 @@ from kbpg_tui.core.events import HostKeyUnknown
 from kbpg_tui.ui.app import KbpgApp
 from kbpg_tui.ui.screens.diagnostics import ClusterSeen, DiagnosticsDone, DiagnosticsScreen
 from kbpg_tui.ui.screens.dialogs import HostKeyDialog
+from kbpg_tui.ui.screens.install import EngineEvent, InstallScreen
 
 from . import fabricated
 
@@ -79,3 +80,21 @@ def test_diagnostics_with_failures_at_80x24(snap_compare, demo: Path) -> None:
         await pilot.press("down")
 
     assert snap_compare(KbpgApp(demo), run_before=show, terminal_size=(80, 24))
+
+
+async def install_with_a_failure_and_a_silent_host(pilot) -> None:
+    screen = InstallScreen()
+    pilot.app.push_screen(screen)
+    await pilot.pause()
+    for event in fabricated.install_events():
+        screen.post_message(EngineEvent(event))
+    await pilot.pause()
+
+
+def test_install_with_a_failure_at_80x24(snap_compare, demo: Path) -> None:
+    """Step 02 failed on db-slave-02 while db-slave-01 does not answer (made-up events): hosts as rows, 80 columns."""
+    assert snap_compare(KbpgApp(demo), run_before=install_with_a_failure_and_a_silent_host, terminal_size=(80, 24))
+
+
+def test_install_with_a_failure_at_100x30(snap_compare, demo: Path) -> None:
+    assert snap_compare(KbpgApp(demo), run_before=install_with_a_failure_and_a_silent_host, terminal_size=SIZE)

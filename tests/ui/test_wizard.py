@@ -164,15 +164,19 @@ async def test_plan_names_the_bad_key_and_saves_good_answers(demo: Path) -> None
         assert isinstance(app.screen, InstallScreen)
 
 
-async def test_install_screen_lays_out_steps_by_hosts(demo: Path) -> None:
+async def test_install_screen_lays_out_hosts_by_steps(demo: Path) -> None:
     app = KbpgApp(demo)
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("1", "n", "n", "n")
         assert isinstance(app.screen, InstallScreen)
         grid = app.screen.query_one("#grid", DataTable)
-        assert grid.row_count == 6
+        assert [cell(grid, row, 0) for row in range(grid.row_count)] == [
+            "local", "cluster", "db-master-01", "db-slave-01", "db-slave-02", "haproxy-01", "haproxy-02"]
         headers = [str(column.label) for column in grid.columns.values()]
-        assert headers == ["step", "local", "cluster", "db-master-01", "db-slave-01", "db-slave-02", "haproxy-01", "haproxy-02"]
+        assert headers == ["\nhost", "00\ncreds", "01\npreflight", "02\npatroni", "03\nhaproxy", "04\npgbouncer",
+                           "05\npgvector"]
+        assert grid.virtual_size.width <= grid.size.width <= 80  # every step's column on screen, no sideways scrolling
+        assert grid.region.height == 2 + 7  # the two-line header and every row
         await pilot.press("r")  # nothing failed yet: retry says so instead of running
         assert not app.screen.running
 
@@ -204,11 +208,11 @@ async def test_engine_events_fill_the_grid(demo: Path) -> None:
         screen.post_message(EngineEvent(ev.TaskStarted("02", "db-slave-01", "packages")))
         await pilot.pause()
         grid = screen.query_one("#grid", DataTable)
-        assert grid.get_cell("02", "db-slave-01") == "… packages"
+        assert str(grid.get_cell("db-slave-01", "02")) == "… packages"
         screen.post_message(EngineEvent(ev.TaskFinished("02", "db-slave-01", "packages", ev.Status.FAILED, "boom", 1.5)))
         screen.post_message(EngineEvent(ev.StepFinished("02", "Patroni cluster", ev.Status.FAILED, failed=1)))
         await pilot.pause()
-        assert grid.get_cell("02", "db-slave-01") == "✗ 1.5s"
+        assert str(grid.get_cell("db-slave-01", "02")) == "✗ 1.5s"
         assert screen.failed_step == "02"
 
 
@@ -444,3 +448,52 @@ async def test_diagnostics_run_sorts_results_as_they_arrive(demo: Path, monkeypa
         assert_problems_first(rows)
         assert screen.query_one("#members", DataTable).row_count == 3
         assert "FAILURES" in text_of(app, "#diag-status")
+
+
+async def test_a_host_that_stops_answering_is_named_in_its_cell_and_the_output(demo: Path) -> None:
+    app = KbpgApp(demo)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("1", "n", "n", "n")
+        screen = app.screen
+        grid = screen.query_one("#grid", DataTable)
+        for event in (ev.TaskStarted("02", "db-slave-01", "packages"), ev.TaskStarted("02", "db-slave-02", "packages"),
+                      ev.HostSilent("02", "db-slave-01", 31.0), ev.HostSilent("02", "db-slave-01", 35.4)):
+            screen.post_message(EngineEvent(event))
+        await pilot.pause()
+        assert str(grid.get_cell("db-slave-01", "02")) == "no answer 35s"
+        assert str(grid.get_cell("db-slave-02", "02")) == "… packages"
+        assert grid.virtual_size.width <= grid.size.width  # still no sideways scrolling
+        log = screen.query_one(Log)
+        silent_lines = [line for line in log.lines if "not answering" in line]
+        assert len(silent_lines) == 1 and silent_lines[0].startswith("db-slave-01| db-slave-01 is not answering")
+        assert "db-slave-01 is not answering (35 s)" in text_of(app, "#install-status")
+        await pilot.press("right_square_bracket", "right_square_bracket")  # db-slave-01's own output names it too
+        assert screen.view == "db-slave-01"
+        assert any(line.startswith("db-slave-01 is not answering") for line in screen.query_one(Log).lines)
+        screen.post_message(EngineEvent(ev.HostAnswering("02", "db-slave-01")))
+        await pilot.pause()
+        assert str(grid.get_cell("db-slave-01", "02")) == "…"
+        assert any("db-slave-01 answers again" in line for line in screen.query_one(Log).lines)
+        # Silent again until the step gives up on it: the cell shows the failure, not the silence.
+        screen.post_message(EngineEvent(ev.HostSilent("02", "db-slave-01", 30.0)))
+        screen.post_message(EngineEvent(ev.TaskFinished("02", "db-slave-01", "packages", ev.Status.FAILED,
+                                                        "db-slave-01 did not answer for 120 s", 150.0)))
+        await pilot.pause()
+        assert str(grid.get_cell("db-slave-01", "02")) == "✗ 150.0s"
+        assert not screen.silent
+
+
+async def test_a_long_failure_is_wrapped_whole_in_the_output_at_80_columns(demo: Path) -> None:
+    from tests.ui import fabricated
+
+    app = KbpgApp(demo)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("1", "n", "n", "n")
+        screen = app.screen
+        for event in fabricated.install_events():
+            screen.post_message(EngineEvent(event))
+        await pilot.pause()
+        log = screen.query_one(Log)
+        assert all(len(line) <= log.scrollable_content_region.width for line in log.lines)
+        joined = " ".join(line.strip() for line in log.lines)
+        assert "E: Unable to locate package postgresql-17-pgvector" in joined

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import collections
 import itertools
+import textwrap
 import threading
 
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -29,6 +31,15 @@ from ...core.steps import ALL_STEPS, install_steps
 OUTPUT_LINES_PER_HOST = 2000
 DRAW_LINES_PER_FLUSH = 200
 REDRAW_LINES = 500
+
+
+def step_header(step) -> str:
+    """A step's column header on two lines: its number, then the first word of its title ("02\npatroni")."""
+    title = step.label.split(" ", 1)[-1]
+    return f"{step.number}\n{SHORT_TITLES.get(step.number, title.split()[0].lower())}"
+
+
+SHORT_TITLES = {"00": "creds"}
 
 
 def _text(item: "str | ev.OutputLine") -> str:
@@ -50,6 +61,13 @@ class InstallDone(Message):
     def __init__(self, reports: list[StepReport]):
         super().__init__()
         self.reports = reports
+
+
+CELL_WIDTH = 14  # "no answer 120s": only the running step's column is this wide
+
+
+def no_answer(seconds: float) -> str:
+    return f"no answer {seconds:.0f}s" if seconds < 999.5 else f"no answer {seconds / 60:.0f}m"
 
 
 SYMBOL = {ev.Status.CHANGED: "✓", ev.Status.UNCHANGED: "=", ev.Status.FAILED: "✗", ev.Status.CANCELLED: "■",
@@ -79,6 +97,7 @@ class InstallScreen(Screen):
             lambda: collections.deque(maxlen=OUTPUT_LINES_PER_HOST))
         self.view = ALL_HOSTS
         self.finished_tasks = 0
+        self.silent: dict[str, tuple[str, float]] = {}  # host -> (step, seconds) while it does not answer
 
     # layout
 
@@ -87,21 +106,25 @@ class InstallScreen(Screen):
         selection = self.app.state.selection
         return [s.hostname for s in selection.all_nodes] if selection else []
 
+    @property
+    def rows(self) -> list[str]:
+        """The grid's rows: this machine, the cluster as a whole, then each host."""
+        return [LOCAL, CLUSTER, *self.hosts]
+
     def compose(self) -> ComposeResult:
         yield Header()
         selection = self.app.state.selection
         count = f"{len(selection.db_nodes)} DB + {len(selection.haproxy_nodes)} HAProxy nodes" if selection else "no hosts"
-        yield Static(f"Install — {count}. s starts or resumes (every step checks before it changes)", classes="title",
+        yield Static(f"Install — {count}. s starts or resumes (each step checks first)", classes="title",
                      id="install-title")
         yield Static("✓ changed   = unchanged   ✗ failed   ■ cancelled   … running", classes="hint")
-        grid = DataTable(id="grid", cursor_type="none", zebra_stripes=True)
-        grid.add_column("step", key="step")
-        grid.add_column(LOCAL, key=LOCAL)
-        grid.add_column(CLUSTER, key=CLUSTER)
-        for host in self.hosts:
-            grid.add_column(host, key=host)
+        # Hosts as rows and steps as columns (two-line headers): five hosts and six steps fit in 80 columns.
+        grid = DataTable(id="grid", cursor_type="none", zebra_stripes=True, header_height=2)
+        grid.add_column("\nhost", key="host")
         for step in ALL_STEPS:
-            grid.add_row(step.label, *["·"] * (2 + len(self.hosts)), key=step.number)
+            grid.add_column(step_header(step), key=step.number)
+        for row in self.rows:
+            grid.add_row(row, *["·"] * len(ALL_STEPS), key=row)
         yield grid
         with Horizontal(id="progress-row"):
             yield ProgressBar(total=self.total_tasks(), show_eta=False, id="progress")
@@ -143,6 +166,7 @@ class InstallScreen(Screen):
             return
         self.running, self.done, self.failed_step = True, False, None
         self.finished_tasks = 0
+        self.silent.clear()
         progress = self.query_one(ProgressBar)
         progress.update(total=self.total_tasks(), progress=0)
         for step in steps:
@@ -199,10 +223,13 @@ class InstallScreen(Screen):
         event = message.event
         if isinstance(event, ev.TaskStarted):
             self.tasks[(event.step, event.host)][event.task] = (ev.Status.RUNNING, 0.0)
-            self.set_cell(event.step, event.host, f"… {event.task}")
+            if event.host not in self.silent:
+                self.set_cell(event.step, event.host, f"… {event.task}")
             self.set_status(f"{event.step} {event.host}: {event.task} …")
         elif isinstance(event, ev.TaskFinished):
             self.tasks[(event.step, event.host)][event.task] = (event.status, event.elapsed)
+            if self.silent.get(event.host, ("",))[0] == event.step:
+                del self.silent[event.host]
             self.set_cell(event.step, event.host, self.cell(event.step, event.host))
             self.finished_tasks += 1
             self.query_one(ProgressBar).update(progress=self.finished_tasks)
@@ -211,23 +238,46 @@ class InstallScreen(Screen):
         elif isinstance(event, ev.StepFinished):
             if event.status in (ev.Status.FAILED, ev.Status.CANCELLED):
                 self.failed_step = event.step
+            for host, (step, _seconds) in list(self.silent.items()):  # the step is over: so is its waiting
+                if step == event.step:
+                    del self.silent[host]
+                    self.set_cell(step, host, self.cell(step, host))
+        elif isinstance(event, ev.HostSilent):
+            first = event.host not in self.silent
+            self.silent[event.host] = (event.step, event.silent_for)
+            self.set_cell(event.step, event.host, Text(no_answer(event.silent_for), style="bold yellow"))
+            self.set_status(f"{event.host} is not answering ({event.silent_for:.0f} s)")
+            if first:
+                self.record(event.host, f"{event.host} is not answering (no reply for {event.silent_for:.0f} s in step "
+                                        f"{event.step}); waiting for it, the other hosts go on")
+        elif isinstance(event, ev.HostAnswering):
+            step = self.silent.pop(event.host, (event.step, 0.0))[0]
+            self.set_cell(step, event.host, self.cell(step, event.host))
+            self.record(event.host, f"{event.host} answers again (step {event.step})")
         elif isinstance(event, ev.Message) and event.level != ev.Level.INFO:
             self.record(event.host or CLUSTER, f"{event.level}: {event.text}")
         elif isinstance(event, ev.Progress):
             self.set_status(event.text[:120])
 
-    def set_cell(self, step: str, host: str, text: str) -> None:
+    def set_cell(self, step: str, host: str, text: "str | Text") -> None:
+        """The cell of a host (row) in a step (column); at most CELL_WIDTH wide, so that the grid fits 80 columns."""
         grid = self.query_one("#grid", DataTable)
-        if step in grid.rows and host in grid.columns:  # a step or host outside the plan has no cell
-            grid.update_cell(step, host, text, update_width=True)
+        if host in grid.rows and step in grid.columns:  # a step or host outside the plan has no cell
+            if len(text) > CELL_WIDTH:
+                text = text[:CELL_WIDTH - 1] + "…"
+            grid.update_cell(host, step, text, update_width=True)
 
-    def cell(self, step: str, host: str) -> str:
+    def cell(self, step: str, host: str) -> "str | Text":
         tasks = self.tasks[(step, host)].values()
+        if not tasks:
+            return "·"
         statuses = [status for status, _ in tasks]
         elapsed = sum(seconds for _, seconds in tasks)
         if ev.Status.RUNNING in statuses:
             return "…"
-        for status in (ev.Status.FAILED, ev.Status.CANCELLED, ev.Status.CHANGED):
+        if ev.Status.FAILED in statuses:
+            return Text(f"{SYMBOL[ev.Status.FAILED]} {elapsed:.1f}s", style="bold red")
+        for status in (ev.Status.CANCELLED, ev.Status.CHANGED):
             if status in statuses:
                 return f"{SYMBOL[status]} {elapsed:.1f}s"
         return f"= {elapsed:.1f}s"
@@ -250,10 +300,19 @@ class InstallScreen(Screen):
     # output
 
     def record(self, host: str, line: str) -> None:
-        self.host_lines[host].append(line)
-        self.host_lines[ALL_HOSTS].append(ev.OutputLine("", host, "stderr", line))
-        if self.view in (host, ALL_HOSTS):
-            self.query_one(Log).write_line(line if self.view == host else f"{host}| {line}")
+        """kbpg's own line about a host (a failure, a warning, a silence): wrapped to the width, so that the
+        whole of it reads at 80 columns (the hosts' output is not wrapped: it can come by the thousand)."""
+        log = self.query_one(Log)
+        width = max(30, (log.scrollable_content_region.width or 80) - 1)
+        own = textwrap.wrap(line, width, subsequent_indent="  ", break_on_hyphens=False) or [""]
+        tagged = textwrap.wrap(f"{host}| {line}", width, subsequent_indent=" " * min(len(host) + 2, 20),
+                               break_on_hyphens=False) or [""]
+        self.host_lines[host].extend(own)
+        self.host_lines[ALL_HOSTS].extend(tagged)  # already tagged: drawn as they are
+        if self.view == host:
+            log.write_lines(own)
+        elif self.view == ALL_HOSTS:
+            log.write_lines(tagged)
 
     def flush_output(self) -> None:
         """Drain the queued output into the per-host buffers; show the tail of what the current view gets.
