@@ -235,7 +235,7 @@ def pinned_key_problem(address: str, fingerprint: str) -> str | None:
         return "pinned host keys are keyed by IP address (the servers.tsv IP_PRIVEE), e.g. \"10.0.0.120\""
     if not _FINGERPRINT_RE.fullmatch(fingerprint) or _canonical_b64(fingerprint[7:]) is None:
         return (f"must be \"SHA256:\" and 43 base64 characters, as OpenSSH prints it "
-                f"(ssh-keyscan HOST | ssh-keygen -lf -) (got {_show(fingerprint)})")
+                f"(ssh-keygen -lf on the host key file) (got {_show(fingerprint)})")
     return None
 
 
