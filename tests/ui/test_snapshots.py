@@ -98,3 +98,19 @@ def test_install_with_a_failure_at_80x24(snap_compare, demo: Path) -> None:
 
 def test_install_with_a_failure_at_100x30(snap_compare, demo: Path) -> None:
     assert snap_compare(KbpgApp(demo), run_before=install_with_a_failure_and_a_silent_host, terminal_size=SIZE)
+
+
+def test_invalid_kbpg_toml_at_80x24(snap_compare, demo: Path) -> None:
+    """An invalid kbpg.toml: its errors with their keys, and the choice the wizard offers instead of saving."""
+    path = demo / "kbpg.toml"
+    path.write_text(path.read_text().replace("version = 17", "version = 18")
+                    .replace('lb_address = "198.18.0.10"', 'lb_adress = "198.18.0.10"'))
+
+    async def open_dialog(pilot) -> None:
+        from kbpg_tui.ui.screens.hosts import HostsScreen
+
+        pilot.app.push_screen(HostsScreen())  # straight there: no "postgres.env unchanged" toast over the dialog
+        await pilot.pause()
+        await pilot.press("n")
+
+    assert snap_compare(KbpgApp(demo), run_before=open_dialog, terminal_size=(80, 24))

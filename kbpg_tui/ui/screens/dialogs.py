@@ -131,21 +131,22 @@ class InvalidAnswersDialog(ModalScreen[str | None]):
 
 
 HELP = """\
-kbpg walks through: welcome → credentials → hosts → plan → install → diagnostics → summary.
-Every screen's answers go to kbpg.toml; `kbpg install --answers kbpg.toml --yes` replays them.
+welcome → credentials → hosts → plan → install → diagnostics
+→ summary. Answers go to kbpg.toml (kbpg install --answers).
 
-Everywhere     ?  this help        ctrl+q  quit          escape  back
-Welcome        1  first install    2  diagnostics only   3  export credentials
-Credentials    g  generate missing e  edit selected      v  reveal/hide   x  export   n  next
-Hosts          c  check SSH        r  reload servers.tsv n  next
-Plan           s  save kbpg.toml   n  save and go to the install
-Install        s  start / resume   c  cancel (safe)      r  retry from the failed step
-               [ ]  previous/next host's output          n  diagnostics (when done)
-Diagnostics    r  run again        e  export the report  n  summary
-Summary        q  quit
-
-Arrows and the mouse move in tables; enter presses the focused button.
-Nothing here prints a password; secrets live only in credentials/postgres.env (0600).
+Everywhere   ?  this help      ctrl+q  quit      escape  back
+Welcome      1  first install  2  diagnostics    3  export
+Credentials  g  generate       e  edit selected  v  reveal/hide
+             x  export         n  next
+Hosts        c  check SSH      r  reload         n  next
+Plan         s  save           n  save, then install
+Install      s  start/resume   c  cancel (safe)  r  retry failed
+             [ ]  previous/next host's output    n  diagnostics
+Diagnostics  r  run again      e  export report  n  summary
+             ↑ ↓  problems first; a row's whole reason below
+Summary      q  quit
+kbpg.toml    when invalid: r reloads it, b keeps a .bak and saves
+Tables: arrows or the mouse; enter presses the focused button.
 """
 
 
@@ -155,7 +156,8 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
             yield Static("Keys", classes="title")
-            yield Static(HELP)
+            with VerticalScroll():
+                yield Static(Text(HELP))
 
     def action_close(self) -> None:
         self.dismiss(None)
