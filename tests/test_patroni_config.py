@@ -204,3 +204,81 @@ def test_journal_tails_survive_a_node_that_is_down(real_inventory: Path) -> None
     text = patroni.journal_tails(run)
     assert "--- db-slave-01\n(no journal: db-slave-01 (10.0.0.121): no SSH answer" in text
     assert "--- db-master-01" in text and "--- db-slave-02" in text
+
+
+# --- step 02 touches only what is kbpg's (host_guards) ---------------------------------------------------------
+
+class _Host:
+    """One DB node: the probe's answer is canned, every other command is recorded and answered from ``answers``."""
+
+    def __init__(self, probe: str, answers: dict[str, str] | None = None):
+        self.probe, self.answers, self.scripts = probe, answers or {}, []
+
+    def get(self, host):
+        return self
+
+    def run(self, script, **kwargs):
+        from kbpg_tui.core.ssh import Result
+
+        self.scripts.append(script)
+        if "g:dir" in script:
+            return Result(script, 0, self.probe, "", 0.0)
+        out = next((text for key, text in self.answers.items() if key in script), "")
+        return Result(script, 0, out, "", 0.0)
+
+    def read_file(self, path):
+        return None
+
+    def upload(self, *args, **kwargs):
+        return False
+
+
+def _on_db_node(real_inventory: Path, probe: str, answers: dict[str, str] | None = None):
+    from kbpg_tui.core.engine import TaskRun
+
+    run = make_run(real_inventory)
+    node = _Host(probe, answers)
+    run.ctx.pool = node
+    return TaskRun(run.ctx, "02", run.ctx.db_hosts[0]), node
+
+
+def test_step_02_never_chowns_a_directory_kbpg_did_not_create(real_inventory: Path) -> None:
+    import pytest
+
+    from kbpg_tui.core.engine import TaskError
+
+    run, node = _on_db_node(real_inventory, "g:dir data stat root:root 755 0\ng:dir raft missing\n")
+    with pytest.raises(TaskError, match=r"db-master-01: the data directory /var/lib/postgresql/16/patroni exists but kbpg "
+                                        r"did not create it \(root:root 755, empty\)"):
+        patroni.write_config(run)
+    assert not [s for s in node.scripts if "chown" in s or "mkdir" in s]
+
+
+def test_step_02_refuses_stray_files_before_installing_anything(real_inventory: Path) -> None:
+    import pytest
+
+    from kbpg_tui.core.engine import TaskError
+
+    run, node = _on_db_node(real_inventory, "g:dir data stat root:root 755 1\ng:entry data notes.txt\ng:dir raft missing\n")
+    with pytest.raises(TaskError, match=r"not empty and holds no PG_VERSION \(1 entry: notes.txt\)"):
+        patroni.install_packages(run)
+    assert len(node.scripts) == 1  # the probe only: no package source, no apt, no file written
+
+
+def test_step_02_creates_and_records_its_directories_and_repairs_a_data_directory(real_inventory: Path) -> None:
+    run, node = _on_db_node(real_inventory, "g:dir data stat root:root 755 22\ng:pgversion data 16\n"
+                                            "g:dir raft missing\ng:created /var/lib/postgresql/16/patroni\n")
+    patroni.write_config(run)
+    script = next(s for s in node.scripts if "chown" in s)
+    assert "chown postgres:postgres /var/lib/postgresql/16/patroni && chmod 0700 /var/lib/postgresql/16/patroni" in script
+    assert "mkdir -m 0700 /var/lib/patroni/raft && chown postgres:postgres /var/lib/patroni/raft" in script
+    assert f">> {patroni.host_guards.CREATED_FILE}" in script
+
+
+def test_only_a_cluster_the_package_install_just_made_is_stopped(real_inventory: Path) -> None:
+    listing = ("17 main 5432 online postgres /var/lib/postgresql/17/main /var/log/postgresql/postgresql-17-main.log\n"
+               "15 legacy 5433 online postgres /var/lib/postgresql/15/legacy /var/log/postgresql/postgresql-15-legacy.log\n")
+    run, node = _on_db_node(real_inventory, "", {"pg_lsclusters": listing})
+    assert patroni.stop_default_clusters(run, existing={("15", "legacy")}) == ["17/main"]
+    stops = [s for s in node.scripts if "pg_ctlcluster" in s]
+    assert len(stops) == 1 and "17 main" in stops[0] and "legacy" not in stops[0]

@@ -1,5 +1,7 @@
 """Step 01: preflight. SSH and sudo on every host, OS, free ports, data directory
-filesystem and space, clock, and the network paths the cluster needs.
+filesystem and space, clock, and the network paths the cluster needs. On the DB nodes,
+what is already there (host_guards): a data or Raft directory kbpg must not use or
+touch, another PostgreSQL.
 
 Nothing is changed here; a warning is reported as a warning (never a silent pass).
 """
@@ -12,6 +14,7 @@ import time
 
 from ..engine import Outcome, Step, Task, TaskError, TaskRun
 from ..ssh import Host
+from . import host_guards
 
 SUPPORTED_OS = {"debian": 11, "ubuntu": 20}
 MIN_FREE_BYTES = 1 << 30  # below this, refuse
@@ -57,6 +60,8 @@ _USER_RE = re.compile(r'\("(?P<name>[^"]+)",pid=(?P<pid>\d+)')
 def parse_facts(text: str) -> dict:
     facts: dict = {"listen": []}
     for line in text.splitlines():
+        if line.startswith("g:"):
+            continue  # host_guards' lines
         key, _, value = line.partition("=")
         if key == "listen":
             facts["listen"].append(value)
@@ -84,9 +89,12 @@ def check_host(run: TaskRun) -> Outcome:
     host = run.host
     assert host is not None
     role = role_of(run, host)
+    data_dir = run.settings.postgresql.effective_data_dir
+    script = FACTS_SCRIPT.replace("{data_dir}", shlex.quote(data_dir))
+    if role == "db":
+        script += host_guards.probe_script(data_dir)
     asked_at = time.time()
-    result = run.run(FACTS_SCRIPT.replace("{data_dir}", shlex.quote(run.settings.postgresql.effective_data_dir)),
-                     what="reading the host's facts")
+    result = run.run(script, what="reading the host's facts")
     answered_at = time.time()
     facts = parse_facts(result.stdout)
     run.ctx.state.setdefault("facts", {})[host.name] = facts
@@ -114,7 +122,6 @@ def check_host(run: TaskRun) -> Outcome:
 
     if role == "db":
         fstype = facts.get("fstype", "?")
-        data_dir = run.settings.postgresql.effective_data_dir
         if fstype != "xfs":
             warnings.append(f"{host.name}: the data directory {data_dir} is on {fstype}; XFS is recommended")
         try:
@@ -125,6 +132,9 @@ def check_host(run: TaskRun) -> Outcome:
             errors.append(f"only {avail >> 20} MiB free for {data_dir}; at least {MIN_FREE_BYTES >> 30} GiB needed")
         elif avail < WARN_FREE_BYTES:
             warnings.append(f"{host.name}: {avail >> 30} GiB free for {data_dir}")
+        verdict = host_guards.judge(host_guards.parse(result.stdout), data_dir, run.settings.postgresql.version)
+        errors += verdict.errors
+        warnings += [f"{host.name}: {warning}" for warning in verdict.warnings]
 
     if facts["listen"] == ["unavailable"]:
         warnings.append(f"{host.name}: `ss` is missing (iproute2): free ports not checked")

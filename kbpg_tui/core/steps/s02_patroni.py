@@ -25,10 +25,11 @@ from .. import credentials as creds
 from ..engine import CLUSTER, Outcome, Step, Task, TaskError, TaskRun
 from ..events import Progress
 from ..ssh import Cancelled, Host, Result, SshError
+from . import host_guards
+from .host_guards import RAFT_DIR
 from .packages import ensure_installed, ensure_source, installed_versions
 
 CONFIG_PATH = "/etc/patroni/config.yml"
-RAFT_DIR = "/var/lib/patroni/raft"
 DROPIN_PATH = "/etc/systemd/system/patroni.service.d/kbpg.conf"
 CREATECLUSTER_PATH = "/etc/postgresql-common/createcluster.d/kbpg.conf"
 PGPASS_PATH = "/var/lib/postgresql/.pgpass_patroni"
@@ -179,13 +180,26 @@ def render_yaml(config: dict) -> str:
 
 # --- tasks ----------------------------------------------------------------------------------
 
+def guard_host(run: TaskRun) -> host_guards.Verdict:
+    """What the node already holds (host_guards), read again here: ``--step 02`` runs without preflight."""
+    assert run.host is not None
+    data_dir = run.settings.postgresql.effective_data_dir
+    state = host_guards.parse(run.run(host_guards.probe_script(data_dir), on_line=None,
+                                      what="reading the data directory and any other PostgreSQL").stdout)
+    verdict = host_guards.judge(state, data_dir, run.settings.postgresql.version)
+    if verdict.errors:
+        raise TaskError(f"{run.host.name}: " + "; ".join(verdict.errors))
+    return verdict
+
+
 def install_packages(run: TaskRun) -> Outcome:
+    before = guard_host(run).clusters  # refused here, before anything is written: --step 02 has no preflight
     changed = ensure_source(run)
     # Keep postgresql-common from creating and starting its default cluster on our port.
     changed |= run.connection().upload(CREATECLUSTER_PATH, "# written by kbpg: Patroni owns the clusters here\n"
                                        "create_main_cluster = false\n", mode=0o644)
     installed = ensure_installed(run, package_names(run))
-    stopped = stop_default_clusters(run)
+    stopped = stop_default_clusters(run, before) if installed else []
     details = []
     if installed:
         details.append("installed " + ", ".join(installed))
@@ -194,8 +208,13 @@ def install_packages(run: TaskRun) -> Outcome:
     return Outcome.of(changed or bool(installed) or bool(stopped), "; ".join(details) or "packages present")
 
 
-def stop_default_clusters(run: TaskRun) -> list[str]:
-    """Stop and disable clusters postgresql-common made (never drop them: they may hold data)."""
+def stop_default_clusters(run: TaskRun, existing: set[tuple[str, str]]) -> list[str]:
+    """Stop and disable the clusters this run's package install just made (never drop them).
+
+    ``existing``: the clusters that were there before it; they are never touched (a running one, or one that
+    starts at boot, was refused before the install). kbpg.conf in createcluster.d keeps postgresql-common from
+    making one at all; this is for a postgresql-common that made one anyway.
+    """
     listing = run.run("command -v pg_lsclusters >/dev/null && pg_lsclusters -h || true").stdout
     stopped = []
     for line in listing.splitlines():
@@ -205,6 +224,8 @@ def stop_default_clusters(run: TaskRun) -> list[str]:
         version, name, status = fields[0], fields[1], fields[3]
         if not (version.isdigit() and re.fullmatch(r"[A-Za-z0-9_.-]+", name)):
             continue  # not a line of pg_lsclusters we understand: leave that cluster alone
+        if (version, name) in existing:
+            continue  # not made by this run: not kbpg's to stop
         start_conf = f"/etc/postgresql/{version}/{name}/start.conf"
         state = run.run(f"cat {shlex.quote(start_conf)} 2>/dev/null | grep -v '^#' | tr -d ' \\n' || true").stdout.strip()
         if status.startswith("online") or state != "disabled":
@@ -273,21 +294,14 @@ def write_config(run: TaskRun) -> Outcome:
     host = run.host
     assert host is not None
     connection = run.connection()
-    data_dir = run.settings.postgresql.effective_data_dir
     wanted = render_config(run, host)
     refuse_live_changes(run, host, wanted)
     changes = []
-    # Directories: owned by postgres, 0700. Created empty: initdb refuses a data directory with files in it.
-    fixed = run.run(
-        "fixed=''; "
-        f"for d in {shlex.quote(data_dir)} {RAFT_DIR}; do "
-        "  if [ ! -d \"$d\" ]; then install -d -o postgres -g postgres -m 0700 \"$d\"; fixed=\"$fixed $d(created)\"; "
-        "  elif [ \"$(stat -c '%U:%G %a' \"$d\")\" != 'postgres:postgres 700' ]; then "
-        "    chown postgres:postgres \"$d\"; chmod 0700 \"$d\"; fixed=\"$fixed $d(mode)\"; fi; "
-        "done; "
-        "if [ ! -d /etc/patroni ]; then install -d -o root -g postgres -m 0750 /etc/patroni; fixed=\"$fixed /etc/patroni\"; fi; "
-        "echo $fixed"
-    ).stdout.strip()
+    # Directories: owned by postgres, 0700, created empty (initdb refuses a data directory with files in it);
+    # only those kbpg created or that hold PostgreSQL data are ever chowned (host_guards).
+    commands = [host_guards.directory_commands(guard_host(run)),
+                "if [ ! -d /etc/patroni ]; then install -d -o root -g postgres -m 0750 /etc/patroni; echo /etc/patroni; fi"]
+    fixed = " ".join(run.run("; ".join(c for c in commands if c)).stdout.split())
     if fixed:
         changes.append("directories " + fixed)
     config_changed = connection.upload(CONFIG_PATH, render_yaml(wanted), mode=0o600,
