@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Regenerate screens/*.svg: a screenshot of every wizard screen, taken from the real app at 100×30.
+"""Regenerate screens/*.svg: a screenshot of every wizard screen, taken from the real app at 100×30
+(the *-80x24 ones at 80×24, with made-up failures from tests/ui/fabricated.py: no host is touched).
 
   .venv/bin/python scripts/screenshots.py          # the screens that need no hosts (demo work dir)
   .venv/bin/python scripts/screenshots.py --lab    # also a real install and diagnostics on the lab (root;
@@ -23,7 +24,11 @@ sys.path.insert(0, str(REPO))
 from kbpg_tui.core.events import HostKeyUnknown  # noqa: E402
 from kbpg_tui.ui.app import KbpgApp  # noqa: E402
 from kbpg_tui.ui.screens.dialogs import HostKeyDialog  # noqa: E402
+from kbpg_tui.ui.screens.diagnostics import ClusterSeen, DiagnosticsDone, DiagnosticsScreen  # noqa: E402
+from kbpg_tui.ui.screens.hosts import HostsScreen  # noqa: E402
+from kbpg_tui.ui.screens.install import EngineEvent, InstallScreen  # noqa: E402
 from kbpg_tui.ui.screens.summary import SummaryScreen  # noqa: E402
+from tests.ui import fabricated  # noqa: E402
 
 SIZE = (100, 30)
 OUT = REPO / "screens"
@@ -56,6 +61,44 @@ async def offline(workdir: Path) -> None:
         await pilot.press("d")
         app.push_screen(SummaryScreen())
         await shoot(app, "08-summary", pilot)
+
+
+async def failures_at_80x24(workdir: Path) -> None:
+    """What the operator reads at 80×24 when things go wrong (made-up events and results)."""
+    app = KbpgApp(workdir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        install = InstallScreen()
+        app.push_screen(install)
+        await pilot.pause()
+        for event in fabricated.install_events():
+            install.post_message(EngineEvent(event))
+        await shoot(app, "06-install-failure-80x24", pilot)
+        app.pop_screen()
+        diagnostics = DiagnosticsScreen(autorun=False)
+        app.push_screen(diagnostics)
+        await pilot.pause()
+        diagnostics.post_message(ClusterSeen(fabricated.members()))
+        diagnostics.post_message(DiagnosticsDone(fabricated.report()))
+        await pilot.pause()
+        await pilot.press("down")
+        await shoot(app, "07-diagnostics-failures-80x24", pilot)
+
+
+async def invalid_answers_at_80x24(workdir: Path) -> None:
+    path = workdir / "kbpg.toml"
+    original = path.read_text()
+    path.write_text(original.replace("version = 17", "version = 18").replace('lb_address = "198.18.0.10"',
+                                                                           'lb_adress = "198.18.0.10"'))
+    try:
+        app = KbpgApp(workdir)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await shoot(app, "01-welcome-invalid-answers-80x24", pilot)
+            app.push_screen(HostsScreen())
+            await pilot.pause()
+            await pilot.press("n")
+            await shoot(app, "03-hosts-invalid-answers-80x24", pilot)
+    finally:
+        path.write_text(original)
 
 
 async def wait_until(pilot, check, timeout: float) -> None:
@@ -94,6 +137,8 @@ def main() -> int:
         os.chmod(Path(tmp) / "demo" / "credentials" / "postgres.env", 0o600)
         os.chdir(tmp)
         asyncio.run(offline(Path("demo")))
+        asyncio.run(failures_at_80x24(Path("demo")))
+        asyncio.run(invalid_answers_at_80x24(Path("demo")))
     if args.lab:
         from kbpg_tui.core import lab
 
