@@ -259,6 +259,8 @@ def write_env(path: str | Path, credentials: Credentials, tighten_directory: boo
     try:
         if path.is_dir():
             raise CredentialsError(f"{path}: is a directory; name the file to write (e.g. {path / 'postgres.env'})")
+        if directory.exists() and not directory.is_dir():
+            raise CredentialsError(f"{directory}: not a directory; cannot write {path.name} there")
         if not directory.is_dir():
             # mkdir's mode applies to the last component only; missing parents get the usual umask mode.
             directory.mkdir(mode=0o700, parents=True)
@@ -275,7 +277,7 @@ def write_env(path: str | Path, credentials: Credentials, tighten_directory: boo
                 pass
         atomic_write(path, text.encode("utf-8"), mode=0o600)
     except OSError as exc:
-        raise CredentialsError(f"{exc.filename or path}: cannot write {path.name}: {exc.strerror or exc}") from None
+        raise CredentialsError(f"{path}: cannot write: {exc.strerror or exc}") from None
     return True
 
 
