@@ -23,8 +23,8 @@ sys.path.insert(0, str(REPO))
 
 from kbpg_tui.core.events import HostKeyUnknown  # noqa: E402
 from kbpg_tui.ui.app import KbpgApp  # noqa: E402
-from kbpg_tui.ui.screens.dialogs import HostKeyDialog  # noqa: E402
 from kbpg_tui.ui.screens.diagnostics import ClusterSeen, DiagnosticsDone, DiagnosticsScreen  # noqa: E402
+from kbpg_tui.ui.screens.dialogs import HostKeyDialog  # noqa: E402
 from kbpg_tui.ui.screens.hosts import HostsScreen  # noqa: E402
 from kbpg_tui.ui.screens.install import EngineEvent, InstallScreen  # noqa: E402
 from kbpg_tui.ui.screens.summary import SummaryScreen  # noqa: E402

@@ -11,7 +11,6 @@ from kbpg_tui.ui.screens.dialogs import HostKeyDialog
 from kbpg_tui.ui.screens.install import EngineEvent, InstallScreen
 
 from . import fabricated
-
 from .conftest import SIZE
 
 

@@ -13,8 +13,16 @@ from textual.widgets import DataTable, Footer, Header, Static
 from textual.worker import Worker, WorkerState
 
 from ...core import install as inst
-from ...core.diagnostics import (CheckFailed, CheckResult, Diagnostics, Member, Report, Verdict,
-                                 cluster_view, write_reports)
+from ...core.diagnostics import (
+    CheckFailed,
+    CheckResult,
+    Diagnostics,
+    Member,
+    Report,
+    Verdict,
+    cluster_view,
+    write_reports,
+)
 
 REFRESH_SECONDS = 5.0
 VERDICT = {"pass": "✓ pass", "warn": "! warn", "fail": "✗ FAIL"}

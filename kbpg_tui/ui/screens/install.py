@@ -259,7 +259,7 @@ class InstallScreen(Screen):
         elif isinstance(event, ev.Progress):
             self.set_status(event.text[:120])
 
-    def set_cell(self, step: str, host: str, text: "str | Text") -> None:
+    def set_cell(self, step: str, host: str, text: str | Text) -> None:
         """The cell of a host (row) in a step (column); at most CELL_WIDTH wide, so that the grid fits 80 columns."""
         grid = self.query_one("#grid", DataTable)
         if host in grid.rows and step in grid.columns:  # a step or host outside the plan has no cell
@@ -267,7 +267,7 @@ class InstallScreen(Screen):
                 text = text[:CELL_WIDTH - 1] + "…"
             grid.update_cell(host, step, text, update_width=True)
 
-    def cell(self, step: str, host: str) -> "str | Text":
+    def cell(self, step: str, host: str) -> str | Text:
         tasks = self.tasks[(step, host)].values()
         if not tasks:
             return "·"

@@ -23,7 +23,6 @@ class WelcomeScreen(Screen):
     ]
 
     def compose(self) -> ComposeResult:
-        state = self.app.state
         yield Header()
         yield Static("kbpg installs a highly available PostgreSQL cluster on your servers over SSH, then proves it works:\n"
                      "Patroni with Raft on the DB nodes, HAProxy and PgBouncer on the proxy nodes, pgvector.",
