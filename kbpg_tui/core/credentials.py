@@ -6,6 +6,9 @@
 - Typed passwords get a strength estimate; weak ones are refused unless confirmed.
 - The file is written atomically, created 0600 in a 0700 directory, and quoted
   so that ``set -a; . credentials/postgres.env`` gives back every value exactly.
+- A hand-edited file is read exactly as bash reads it, or refused with the line and the name (never the
+  value): see :func:`read_env` for the accepted forms. No value may hold a control character or a line or
+  paragraph separator (:func:`check_value`, used when a value is typed, read and written).
 - The SCRAM-SHA-256 verifier is computed here, so a plain password never has to
   cross the wire to PostgreSQL, and PgBouncer can hold the byte-identical secret.
 """
