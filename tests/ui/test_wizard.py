@@ -481,6 +481,11 @@ async def test_a_host_that_stops_answering_is_named_in_its_cell_and_the_output(d
         await pilot.pause()
         assert str(grid.get_cell("db-slave-01", "02")) == "✗ 150.0s"
         assert not screen.silent
+        # An event without its step (a command outside a task) lands in the step that is running.
+        for event in (ev.StepStarted("03", "HAProxy"), ev.HostSilent("", "haproxy-01", 42.0)):
+            screen.post_message(EngineEvent(event))
+        await pilot.pause()
+        assert str(grid.get_cell("haproxy-01", "03")) == "no answer 42s"
 
 
 async def test_a_long_failure_is_wrapped_whole_in_the_output_at_80_columns(demo: Path) -> None:

@@ -98,6 +98,7 @@ class InstallScreen(Screen):
         self.view = ALL_HOSTS
         self.finished_tasks = 0
         self.silent: dict[str, tuple[str, float]] = {}  # host -> (step, seconds) while it does not answer
+        self.current_step = ""
 
     # layout
 
@@ -242,18 +243,21 @@ class InstallScreen(Screen):
                 if step == event.step:
                     del self.silent[host]
                     self.set_cell(step, host, self.cell(step, host))
+        elif isinstance(event, ev.StepStarted):
+            self.current_step = event.step
         elif isinstance(event, ev.HostSilent):
+            step = event.step or self.current_step  # a command outside a step's bookkeeping: the running step
             first = event.host not in self.silent
-            self.silent[event.host] = (event.step, event.silent_for)
-            self.set_cell(event.step, event.host, Text(no_answer(event.silent_for), style="bold yellow"))
+            self.silent[event.host] = (step, event.silent_for)
+            self.set_cell(step, event.host, Text(no_answer(event.silent_for), style="bold yellow"))
             self.set_status(f"{event.host} is not answering ({event.silent_for:.0f} s)")
             if first:
-                self.record(event.host, f"{event.host} is not answering (no reply for {event.silent_for:.0f} s in step "
-                                        f"{event.step}); waiting for it, the other hosts go on")
+                self.record(event.host, f"{event.host} is not answering (no reply for {event.silent_for:.0f} s"
+                                        f"{f' in step {step}' if step else ''}); waiting for it, the other hosts go on")
         elif isinstance(event, ev.HostAnswering):
             step = self.silent.pop(event.host, (event.step, 0.0))[0]
             self.set_cell(step, event.host, self.cell(step, event.host))
-            self.record(event.host, f"{event.host} answers again (step {event.step})")
+            self.record(event.host, f"{event.host} answers again" + (f" (step {step})" if step else ""))
         elif isinstance(event, ev.Message) and event.level != ev.Level.INFO:
             self.record(event.host or CLUSTER, f"{event.level}: {event.text}")
         elif isinstance(event, ev.Progress):
