@@ -587,8 +587,13 @@ find /etc /var/lib/postgresql /var/lib/patroni /var/log /root /home /tmp -xdev -
 
     # --- running ---------------------------------------------------------------------------
 
-    def run(self, on_result: Callable[[CheckResult], None] | None = None, only: set[int] | None = None) -> Report:
-        """Run every probe in parallel; a probe still running after its budget is failed and left behind."""
+    def run(self, on_result: Callable[[CheckResult], None] | None = None, only: set[int] | None = None,
+            cancel: threading.Event | None = None) -> Report:
+        """Run every probe in parallel; a probe still running after its budget is failed and left behind.
+
+        ``cancel`` (the wizard's worker quitting, its screen left): the run returns at once, the probes still
+        running failed as cancelled and left behind (they are daemon threads bounded by their own timeouts).
+        """
         probes = [p for p in self.probes() if not only or p.number in only]
         results: list[CheckResult | None] = [None] * len(probes)
         done = threading.Event()
@@ -626,12 +631,19 @@ find /etc /var/lib/postgresql /var/lib/patroni /var/log /root /home /tmp -xdev -
             threading.Thread(target=work, args=(index, probe), daemon=True, name=f"kbpg-check-{probe.number}").start()
         # Every probe bounds its own I/O; this is the backstop for one that hangs anyway.
         budget = self.timeout * 3 + 5
-        done.wait(budget)
+        deadline = time.monotonic() + budget
+        while not done.wait(0.1):
+            if time.monotonic() >= deadline or (cancel is not None and cancel.is_set()):
+                break
+        cancelled = cancel is not None and cancel.is_set() and not done.is_set()
         with lock:
             for index, probe in enumerate(probes):
                 if results[index] is None:
-                    results[index] = CheckResult(probe.number, probe.check, probe.target, Verdict.FAIL,
-                                                 f"{probe.target}: no answer within {budget:.0f} s", budget)
+                    waited = time.monotonic() - clock
+                    reason = (f"{probe.target}: cancelled after {waited:.1f} s" if cancelled
+                              else f"{probe.target}: no answer within {budget:.0f} s")
+                    results[index] = CheckResult(probe.number, probe.check, probe.target, Verdict.FAIL, reason,
+                                                 waited if cancelled else budget)
                     if on_result:
                         on_result(results[index])
         final = sorted((r for r in results if r is not None), key=lambda r: (r.number, r.target))
