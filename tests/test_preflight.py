@@ -85,7 +85,7 @@ DATA = "/var/lib/postgresql/17/patroni"
 RAFT = guards.RAFT_DIR
 OURS_PG = "g:dir data stat postgres:postgres 700 22\ng:pgversion data 17\n"
 OURS_RAFT = "g:dir raft stat postgres:postgres 700 2\ng:entry raft 198.18.0.120:7000.journal\ng:entry raft 198.18.0.120:7000.journal.meta\n"
-KBPG_CONFIG = f"g:kbpgconfig yes\ng:configured {RAFT}\ng:configured {DATA}\n"
+KBPG_CONFIG = f"g:configured {RAFT}\ng:configured {DATA}\n"  # patroni.yml's data_dir lines
 PATRONI_PM = f"g:postmaster 812 5432 17 /system.slice/patroni.service {DATA}\n"
 
 
@@ -135,6 +135,7 @@ def test_postgresql_data_kbpg_did_not_create_is_taken_over_with_a_warning() -> N
     found = verdict(OURS_PG + "g:dir raft missing\n")
     assert found.errors == [] and "kbpg did not create" in found.warnings[0]
     assert verdict(OURS_PG + "g:dir raft missing\n" + f"g:created {DATA}\n").warnings == []
+    assert verdict(OURS_PG + OURS_RAFT + KBPG_CONFIG + PATRONI_PM).warnings == []  # a cluster kbpg installed earlier
 
 
 def test_an_existing_directory_kbpg_did_not_create_is_never_chowned() -> None:
@@ -143,7 +144,7 @@ def test_an_existing_directory_kbpg_did_not_create_is_never_chowned() -> None:
     assert found.repair == [] and found.create == [RAFT]
     assert "the data directory /srv exists but kbpg did not create it (root:root 755, empty)" in found.errors[0]
     assert "chown postgres:postgres /srv && chmod 700 /srv" in found.errors[0]
-    # The same directory named in a patroni.yml kbpg did not write is still not kbpg's.
+    # Named in patroni.yml is no proof for a data directory: an older kbpg wrote whatever it was given.
     assert verdict("g:dir data stat root:root 755 0\ng:dir raft missing\ng:configured /srv\n", data_dir="/srv").errors
 
 
@@ -153,9 +154,11 @@ def test_an_empty_directory_already_given_to_postgres_is_used_as_it_is() -> None
 
 
 def test_directories_kbpg_created_are_repaired() -> None:
-    for record in (f"g:created {DATA}\ng:created {RAFT}\n", KBPG_CONFIG):
-        found = verdict("g:dir data stat root:root 755 0\ng:dir raft stat root:root 755 0\n" + record)
-        assert (found.errors, sorted(found.repair)) == ([], sorted([DATA, RAFT])), record
+    found = verdict("g:dir data stat root:root 755 0\ng:dir raft stat root:root 755 0\n" + f"g:created {DATA}\ng:created {RAFT}\n")
+    assert (found.errors, sorted(found.repair)) == ([], sorted([DATA, RAFT]))
+    # The Raft directory of a cluster installed before kbpg kept its record: patroni.yml names it.
+    old = verdict(OURS_PG + OURS_RAFT.replace("postgres:postgres 700", "root:root 755") + KBPG_CONFIG + PATRONI_PM)
+    assert (old.errors, old.repair) == ([], [RAFT])
 
 
 def test_missing_directories_are_created_and_a_file_is_refused() -> None:
@@ -173,11 +176,13 @@ def test_the_raft_directory_holds_only_kbpgs_raft_files() -> None:
     assert "holds Raft state kbpg's Patroni did not write" in foreign.errors[0]
 
 
-def test_kbpgs_own_patroni_postgres_is_not_another_postgresql() -> None:
+def test_patronis_postgres_is_not_another_postgresql() -> None:
+    # A re-run on kbpg's own cluster, patroni.yml hand-edited or not: Patroni's server lives in its service.
     assert verdict(OURS_PG + OURS_RAFT + KBPG_CONFIG + PATRONI_PM).errors == []
-    # The same process under a Patroni kbpg did not configure is someone else's cluster.
-    other = verdict(OURS_PG + "g:dir raft missing\n" + PATRONI_PM)
-    assert "started by a Patroni whose /etc/patroni/config.yml kbpg did not write" in other.errors[0]
+    assert verdict(OURS_PG + OURS_RAFT + f"g:created {DATA}\ng:created {RAFT}\n" + PATRONI_PM).errors == []
+    # The same server in another unit (started by hand from Patroni's data directory) is not Patroni's.
+    other = verdict(OURS_PG + OURS_RAFT + KBPG_CONFIG + PATRONI_PM.replace("patroni.service", "session-4.scope"))
+    assert "PostgreSQL 17 runs (data /var/lib/postgresql/17/patroni, port 5432, pid 812, unit session-4.scope)" in other.errors[0]
 
 
 def test_a_running_postgresql_common_cluster_is_refused_by_name() -> None:

@@ -7,16 +7,18 @@ Directories (field failure modes 2 and 4):
 - a data directory that is not empty and holds no ``PG_VERSION`` is refused at once with what is in it:
   initdb and pg_basebackup refuse it too, only minutes later ("no healthy cluster"). An initdb or
   pg_basebackup working in it right now (Patroni's own, on a re-run) is left alone;
-- kbpg changes the owner or mode only of a directory it created (recorded in :data:`CREATED_FILE`, or named
-  in the patroni.yml kbpg wrote), or of a PostgreSQL data directory (``PG_VERSION``): a wrong mode or owner
-  there is repaired on every run. An existing directory kbpg did not create, empty or not, is never given
+- kbpg changes the owner or mode only of a directory it created (recorded in :data:`CREATED_FILE`; for the
+  Raft directory, whose path is kbpg's own, also when patroni.yml names it: clusters installed before the
+  record existed), or of a PostgreSQL data directory (``PG_VERSION``): a wrong mode or owner there is
+  repaired on every run. An existing directory kbpg did not create, empty or not, is never given
   to postgres behind the operator's back: a setting such as ``/srv`` would otherwise hand a system
   directory over. It is used as it is when already ``postgres:postgres 700``, and refused otherwise with
   the commands that would make it usable;
 - the Raft directory may hold only Raft's own files (``<address>:<port>.journal``, ``.dump`` and their
-  ``.meta``/``.tmp`` companions), and those only when kbpg's Patroni wrote them.
+  ``.meta``/``.tmp`` companions), and those only when it is kbpg's.
 
-Another PostgreSQL on the node: a postmaster that Patroni (kbpg's ``patroni.service``) did not start, or a
+Another PostgreSQL on the node: a server that Patroni (``patroni.service``, which kbpg configures) did not
+start, or a
 postgresql-common cluster that is running or would start at boot, is refused with its version, name, data
 directory and port. kbpg never stops, disables or drops it: that is the operator's call.
 """
@@ -30,7 +32,6 @@ from dataclasses import dataclass, field
 RAFT_DIR = "/var/lib/patroni/raft"
 CREATED_FILE = "/var/lib/kbpg/created-dirs"  # directories kbpg created, one path a line (outside any of them)
 PATRONI_CONFIG = "/etc/patroni/config.yml"
-KBPG_HEADER = "written by kbpg"  # the first line of every patroni.yml kbpg writes
 WANTED = "postgres:postgres 700"
 SHOWN_ENTRIES = 5
 
@@ -48,10 +49,7 @@ kbpg_dir() {
 kbpg_dir data {data_dir}
 kbpg_dir raft {raft_dir}
 if [ -f {created} ]; then sed 's/^/g:created /' {created}; fi
-if head -n 1 {config} 2>/dev/null | grep -q '{header}'; then
-  echo "g:kbpgconfig yes"
-  sed -n 's/^ *data_dir: *//p' {config} | sed 's/^/g:configured /'
-fi
+if [ -f {config} ]; then sed -n 's/^ *data_dir: *//p' {config} | sed 's/^/g:configured /'; fi
 for p in /proc/[0-9]*; do
   { read -r c < "$p/comm"; } 2>/dev/null || continue
   case "$c" in
@@ -85,8 +83,7 @@ fi
 def probe_script(data_dir: str, raft_dir: str = RAFT_DIR) -> str:
     """The read-only shell script whose output :func:`parse` reads (every line starts with ``g:``)."""
     return (PROBE.replace("{data_dir}", shlex.quote(data_dir)).replace("{raft_dir}", shlex.quote(raft_dir))
-            .replace("{created}", shlex.quote(CREATED_FILE)).replace("{config}", shlex.quote(PATRONI_CONFIG))
-            .replace("{header}", KBPG_HEADER))
+            .replace("{created}", shlex.quote(CREATED_FILE)).replace("{config}", shlex.quote(PATRONI_CONFIG)))
 
 
 @dataclass
@@ -131,7 +128,6 @@ class HostState:
     dirs: dict[str, DirState] = field(default_factory=lambda: {"data": DirState("data"), "raft": DirState("raft")})
     created: set[str] = field(default_factory=set)
     configured: set[str] = field(default_factory=set)
-    kbpg_config: bool = False
     busy: list[str] = field(default_factory=list)
     clusters: list[Cluster] = field(default_factory=list)
     postmasters: list[Postmaster] = field(default_factory=list)
@@ -174,8 +170,6 @@ def parse(text: str) -> HostState:
             state.created.add(_norm(rest))
         elif kind == "configured":
             state.configured.add(_norm(rest))
-        elif kind == "kbpgconfig":
-            state.kbpg_config = True
         elif kind == "busy":
             state.busy.append(rest.strip())
         elif kind == "postmaster":
@@ -233,9 +227,10 @@ def _not_ours_hint(path: str, d: DirState, what: str) -> str:
 def judge(state: HostState, data_dir: str, version: int, raft_dir: str = RAFT_DIR) -> Verdict:
     verdict = Verdict(clusters={(c.version, c.name) for c in state.clusters})
     data_dir, raft_dir = _norm(data_dir), _norm(raft_dir)
-    ours = state.created | (state.configured if state.kbpg_config else set())
     for d, path in ((state.dirs["data"], data_dir), (state.dirs["raft"], raft_dir)):
         what = "the data directory" if d.kind == "data" else "the Raft directory"
+        # A data directory named in patroni.yml is not proof: an older kbpg wrote whatever data_dir it was given.
+        ours = state.created | (state.configured if d.kind == "raft" else set())
         if not d.seen:
             verdict.errors.append(f"could not read the state of {what} {path}")
             continue
@@ -254,7 +249,7 @@ def judge(state: HostState, data_dir: str, version: int, raft_dir: str = RAFT_DI
                         "that is an upgrade, which kbpg does not do; set the version it holds or choose another "
                         "postgresql.data_dir")
                     continue
-                if path not in ours:
+                if path not in ours | state.configured:  # Patroni already runs it: nothing new to say
                     verdict.warnings.append(f"{what} {path} already holds PostgreSQL {d.pg_version} data kbpg did not "
                                             "create: Patroni takes it over as this node's data")
                 if not good:
@@ -301,14 +296,12 @@ def _judge_postgres(state: HostState, data_dir: str, verdict: Verdict) -> None:
     for pm in state.postmasters:
         running.add(pm.data_dir)
         # Patroni starts PostgreSQL in its own service's cgroup (its postmaster is re-parented to init).
-        if pm.cgroup.endswith("/patroni.service") and state.kbpg_config:
+        if pm.cgroup.endswith("/patroni.service"):
             continue
         cluster = clusters.get(pm.data_dir)
         label = cluster.label if cluster else (f"PostgreSQL {pm.version}" if pm.version != "-" else "a postgres process")
         unit = _unit(pm.cgroup)
         extra = f", unit {unit}" if unit else ""
-        if pm.cgroup.endswith("/patroni.service"):
-            extra += f", started by a Patroni whose {PATRONI_CONFIG} kbpg did not write"
         found.append(f"{label} runs (data {pm.data_dir}, port {pm.port}, pid {pm.pid}{extra})")
     for cluster in state.clusters:
         if cluster.data_dir in running:
