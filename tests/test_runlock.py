@@ -382,3 +382,10 @@ def test_unlock_breaks_only_a_stale_lock(cli, capsys) -> None:
 def test_unlock_without_a_terminal_needs_yes(cli, capsys) -> None:
     assert cli("unlock") == 2
     assert "pass --yes" in capsys.readouterr().err
+
+
+def test_a_hand_edited_holder_reads_safely() -> None:
+    assert runlock.Holder.parse(b'{"machine": "m", "pid": "12", "user": 5}').pid == 12
+    assert runlock.Holder.parse(b'{"pid": "twelve"}').machine == "?"
+    assert runlock.Holder.parse(b"[1, 2]").command.startswith("an unreadable lock file")
+    assert not runlock.Holder.parse(b'{"pid": "-1", "instance": "x"}').gone()

@@ -46,10 +46,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol, Sequence
 
 from .events import EventSink, Level, Message, discard
 from .ssh import ConnectionPool, Host, Result, SshError
+
+if TYPE_CHECKING:
+    from .engine import Step
+    from .install import Run
 
 log = logging.getLogger("kbpg.runlock")
 
@@ -148,10 +152,10 @@ class Holder:
             raw = json.loads(data.decode("utf-8"))
             if not isinstance(raw, dict):
                 raise ValueError("not an object")
-            known = {name: raw[name] for name in cls.__dataclass_fields__ if name in raw}
-            holder = cls(**{"machine": "?", "user": "?", "command": "?", "pid": 0, "started": "?", **known})
-            int(holder.pid)
-            return holder
+            known = {name: str(raw[name]) for name in cls.__dataclass_fields__ if name in raw}
+            pid = int(known.pop("pid", "0"))
+            text = {"machine": "?", "user": "?", "command": "?", "started": "?", **known}
+            return cls(pid=pid, **text)
         except (ValueError, TypeError, UnicodeDecodeError):
             return cls("?", "?", "an unreadable lock file (not written by kbpg?)", 0, "?")
 
@@ -508,12 +512,12 @@ def lock_pool(pool: ConnectionPool) -> ConnectionPool:
     return ConnectionPool(pool.options, pool.known_hosts, pool.sink, pool.prompt, pool.sudo_passwords)
 
 
-def changes_hosts(steps: Iterable) -> bool:
+def changes_hosts(steps: Iterable["Step"]) -> bool:
     """Whether running these engine steps touches hosts (a step of only local tasks takes no lock)."""
     return any(task.scope != "local" for step in steps for task in step.tasks)
 
 
-def acquire_for_run(run, command: str) -> RunLock:
+def acquire_for_run(run: "Run", command: str) -> RunLock:
     """Take the lock for a prepared run (:func:`install.prepare`): on its DB nodes, reporting through its sink;
     if the lock is lost (broken) while the run goes on, the run is cancelled."""
     ctx = run.ctx
