@@ -7,6 +7,10 @@
   run, with no host.
 - :class:`FakePool` hands out one connection per host name; a host mapped to an exception is
   "down" (``get`` raises it, as ConnectionPool.get raises SshError).
+- :class:`HostKeyPool` stands in for a ConnectionPool (same constructor) whose hosts all present an
+  unknown host key: ``get`` asks the prompt, as the real pool's host-key policy does.
+- :class:`SlowWork` is work that takes long unless cancelled (a long install, a probe that hangs), and
+  records when it saw its cancel event.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping
 
-from kbpg_tui.core.ssh import Host, RemoteCommandError, Result, SshError
+from kbpg_tui.core.events import HostKeyUnknown
+from kbpg_tui.core.ssh import Host, HostKeyError, RemoteCommandError, Result, SshError
 
 Handler = Callable[[str, bytes], Result]
 
@@ -104,3 +109,49 @@ def local_shell_pool(root: Path, hosts: list[Host], remote_dirs: list[str]) -> F
         base.mkdir(parents=True, exist_ok=True)
         connections[host.name] = LocalShellConnection(host, {d: base / d.lstrip("/") for d in remote_dirs})
     return FakePool(connections)
+
+
+class HostKeyPool(FakePool):
+    """A ConnectionPool (same constructor, so a test can put it in its place) whose every host presents a key
+    kbpg has never seen: ``get`` asks ``prompt``, one host at a time as the real pool does, and raises
+    HostKeyError on a "no", as the real policy does. ``answers`` records (host, answer); an accepted host
+    answers every command with ``handler``."""
+
+    FINGERPRINT = "SHA256:" + "k" * 43
+
+    def __init__(self, options=None, known_hosts=None, sink=None, prompt=None, sudo_passwords=None,  # noqa: ANN001
+                 cancel: threading.Event | None = None, handler: Handler | None = None):
+        super().__init__()
+        self.prompt, self.cancel = prompt, cancel
+        self.handler: Handler = handler or (lambda script, stdin: result("root\n"))
+        self.answers: list[tuple[str, bool]] = []
+        self._prompt_lock = threading.Lock()
+
+    def get(self, host: Host) -> ScriptedConnection:
+        self.gets.append(host.name)
+        with self._prompt_lock:
+            accepted = bool(self.prompt and self.prompt(HostKeyUnknown(host.name, host.address, "ssh-ed25519",
+                                                                        self.FINGERPRINT)))
+        self.answers.append((host.name, accepted))
+        if not accepted:
+            raise HostKeyError(f"{host.name} ({host.address}): host key declined by the operator ({self.FINGERPRINT})")
+        connection = ScriptedConnection(host, self.handler)
+        connection.sudo_mode = "root"  # type: ignore[attr-defined]
+        return connection
+
+
+class SlowWork:
+    """Work that takes ``seconds`` unless its cancel event is set first (``wait(cancel)``): ``started`` is set
+    when it begins, ``cancelled_at`` (time.monotonic) when it saw the cancel, None if it never did."""
+
+    def __init__(self, seconds: float = 30.0):
+        self.seconds = seconds
+        self.started = threading.Event()
+        self.cancelled_at: float | None = None
+
+    def wait(self, cancel: threading.Event) -> bool:
+        self.started.set()
+        if cancel.wait(self.seconds):
+            self.cancelled_at = time.monotonic()
+            return True
+        return False

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Callable
 
 from textual.app import App
 from textual.binding import Binding
+from textual.message import Message
 
 from ..core.events import HostKeyUnknown
 from .state import WizardState
+
+
+class AskHostKey(Message):
+    """A worker asks the operator about an unknown host key; ``done(answer)`` is called with the answer."""
+
+    def __init__(self, event: HostKeyUnknown, cancel: threading.Event, done: Callable[[bool | None], None]):
+        super().__init__()
+        self.event, self.cancel, self.done = event, cancel, done
 
 
 class KbpgApp(App):
@@ -58,10 +68,14 @@ class KbpgApp(App):
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
 
-    def ask_host_key(self, event: HostKeyUnknown, cancel: threading.Event | None = None) -> bool:
-        """Called from a worker thread: show the fingerprint and wait for the operator's explicit answer."""
-        from .screens.dialogs import HostKeyDialog
+    def ask_host_key(self, event: HostKeyUnknown, cancel: threading.Event) -> bool:
+        """Called from a worker thread: show the fingerprint and wait for the operator's explicit answer.
 
+        ``cancel`` is the worker's (quitting, leaving the screen): then the answer is "no", at once, and the
+        dialog closes by itself. Never blocks on the app's loop, which may be closing.
+        """
+        if cancel.is_set():
+            return False
         answered = threading.Event()
         answer: list[bool] = [False]
 
@@ -69,8 +83,17 @@ class KbpgApp(App):
             answer[0] = bool(accepted)
             answered.set()
 
-        self.call_from_thread(self.push_screen, HostKeyDialog(event), done)
-        while not answered.wait(0.2):
-            if cancel is not None and cancel.is_set():
+        if not self.post_message(AskHostKey(event, cancel, done)):  # the app is closing
+            return False
+        while not answered.wait(0.05):
+            if cancel.is_set():
                 return False
         return answer[0]
+
+    def on_ask_host_key(self, message: AskHostKey) -> None:
+        from .screens.dialogs import HostKeyDialog
+
+        if message.cancel.is_set():
+            message.done(False)
+            return
+        self.push_screen(HostKeyDialog(message.event, cancel=message.cancel), message.done)

@@ -424,7 +424,7 @@ async def test_diagnostics_run_sorts_results_as_they_arrive(demo: Path, monkeypa
         def __init__(self, ctx) -> None:
             pass
 
-        def run(self, on_result=None):
+        def run(self, on_result=None, only=None, cancel=None):
             report = fabricated.report()
             for result in random.Random(7).sample(report.results, len(report.results)):
                 on_result(result)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from rich.cells import cell_len
 from rich.text import Text
 from textual import work
@@ -23,6 +25,7 @@ from ...core.diagnostics import (
     cluster_view,
     write_reports,
 )
+from ..workers import cancel_event, run_cancellable
 
 REFRESH_SECONDS = 5.0
 VERDICT = {"pass": "✓ pass", "warn": "! warn", "fail": "✗ FAIL"}
@@ -139,13 +142,20 @@ class DiagnosticsScreen(Screen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="diagnose")
     def run_checks(self) -> None:
+        """Every check; ends with the worker (quit, leaving the screen): the run and its SSH pool are cancelled."""
+        cancel = cancel_event()
+        report = run_cancellable(lambda: self.checks(cancel), cancel, name="kbpg-diagnose")
+        if report is not None and not cancel.is_set():
+            self.post_message(DiagnosticsDone(report))
+
+    def checks(self, cancel: threading.Event) -> Report:
         state = self.app.state
-        run = inst.prepare(state.workdir, state.settings, lambda event: None, selection=state.selection)
+        run = inst.prepare(state.workdir, state.settings, lambda event: None, cancel=cancel, selection=state.selection)
         try:
-            report = Diagnostics(run.ctx).run(on_result=lambda result: self.post_message(CheckDone(result)))
+            return Diagnostics(run.ctx).run(on_result=lambda result: self.post_message(CheckDone(result)),
+                                            cancel=cancel)
         finally:
             run.close()
-        self.post_message(DiagnosticsDone(report))
 
     def on_check_done(self, message: CheckDone) -> None:
         self.results.append(message.result)
@@ -223,12 +233,19 @@ class DiagnosticsScreen(Screen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="cluster-view")
     def watch_cluster(self) -> None:
+        """The cluster now; bounded by its own timeouts, and never holding a quit wizard (run_cancellable)."""
+        cancel = cancel_event()
+        seen = run_cancellable(lambda: self.cluster(cancel), cancel, name="kbpg-cluster-view")
+        if seen is not None and not cancel.is_set():
+            self.post_message(seen)
+
+    def cluster(self, cancel: threading.Event) -> ClusterSeen:
         state = self.app.state
-        run = inst.prepare(state.workdir, state.settings, lambda event: None, selection=state.selection)
+        run = inst.prepare(state.workdir, state.settings, lambda event: None, cancel=cancel, selection=state.selection)
         try:
-            self.post_message(ClusterSeen(cluster_view(run.ctx)))
+            return ClusterSeen(cluster_view(run.ctx))
         except CheckFailed as exc:
-            self.post_message(ClusterSeen([], str(exc)))
+            return ClusterSeen([], str(exc))
         finally:
             run.close()
 

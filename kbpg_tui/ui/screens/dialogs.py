@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -13,16 +15,21 @@ from ...core.events import HostKeyUnknown
 
 
 class HostKeyDialog(ModalScreen[bool]):
-    """An SSH host key kbpg has never seen: accepted only by an explicit yes."""
+    """An SSH host key kbpg has never seen: accepted only by an explicit yes.
+
+    ``cancel``: the asking worker's cancel event; once it is set (the worker is gone: the wizard quits, its
+    screen was left) the question is moot and the dialog closes itself, as declined.
+    """
 
     BINDINGS = [
         Binding("a", "accept", "Accept key"),
         Binding("d,escape", "decline", "Decline"),
     ]
 
-    def __init__(self, event: HostKeyUnknown):
+    def __init__(self, event: HostKeyUnknown, cancel: threading.Event | None = None):
         super().__init__()
         self.event = event
+        self.cancel = cancel
 
     def compose(self) -> ComposeResult:
         event = self.event
@@ -41,6 +48,12 @@ class HostKeyDialog(ModalScreen[bool]):
 
     def on_mount(self) -> None:
         self.query_one("#decline", Button).focus()  # the safe answer is the default
+        if self.cancel is not None:
+            self.set_interval(0.2, self.check_cancelled)
+
+    def check_cancelled(self) -> None:
+        if self.cancel is not None and self.cancel.is_set() and self.is_current:
+            self.dismiss(False)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss(event.button.id == "accept")

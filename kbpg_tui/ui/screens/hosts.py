@@ -18,6 +18,7 @@ from ...core.inventory import Server
 from ...core.ssh import ConnectionPool, Host, KnownHosts, SshError
 from ..state import AnswersInvalid
 from ..text import show
+from ..workers import cancel_event, run_cancellable
 
 
 class SshChecked(Message):
@@ -89,8 +90,10 @@ class HostsScreen(Screen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="ssh-check")
     def check_ssh(self, servers: list[Server]) -> None:
+        """Every host at once. Ends with the worker (quit, leaving the screen, a new ``c``): the pool's cancel
+        closes the commands and a host-key question is answered "no"."""
         state = self.app.state
-        cancel = threading.Event()
+        cancel = cancel_event()
         known_hosts = KnownHosts(resolve(state.workdir, state.settings.ssh.known_hosts))
         pool = ConnectionPool(inst.ssh_options(state.workdir, state.settings), known_hosts, lambda event: None,
                               prompt=lambda event: self.app.ask_host_key(event, cancel),
@@ -107,15 +110,17 @@ class HostsScreen(Screen):
             except SshError as exc:
                 self.post_message(SshChecked(server.hostname, False, str(exc).split(": ", 1)[-1].splitlines()[0]))
 
-        threads = [threading.Thread(target=one, args=(server,), daemon=True) for server in servers]
-        try:
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-        finally:
-            cancel.set()
-            pool.close()
+        def check_all() -> None:
+            threads = [threading.Thread(target=one, args=(server,), daemon=True) for server in servers]
+            try:
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+            finally:
+                pool.close()
+
+        run_cancellable(check_all, cancel, name="kbpg-ssh-check")
 
     def on_ssh_checked(self, message: SshChecked) -> None:
         table = self.query_one(DataTable)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import textwrap
 import threading
 
@@ -20,13 +21,16 @@ from textual.containers import Horizontal
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Log, ProgressBar, Static
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker
 
 from ...core import events as ev
 from ...core import install as inst
 from ...core import runlock
 from ...core.engine import CLUSTER, LOCAL, StepReport
 from ...core.steps import ALL_STEPS, install_steps
+from ..workers import cancel_event, run_cancellable
+
+log = logging.getLogger("kbpg.ui")
 
 OUTPUT_LINES_PER_HOST = 2000
 DRAW_LINES_PER_FLUSH = 200
@@ -63,6 +67,14 @@ class InstallDone(Message):
         self.reports = reports
 
 
+class InstallFailed(Message):
+    """The run could not run (bad input, the cluster busy): nothing was done."""
+
+    def __init__(self, error: Exception):
+        super().__init__()
+        self.error = error
+
+
 CELL_WIDTH = 14  # "no answer 120s": only the running step's column is this wide
 
 
@@ -87,7 +99,7 @@ class InstallScreen(Screen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.cancel_event: threading.Event | None = None
+        self.worker: Worker | None = None  # the running install; cancelling it (c, quit, leaving) stops the engine
         self.running = False
         self.done = False
         self.failed_step: str | None = None
@@ -175,17 +187,31 @@ class InstallScreen(Screen):
                 self.tasks.pop((step.number, column), None)
                 self.set_cell(step.number, column, "·")
         self.set_status(f"running steps {steps[0].number}–{steps[-1].number} …")
-        self.cancel_event = threading.Event()
-        self.run_engine(steps, self.cancel_event)
+        self.worker = self.run_engine(steps)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="install")
-    def run_engine(self, steps, cancel: threading.Event) -> None:
+    def run_engine(self, steps) -> None:
+        """The engine, with the worker's cancel as the run's: ``c``, quitting or leaving the screen stops it (the
+        run's SSH pool closes the commands) and the run lock is released; the worker waits for that at most
+        workers.GRACE_SECONDS (then leaves it behind), so that a quit wizard exits at once."""
+        cancel = cancel_event()
+        run_cancellable(lambda: self.install(steps, cancel), cancel, name="kbpg-install")
+
+    def install(self, steps, cancel: threading.Event) -> None:
+        """The run, reporting its own end (also when the worker has stopped waiting for it): InstallDone, or
+        InstallFailed when it could not run (a refusal of the cluster's run lock naming its holder: shown as
+        "could not start: the cluster is busy: <holder> ...")."""
+        try:
+            self.post_message(InstallDone(self.run_steps(steps, cancel)))
+        except Exception as exc:  # noqa: BLE001 (shown on the screen; the traceback is in the log)
+            log.warning("the install could not run", exc_info=True)
+            self.post_message(InstallFailed(exc))
+
+    def run_steps(self, steps, cancel: threading.Event) -> list[StepReport]:
         state = self.app.state
         run = inst.prepare(state.workdir, state.settings, self.sink, prompt=lambda e: self.app.ask_host_key(e, cancel),
                            cancel=cancel, selection=state.selection)
-        # The cluster's run lock (core/runlock.py): a refusal naming its holder ends the worker in error,
-        # shown by on_worker_state_changed as "could not start: the cluster is busy: <holder> ...".
-        try:
+        try:  # the cluster's run lock (core/runlock.py)
             lock = (runlock.acquire_for_run(run, f"kbpg wizard: install steps {steps[0].number}-{steps[-1].number}")
                     if runlock.changes_hosts(steps) else None)
         except BaseException:
@@ -197,7 +223,7 @@ class InstallScreen(Screen):
             if lock is not None:
                 lock.release()
             run.close()
-        self.post_message(InstallDone(reports))
+        return reports
 
     def sink(self, event: ev.Event) -> None:
         """Called from the worker thread."""
@@ -206,16 +232,14 @@ class InstallScreen(Screen):
         else:
             self.post_message(EngineEvent(event))
 
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        if event.worker.group == "install" and event.state == WorkerState.ERROR:
-            self.running = False
-            error = event.worker.error
-            self.set_status(f"could not start: {error}")
-            self.notify(str(error), severity="error", timeout=15)
+    def on_install_failed(self, message: InstallFailed) -> None:
+        self.running = False
+        self.set_status(f"could not start: {message.error}")
+        self.notify(str(message.error), severity="error", timeout=15)
 
     def action_cancel(self) -> None:
-        if self.running and self.cancel_event:
-            self.cancel_event.set()
+        if self.running and self.worker is not None:
+            self.worker.cancel()
             self.set_status("cancelling: the running commands are stopped, finished work stays …")
 
     # events
