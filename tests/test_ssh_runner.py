@@ -685,3 +685,22 @@ def test_a_long_command_shown_in_a_message_is_redacted_before_it_is_cut() -> Non
     assert len(shown) <= 80
     for half in _halves():
         assert half not in shown
+
+
+def test_a_command_that_ends_without_reading_its_stdin_reports_its_own_exit_status() -> None:
+    """Its stdin is sent only once it runs: by then it may be gone, and the channel closed."""
+
+    class QuickExit(SudoChannel):
+        def sendall(self, data: bytes) -> None:
+            if self.command_started:
+                self.script.append((self.clock.now, "err", b"mkdir: cannot create directory\n"))
+                self.exit_status = 1
+                raise OSError("Socket is closed")
+            super().sendall(data)
+
+        def shutdown_write(self) -> None:
+            raise OSError("Socket is closed")
+
+    channel = QuickExit(FakeClock(), asks=False)
+    (status, _, stderr), _ = _sudo(channel)
+    assert status == 1 and stderr == "mkdir: cannot create directory\n"

@@ -31,7 +31,7 @@ log = logging.getLogger("kbpg.engine")
 
 CLUSTER = "cluster"  # the pseudo-host of tasks that run once for the whole cluster
 LOCAL = "local"  # the pseudo-host of tasks that run on this machine
-CANCEL_GRACE_SECONDS = 1.0  # after a cancel, how long running tasks get to stop on their own
+CANCEL_GRACE_SECONDS = 0.5  # after a cancel, how long running tasks get to stop on their own (commands close at once)
 _WAIT_SECONDS = 0.05
 
 

@@ -333,17 +333,15 @@ class SudoGate:
                 out += self._buffer[:started]
                 self._buffer = self._buffer[started + len(self._STARTED):]
                 self.started = True
-                if self.stdin:
-                    channel.sendall(self.stdin)
-                channel.shutdown_write()
+                _send(channel, self.stdin, close=True)
             elif prompt >= 0:
                 out += self._buffer[:prompt]
                 self._buffer = self._buffer[prompt + len(self._PROMPT):]
                 self.prompts += 1
                 if self.prompts == 1:
-                    channel.sendall(self.password + b"\n")
+                    _send(channel, self.password + b"\n")
                 else:
-                    channel.shutdown_write()  # a wrong password: no second try; sudo reads EOF and ends
+                    _send(channel, b"", close=True)  # a wrong password: no second try; sudo reads EOF and ends
             else:
                 break
         if self.started:
@@ -357,6 +355,17 @@ class SudoGate:
     def flush(self) -> bytes:
         rest, self._buffer = self._buffer, b""
         return rest
+
+
+def _send(channel: Channel, data: bytes, close: bool = False) -> None:
+    """Write to a command's stdin that may have ended already (sent only once it runs, it may be quick)."""
+    try:
+        if data:
+            channel.sendall(data)
+        if close:
+            channel.shutdown_write()
+    except (OSError, EOFError, paramiko.SSHException) as exc:
+        log.debug("stdin not fully sent (the command ended without reading it): %s", exc)
 
 
 def _overlap(data: bytes, token: bytes) -> int:
