@@ -1,4 +1,7 @@
-"""The kbpg wizard: welcome → credentials → hosts → plan → install → diagnostics → summary."""
+"""The kbpg wizard: welcome → credentials → hosts → plan → install → diagnostics → summary.
+
+The order of each flow is in flows.py; screens say they are done (``screen_done``) and the app goes on.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,10 @@ from typing import Callable
 from textual.app import App
 from textual.binding import Binding
 from textual.message import Message
+from textual.screen import Screen
 
 from ..core.events import HostKeyUnknown
+from .flows import FLOWS, HOME, next_screen
 from .state import WizardState
 
 
@@ -23,7 +28,7 @@ class AskHostKey(Message):
 
 
 class KbpgApp(App):
-    """The wizard. ``start`` is "welcome" or "diagnostics" (``kbpg diagnose``)."""
+    """The wizard. ``start`` is "welcome", or the flow to start in (``kbpg diagnose``: "diagnostics")."""
 
     CSS_PATH = "kbpg.tcss"
     TITLE = "kbpg"
@@ -37,12 +42,29 @@ class KbpgApp(App):
         super().__init__()
         self.state = WizardState.load(workdir)
         self.start = start
+        self.flow: str | None = None  # the flow running now (flows.FLOWS)
 
     def on_mount(self) -> None:
-        from .screens.diagnostics import DiagnosticsScreen
-        from .screens.welcome import WelcomeScreen
+        self.push_screen(HOME())  # always at the bottom: every flow goes back to it
+        if self.start in FLOWS:
+            self.start_flow(self.start)
 
-        self.push_screen(DiagnosticsScreen() if self.start == "diagnostics" else WelcomeScreen())
+    # the flows (flows.py)
+
+    def start_flow(self, name: str) -> None:
+        self.flow = name
+        self.push_screen(FLOWS[name][0]())
+
+    def screen_done(self, screen: Screen) -> None:
+        """``screen`` is done: the next screen of the running flow, or home after the flow's last one."""
+        following = next_screen(self.flow, type(screen))
+        if following is not None:
+            self.push_screen(following())
+            return
+        while len(self.screen_stack) > 1 and not isinstance(self.screen, HOME):
+            self.pop_screen()
+        if not isinstance(self.screen, HOME):
+            self.push_screen(HOME())
 
     def _fatal_error(self) -> None:
         """Textual's crash report shows local variables, which can hold passwords: show the traceback without them.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import stat
 import tomllib
 from pathlib import Path
@@ -57,7 +58,10 @@ async def test_welcome_shows_the_work_directory_and_leads_everywhere(fresh: Path
         assert "cannot run" in text_of(app, "#diag-status") and "no credentials/postgres.env" in text_of(app, "#diag-status")
         await pilot.press("escape")
         await pilot.press("3")
-        assert isinstance(app.screen, CredentialsScreen) and app.screen.then == "welcome"
+        assert isinstance(app.screen, CredentialsScreen)
+        await pilot.press("g", "n")  # export credentials: written, then back home (not on to the hosts)
+        assert isinstance(app.screen, WelcomeScreen)
+        assert (fresh / "credentials" / "postgres.env").exists()
 
 
 async def test_credentials_generate_reveal_export(fresh: Path) -> None:
@@ -502,3 +506,42 @@ async def test_a_long_failure_is_wrapped_whole_in_the_output_at_80_columns(demo:
         assert all(len(line) <= log.scrollable_content_region.width for line in log.lines)
         joined = " ".join(line.strip() for line in log.lines)
         assert "E: Unable to locate package postgresql-17-pgvector" in joined
+
+
+# The plan screen's fields come from the settings' own declaration (core/settings.py, _opt choices= and doc=).
+
+
+def redeclare(monkeypatch: pytest.MonkeyPatch, section_class: type, name: str, **metadata) -> None:
+    """Change what one setting declares (as an edit of core/settings.py would), for this test only."""
+    import dataclasses
+    import types
+
+    fields = dict(section_class.__dataclass_fields__)
+    changed = copy.copy(fields[name])
+    changed.metadata = types.MappingProxyType({**fields[name].metadata, **metadata})
+    fields[name] = changed
+    monkeypatch.setattr(section_class, "__dataclass_fields__", fields)
+    assert dataclasses.fields(section_class)  # still a dataclass
+
+
+async def test_plan_fields_follow_the_settings_declaration(demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from textual.widgets import Select
+
+    from kbpg_tui.core import settings as cfg
+
+    redeclare(monkeypatch, cfg.PgbouncerSettings, "pool_mode", choices=("transaction", "session"),
+              doc="how PgBouncer shares server connections")
+    redeclare(monkeypatch, cfg.PostgresqlSettings, "version", choices=(16, 17))
+    app = KbpgApp(demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("1", "n", "n")
+        assert isinstance(app.screen, PlanScreen)
+        pooling = app.screen.query_one("#f-pgbouncer-pool_mode", Select)
+        assert [value for _label, value in pooling._options] == ["transaction", "session"]
+        assert "how PgBouncer shares server connections" in str(pooling.tooltip)
+        version = app.screen.query_one("#f-postgresql-version", Select)
+        assert [value for _label, value in version._options] == [16, 17]
+        restarts = app.screen.query_one("#f-patroni-apply_pending_restarts", Select)  # a bool: false or true
+        assert [value for _label, value in restarts._options] == [False, True]
+        port = app.screen.query_one("#f-ports-pgbouncer", Input)
+        assert "1..65535" in str(port.tooltip)

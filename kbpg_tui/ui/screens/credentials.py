@@ -34,9 +34,8 @@ class CredentialsScreen(Screen):
         Binding("escape", "back", "Back"),
     ]
 
-    def __init__(self, then: str = "hosts"):
+    def __init__(self) -> None:
         super().__init__()
-        self.then = then  # where "next" goes: the hosts screen, or back to the welcome screen
         self.revealed = False
         self.editing: str | None = None
 
@@ -186,9 +185,4 @@ class CredentialsScreen(Screen):
             return
         if not self.action_export():
             return
-        if self.then == "hosts":
-            from .hosts import HostsScreen
-
-            self.app.push_screen(HostsScreen())
-        else:
-            self.app.pop_screen()
+        self.app.screen_done(self)

@@ -261,14 +261,7 @@ class DiagnosticsScreen(Screen):
     # navigation
 
     def action_next(self) -> None:
-        from .summary import SummaryScreen
-
-        self.app.push_screen(SummaryScreen())
+        self.app.screen_done(self)
 
     def action_back(self) -> None:
-        if len(self.app.screen_stack) > 2:
-            self.app.pop_screen()
-        else:
-            from .welcome import WelcomeScreen
-
-            self.app.switch_screen(WelcomeScreen())
+        self.app.pop_screen()

@@ -141,9 +141,7 @@ class HostsScreen(Screen):
         except OSError as exc:
             self.notify(f"cannot write kbpg.toml: {exc}", severity="error")
             return
-        from .plan import PlanScreen
-
-        self.app.push_screen(PlanScreen())
+        self.app.screen_done(self)
 
     def invalid_answers(self, choice: str | None) -> None:
         state = self.app.state

@@ -399,9 +399,7 @@ class InstallScreen(Screen):
         if self.running:
             self.notify("the install is still running")
             return
-        from .diagnostics import DiagnosticsScreen
-
-        self.app.push_screen(DiagnosticsScreen())
+        self.app.screen_done(self)
 
     def action_back(self) -> None:
         if self.running:

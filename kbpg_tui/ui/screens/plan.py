@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import typing
+from dataclasses import dataclass
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -15,29 +18,61 @@ from ...core.steps import install_steps
 from ..state import AnswersInvalid
 from ..text import show
 
-# (kbpg.toml key, label, choices or None for free text)
-FIELDS: list[tuple[str, str, tuple | None]] = [
-    ("postgresql.version", "PostgreSQL version", cfg.SUPPORTED_PG_VERSIONS),
-    ("packages.source", "Package source", ("pgdg", "distro", "custom")),
-    ("packages.url", "  custom: URL", None),
-    ("packages.suite", "  custom: suite", None),
-    ("packages.key_file", "  custom: key file", None),
-    ("network.lb_address", "LB address", None),
-    ("network.private_subnet", "Private subnet", None),
-    ("postgresql.max_connections", "max_connections", None),
-    ("postgresql.shared_buffers", "shared_buffers", None),
-    ("patroni.timing_plan", "Failover timing", ("standard", "fast", "custom")),
-    ("patroni.apply_pending_restarts", "Apply restarts", (False, True)),
-    ("pgbouncer.pool_mode", "Pooling", ("transaction", "session", "statement")),
-    ("pgbouncer.backend", "PgBouncer backend", ("local", "lb")),
-    ("ports.haproxy_write", "Port: write", None),
-    ("ports.haproxy_read", "Port: read-only", None),
-    ("ports.pgbouncer", "Port: PgBouncer", None),
-    ("ports.postgresql", "Port: PostgreSQL", None),
-    ("ports.patroni_rest", "Port: Patroni REST", None),
-    ("ports.raft", "Port: Raft", None),
-    ("ports.haproxy_stats", "Port: HAProxy stats", None),
+# (kbpg.toml key, label) of each field, in order. What a field accepts (its choices, bounds and help) is
+# declared once, with the setting (core/settings.py); the form reads it from there (plan_fields).
+FIELDS: list[tuple[str, str]] = [
+    ("postgresql.version", "PostgreSQL version"),
+    ("packages.source", "Package source"),
+    ("packages.url", "  custom: URL"),
+    ("packages.suite", "  custom: suite"),
+    ("packages.key_file", "  custom: key file"),
+    ("network.lb_address", "LB address"),
+    ("network.private_subnet", "Private subnet"),
+    ("postgresql.max_connections", "max_connections"),
+    ("postgresql.shared_buffers", "shared_buffers"),
+    ("patroni.timing_plan", "Failover timing"),
+    ("patroni.apply_pending_restarts", "Apply restarts"),
+    ("pgbouncer.pool_mode", "Pooling"),
+    ("pgbouncer.backend", "PgBouncer backend"),
+    ("ports.haproxy_write", "Port: write"),
+    ("ports.haproxy_read", "Port: read-only"),
+    ("ports.pgbouncer", "Port: PgBouncer"),
+    ("ports.postgresql", "Port: PostgreSQL"),
+    ("ports.patroni_rest", "Port: Patroni REST"),
+    ("ports.raft", "Port: Raft"),
+    ("ports.haproxy_stats", "Port: HAProxy stats"),
 ]
+
+
+@dataclass(frozen=True)
+class PlanField:
+    key: str
+    label: str
+    kind: type  # the setting's type: int fields are read as integers
+    choices: tuple | None  # a Select of these; None: free text
+    help: str  # the setting's doc and what it accepts (the field's tooltip)
+
+
+def setting_field(key: str, label: str) -> PlanField:
+    """A form field from the setting's own declaration (its type, and _opt's choices, min, max and doc)."""
+    section, name = key.split(".")
+    section_class = typing.get_type_hints(cfg.Settings)[section]
+    spec = {f.name: f for f in dataclasses.fields(section_class)}[name]
+    kind = typing.get_type_hints(section_class)[name]
+    meta = spec.metadata
+    choices = tuple(meta["choices"]) if meta.get("choices") else ((False, True) if kind is bool else None)
+    accepts = ""
+    if choices:
+        accepts = "one of " + ", ".join(str(choice).lower() for choice in choices)
+    elif meta.get("min") is not None or meta.get("max") is not None:
+        low, high = meta.get("min"), meta.get("max")
+        accepts = f"{'' if low is None else low}..{'' if high is None else high}"
+    help_text = f"{key}" + (f": {meta['doc']}" if meta.get("doc") else "") + (f" ({accepts})" if accepts else "")
+    return PlanField(key, label, kind, choices, help_text)
+
+
+def plan_fields() -> list[PlanField]:
+    return [setting_field(key, label) for key, label in FIELDS]
 
 
 def field_id(key: str) -> str:
@@ -82,15 +117,18 @@ class PlanScreen(Screen):
         yield Static(id="settings-errors", classes="problems")
         with Horizontal():
             with VerticalScroll(id="form"):
-                for key, label, choices in FIELDS:
-                    value = get_value(settings, key)
+                for spec in plan_fields():
+                    value = get_value(settings, spec.key)
                     with Horizontal():
-                        yield Label(label)
-                        if choices:
-                            yield Select([(str(c).lower(), c) for c in choices], value=value, allow_blank=False,
-                                         id=field_id(key), compact=True)
+                        yield Label(spec.label)
+                        widget: Select | Input
+                        if spec.choices:
+                            widget = Select([(str(c).lower(), c) for c in spec.choices], value=value,
+                                            allow_blank=False, id=field_id(spec.key), compact=True)
                         else:
-                            yield Input(str(value), id=field_id(key), compact=True)
+                            widget = Input(str(value), id=field_id(spec.key), compact=True)
+                        widget.tooltip = spec.help
+                        yield widget
             yield Static(plan_text(self.app.state), id="plan")
         yield Footer()
 
@@ -100,11 +138,12 @@ class PlanScreen(Screen):
     def collect(self) -> cfg.Settings:
         """The form's values on top of the current settings, validated (raises SettingsError naming the keys)."""
         data = cfg.to_dict(copy.deepcopy(self.app.state.settings))
-        for key, _label, choices in FIELDS:
+        for spec in plan_fields():
+            key = spec.key
             section, name = key.split(".")
             widget = self.query_one(f"#{field_id(key)}")
             raw = widget.value
-            if choices is None and isinstance(get_value(self.app.state.settings, key), int):
+            if spec.choices is None and spec.kind is int:
                 try:
                     raw = int(str(raw).strip())
                 except ValueError:
@@ -155,9 +194,9 @@ class PlanScreen(Screen):
                 self.notify(f"kbpg.toml is still invalid: {len(state.answers_errors)} error(s)", severity="error")
                 return
             state.load_inventory()
-            for key, _label, choices in FIELDS:  # the file's values, for the operator to review
-                value = get_value(state.settings, key)
-                self.query_one(f"#{field_id(key)}").value = value if choices else str(value)
+            for spec in plan_fields():  # the file's values, for the operator to review
+                value = get_value(state.settings, spec.key)
+                self.query_one(f"#{field_id(spec.key)}").value = value if spec.choices else str(value)
             show(errors, "")
             self.query_one("#plan", Static).update(plan_text(state))
             self.notify("kbpg.toml reloaded into the form: s saves, n saves and goes on")
@@ -182,9 +221,7 @@ class PlanScreen(Screen):
     def action_next(self) -> None:
         if not self.action_save(then_install=True):
             return
-        from .install import InstallScreen
-
-        self.app.push_screen(InstallScreen())
+        self.app.screen_done(self)
 
     def action_back(self) -> None:
         self.app.pop_screen()

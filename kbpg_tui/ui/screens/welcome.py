@@ -68,19 +68,13 @@ class WelcomeScreen(Screen):
         show(self.query_one("#answers-problems", Static), text)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        {"install": self.action_install, "diagnostics": self.action_diagnostics, "export": self.action_export}[event.button.id]()
+        self.app.start_flow(event.button.id)  # each button's id names its flow (flows.FLOWS)
 
     def action_install(self) -> None:
-        from .credentials import CredentialsScreen
-
-        self.app.push_screen(CredentialsScreen(then="hosts"))
+        self.app.start_flow("install")
 
     def action_diagnostics(self) -> None:
-        from .diagnostics import DiagnosticsScreen
-
-        self.app.push_screen(DiagnosticsScreen())
+        self.app.start_flow("diagnostics")
 
     def action_export(self) -> None:
-        from .credentials import CredentialsScreen
-
-        self.app.push_screen(CredentialsScreen(then="welcome"))
+        self.app.start_flow("export")

@@ -1,0 +1,42 @@
+"""The wizard's order, in one place: the screens each flow goes through, first to last.
+
+Screens never open one another: a screen that is done calls ``app.screen_done(self)``, and the app opens
+the next screen of the running flow, or goes back home (the welcome screen) after its last one. A new
+screen (a failover drill after the diagnostics, backups) goes in with one edit here.
+"""
+
+from __future__ import annotations
+
+from textual.screen import Screen
+
+from .screens.credentials import CredentialsScreen
+from .screens.diagnostics import DiagnosticsScreen
+from .screens.hosts import HostsScreen
+from .screens.install import InstallScreen
+from .screens.plan import PlanScreen
+from .screens.summary import SummaryScreen
+from .screens.welcome import WelcomeScreen
+
+HOME: type[Screen] = WelcomeScreen  # where every flow starts from and returns to
+
+# Each screen at most once per flow (a screen's place in its flow is found by its class).
+FLOWS: dict[str, list[type[Screen]]] = {
+    "install": [CredentialsScreen, HostsScreen, PlanScreen, InstallScreen, DiagnosticsScreen, SummaryScreen],
+    "diagnostics": [DiagnosticsScreen, SummaryScreen],
+    "export": [CredentialsScreen],
+}
+
+
+def next_screen(flow: str | None, current: type[Screen]) -> type[Screen] | None:
+    """The screen after ``current`` in ``flow``; None after the flow's last screen (back home).
+
+    A screen opened outside a flow (``flow`` None, or a flow without it) goes on as in the first flow that
+    has it.
+    """
+    order = FLOWS.get(flow or "", [])
+    if current not in order:
+        order = next((screens for screens in FLOWS.values() if current in screens), [])
+    if current not in order:
+        return None
+    index = order.index(current)
+    return order[index + 1] if index + 1 < len(order) else None
