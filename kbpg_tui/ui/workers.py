@@ -53,7 +53,7 @@ def run_cancellable(work: Callable[[], T], cancel: threading.Event, name: str = 
     while not finished.wait(POLL_SECONDS):
         if cancel.is_set():
             if not finished.wait(grace):
-                log.warning("%s: still running %.1f s after its cancel; left behind", name, grace)
+                log.info("%s: still running %.1f s after its cancel; no longer waited for", name, grace)
                 return None
             break
     if "error" in outcome:
