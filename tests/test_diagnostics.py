@@ -6,6 +6,7 @@ import http.server
 import threading
 from pathlib import Path
 from types import SimpleNamespace
+from typing import ClassVar
 
 import pytest
 
@@ -47,9 +48,9 @@ def test_no_secret_to_look_for_is_a_warning_not_a_scan_that_matches_every_file(r
 
 class _Patroni(http.server.BaseHTTPRequestHandler):
     status = 401
-    seen: list[tuple[str, str, str | None, str | None]] = []
+    seen: ClassVar[list[tuple[str, str, str | None, str | None]]] = []
 
-    def do_PATCH(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_PATCH(self) -> None:
         _Patroni.seen.append((self.command, self.path, self.headers.get("Authorization"), self.headers.get("Content-Length")))
         self.send_response(_Patroni.status)
         self.send_header("Content-Length", "0")
