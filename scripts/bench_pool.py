@@ -2,7 +2,8 @@
 """Benchmark of the application path on an installed lab, in one run:
 
 - pgbench (-S read-only, and the default TPC-B-like mix) through LB:6432 (LB → PgBouncer → HAProxy
-  → primary) against direct to the primary on 5432: TPS and the ratio;
+  → primary) as the app role against direct to the primary on 5432 as the superuser (pg_hba admits the
+  app role only from the HAProxy and DB nodes): TPS and the ratio;
 - 1,000 client connections held open through LB:6432 at once, with the server-side connections
   counted on the primary (they must stay within PgBouncer's pool sizes);
 - a Patroni switchover with writes going on through LB:5432 and LB:6432: seconds writes were refused.
@@ -43,9 +44,14 @@ def pgbench_binary() -> str:
     return found[-1]
 
 
-def pgbench(binary: str, host: str, port: int, values: dict, seconds: int, extra: list[str]) -> float:
-    env = {**os.environ, "PGPASSWORD": values["POSTGRES_APP_PASS"]}  # a local child's environment, never argv
-    command = [binary, "-h", host, "-p", str(port), "-U", values["POSTGRES_APP_USER"], "-T", str(seconds),
+def pgbench(binary: str, host: str, port: int, values: dict, seconds: int, extra: list[str],
+            role: str = "APP") -> float:
+    """pgbench as the app role (``role="APP"``) or the superuser (``role="SUPER"``: pg_hba lets only the superuser
+    reach a DB node directly from outside the HAProxy and DB nodes, see network.direct_clients)."""
+    user, password = (values["POSTGRES_APP_USER"], values["POSTGRES_APP_PASS"]) if role == "APP" else (
+        values["POSTGRES_SUPERUSER"], values["POSTGRES_SUPERPASS"])
+    env = {**os.environ, "PGPASSWORD": password}  # a local child's environment, never argv
+    command = [binary, "-h", host, "-p", str(port), "-U", user, "-T", str(seconds),
                "-c", "8", "-j", "2", "-n", *extra, values["POSTGRES_DB"]]
     out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=seconds + 120)
     match = re.search(r"tps = ([0-9.]+)", out.stdout)
@@ -167,12 +173,13 @@ def main() -> int:
         binary = pgbench_binary()
         primary = primary_address(ctx)
         env = {**os.environ, "PGPASSWORD": values["POSTGRES_APP_PASS"]}
-        subprocess.run([binary, "-i", "-q", "-s", "4", "-h", primary, "-p", str(ctx.settings.ports.postgresql),
-                        "-U", values["POSTGRES_APP_USER"], values["POSTGRES_DB"]], check=True, capture_output=True, env=env)
         lb = ctx.settings.network.lb_address
+        # Tables made by the app role through the LB's write port (the app role may not reach a node directly).
+        subprocess.run([binary, "-i", "-q", "-s", "4", "-h", lb, "-p", str(ctx.settings.ports.haproxy_write),
+                        "-U", values["POSTGRES_APP_USER"], values["POSTGRES_DB"]], check=True, capture_output=True, env=env)
         print(f"pgbench, 8 clients, {args.seconds} s each (primary {primary}):")
         for label, extra in (("select-only (-S)", ["-S"]), ("default mix (TPC-B-like)", [])):
-            direct = pgbench(binary, primary, ctx.settings.ports.postgresql, values, args.seconds, extra)
+            direct = pgbench(binary, primary, ctx.settings.ports.postgresql, values, args.seconds, extra, role="SUPER")
             pooled = pgbench(binary, lb, ctx.settings.ports.pgbouncer, values, args.seconds, extra)
             print(f"  {label:<26} direct {direct:8.0f} tps   via LB:6432 {pooled:8.0f} tps   ratio {pooled / direct:.2f}")
         hold_connections(ctx, args.clients)
