@@ -13,29 +13,29 @@ the leader is whatever Patroni says it is now.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 import shlex
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
 
 import yaml
 
+from .. import cluster
 from .. import credentials as creds
+from ..cluster import CONFIG_PATH, PATRONICTL, leader_host, psql
 from ..engine import CLUSTER, Outcome, Step, Task, TaskError, TaskRun
 from ..events import Progress
-from ..ssh import Cancelled, Host, Result, SshError
+from ..ssh import Cancelled, Host, SshError
 from . import host_guards
 from .host_guards import RAFT_DIR
 from .packages import ensure_installed, ensure_source, installed_versions
 
-CONFIG_PATH = "/etc/patroni/config.yml"
 DROPIN_PATH = "/etc/systemd/system/patroni.service.d/kbpg.conf"
 CREATECLUSTER_PATH = "/etc/postgresql-common/createcluster.d/kbpg.conf"
 PGPASS_PATH = "/var/lib/postgresql/.pgpass_patroni"
 REST_USER = "patroni"
 CLUSTER_WAIT_SECONDS = 300
-PATRONICTL = f"patronictl -c {CONFIG_PATH}"
 
 # PostgreSQL settings Patroni requires to be equal on every node: they live in the DCS.
 DCS_PARAMETERS = ("max_connections", "max_wal_senders", "max_replication_slots", "max_worker_processes",
@@ -342,8 +342,7 @@ def start_cluster(run: TaskRun) -> Outcome:
             details.append("enabled on " + ", ".join(enabled))
     to_reload = [n for n in run.ctx.state.get("patroni_config_changed", set()) if n not in stopped]
     if to_reload:
-        members = cluster_members(run)
-        leaders = {m["Member"] for m in members if m.get("Role") == "Leader"}
+        leaders = {m.name for m in cluster.read_patronictl(run).members if m.is_leader}
         # Replicas first, the leader last: a config change must not cause a needless failover.
         for name in sorted(to_reload, key=lambda n: n in leaders):
             run.run("systemctl reload patroni", host=hosts[name], what="reloading patroni")
@@ -351,61 +350,51 @@ def start_cluster(run: TaskRun) -> Outcome:
     return Outcome.of(bool(details), "; ".join(details) or "patroni active on every DB node")
 
 
-def cluster_members(run: TaskRun, via: Host | None = None) -> list[dict]:
-    """``patronictl list`` as data, asked on the first DB node that answers."""
-    errors = []
-    for host in ([via] if via else run.ctx.db_hosts):
-        try:
-            result = run.run(f"{PATRONICTL} list -f json", host=host, check=False, on_line=None, timeout=30)
-        except Cancelled:
-            raise
-        except SshError as exc:  # a node that is down (often the old leader) must not hide the others' answer
-            errors.append(str(exc).splitlines()[0])
-            continue
-        if result.ok:
-            try:
-                return json.loads(result.stdout or "[]")
-            except json.JSONDecodeError:
-                errors.append(f"{host.name}: unreadable patronictl output")
-        else:
-            errors.append(f"{host.name}: {result.tail(2)}")
-    raise TaskError("cannot read the cluster state: " + "; ".join(errors))
+# The cluster as patronictl lists it (kbpg_tui.core.cluster: one model, one health rule for steps and diagnostics).
+cluster_members = cluster.read_patronictl
 
 
-def health(members: list[dict], expected: int) -> tuple[bool, str]:
-    leaders = [m for m in members if m.get("Role") == "Leader" and m.get("State") == "running"]
-    replicas = [m for m in members if m.get("Role") in ("Replica", "Sync Standby", "Quorum Standby")]
-    streaming = [m for m in replicas if m.get("State") == "streaming"]
-    timelines = {m.get("TL") for m in leaders + streaming}
-    summary = ", ".join(f"{m.get('Member')}={m.get('Role')}/{m.get('State')}/TL{m.get('TL')}" for m in members) or "no members yet"
-    ok = len(leaders) == 1 and len(streaming) == expected - 1 and len(members) == expected and len(timelines) == 1
-    return ok, summary
+def health(members: list[dict], expected: Sequence[str] | int) -> tuple[bool, str]:
+    """``patronictl list -f json`` rows judged by :func:`kbpg_tui.core.cluster.health`: (healthy, summary)."""
+    verdict = cluster.health(cluster.from_patronictl(members), expected)
+    return verdict.ok, verdict.summary
+
+
+def _judge(run: TaskRun) -> tuple[cluster.ClusterState | None, cluster.Health]:
+    """The cluster now, judged against the DB nodes of servers.tsv; a cluster that cannot be read is unhealthy."""
+    try:
+        state = cluster.read_patronictl(run)
+    except TaskError as exc:
+        return None, cluster.Health((str(exc),), str(exc))
+    return state, cluster.health(state, [h.name for h in run.ctx.db_hosts])
+
+
+def _shown(verdict: cluster.Health) -> str:
+    """The members and what is wrong with them (a cluster that could not be read: the reason, once)."""
+    problems = [problem for problem in verdict.problems if problem != verdict.summary]
+    return verdict.summary + (f" ({'; '.join(problems)})" if problems else "")
 
 
 def wait_for_cluster(run: TaskRun) -> Outcome:
     expected = len(run.ctx.db_hosts)
     deadline = time.monotonic() + CLUSTER_WAIT_SECONDS
-    summary = ""
     started = time.monotonic()
     while True:
         run.check_cancel()
-        try:
-            members = cluster_members(run)
-            ok, summary = health(members, expected)
-        except TaskError as exc:
-            ok, summary = False, str(exc)
-        if ok:
+        state, verdict = _judge(run)
+        if state is not None and verdict.ok:
             break
         if time.monotonic() > deadline:
-            raise TaskError(f"no healthy cluster after {CLUSTER_WAIT_SECONDS} s ({summary}). "
+            raise TaskError(f"no healthy cluster after {CLUSTER_WAIT_SECONDS} s ({_shown(verdict)}). "
                             f"Look at `journalctl -u patroni` on the DB nodes.\n{journal_tails(run)}")
-        run.ctx.sink(Progress(f"waiting for one leader and {expected - 1} streaming replicas: {summary}",
+        run.ctx.sink(Progress(f"waiting for one leader and {expected - 1} streaming replicas: {verdict.summary}",
                               min(0.99, (time.monotonic() - started) / CLUSTER_WAIT_SECONDS)))
         time.sleep(2)
     # The members judged healthy, not a second reading: a failover in between must not end in StopIteration.
-    leader = next(m["Member"] for m in members if m.get("Role") == "Leader")
+    assert state is not None
+    leader = state.running_leaders[0].name
     run.ctx.state["leader"] = leader
-    return Outcome.unchanged(f"leader {leader}; {summary}")
+    return Outcome.unchanged(f"leader {leader}; {verdict.summary}")
 
 
 def journal_tails(run: TaskRun, lines: int = 8) -> str:
@@ -421,21 +410,6 @@ def journal_tails(run: TaskRun, lines: int = 8) -> str:
             continue
         tails.append(f"--- {host.name}\n{result.stdout.strip()}")
     return "\n".join(tails)
-
-
-def leader_host(run: TaskRun) -> Host:
-    name = run.ctx.state.get("leader")
-    if not name:
-        members = cluster_members(run)
-        name = next((m["Member"] for m in members if m.get("Role") == "Leader"), None)
-        if not name:
-            raise TaskError("the cluster has no leader right now")
-        run.ctx.state["leader"] = name
-    hosts = {h.name: h for h in run.ctx.db_hosts}
-    if name not in hosts:
-        raise TaskError(f"the cluster's leader is {name}, which is not a DB node selected in servers.tsv "
-                        f"({', '.join(hosts)}); was a host renamed? Check `{PATRONICTL} list` on a DB node")
-    return hosts[name]
 
 
 def _subset_differs(wanted, current) -> bool:
@@ -470,26 +444,23 @@ def apply_pending_restarts(run: TaskRun) -> Outcome:
     last, each back and streaming before the next: no failover, a few seconds without writes at the end.
     Without it they are reported on every run, never left looking "unchanged" in silence.
     """
-    members = cluster_members(run)
-    pending = [m for m in members if m.get("Pending restart")]
+    pending = cluster.read_patronictl(run).pending_restart
     if not pending and run.ctx.state.get("dynamic_config_changed"):
         # Members notice a DCS change on their next loop: give them two before concluding nothing waits.
         deadline = time.monotonic() + 2 * run.settings.patroni.loop_wait + 2
         while not pending and time.monotonic() < deadline:
             run.check_cancel()
             time.sleep(1)
-            members = cluster_members(run)
-            pending = [m for m in members if m.get("Pending restart")]
+            pending = cluster.read_patronictl(run).pending_restart
     if not pending:
         return Outcome.unchanged("no restart pending")
-    names = [m["Member"] for m in sorted(pending, key=lambda m: m.get("Role") == "Leader")]
+    names = [m.name for m in pending]  # replicas first, the leader last
     if not run.settings.patroni.apply_pending_restarts:
         return Outcome.unchanged(f"restart pending on {', '.join(names)}", [
             f"restart pending on {', '.join(names)}: a changed parameter waits for a PostgreSQL restart. Set "
             "patroni.apply_pending_restarts = true in kbpg.toml and re-run (replicas first, leader last), or restart "
             "them yourself with patronictl restart"])
     scope = shlex.quote(run.ctx.credentials["PATRONI_CLUSTER_NAME"])
-    expected = len(run.ctx.db_hosts)
     for name in names:
         run.check_cancel()
         host = run.ctx.host(name)
@@ -497,30 +468,16 @@ def apply_pending_restarts(run: TaskRun) -> Outcome:
         deadline = time.monotonic() + RESTART_WAIT_SECONDS
         while True:
             run.check_cancel()
-            try:
-                now = cluster_members(run)
-                ok, summary = health(now, expected)
-                still = any(m["Member"] == name and m.get("Pending restart") for m in now)
-            except TaskError as exc:
-                ok, summary, still = False, str(exc), True
-            if ok and not still:
+            state, verdict = _judge(run)
+            member = state.member(name) if state is not None else None
+            still = member is None or member.pending_restart
+            if verdict.ok and not still:
                 break
             if time.monotonic() > deadline:
                 raise TaskError(f"{name} did not come back healthy within {RESTART_WAIT_SECONDS} s after its restart "
-                                f"({summary}); the members after it were not restarted")
+                                f"({_shown(verdict)}); the members after it were not restarted")
             time.sleep(2)
     return Outcome.changed(f"restarted {', '.join(names)} one at a time (replicas first, leader last)")
-
-
-PSQL = "runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 -h /var/run/postgresql -p {port} -U {user} -d {database}"
-
-
-def psql(run: TaskRun, host: Host, sql: str, what: str, database: str = "postgres") -> Result:
-    """Run SQL as the superuser over the local socket (peer-mapped); the SQL, secrets included, goes through stdin."""
-    values = run.ctx.credentials
-    command = PSQL.format(port=run.settings.ports.postgresql, user=shlex.quote(values["POSTGRES_SUPERUSER"]),
-                          database=shlex.quote(database))
-    return run.run(command, host=host, stdin=sql, on_line=None, what=what)
 
 
 def _literal(text: str) -> str:

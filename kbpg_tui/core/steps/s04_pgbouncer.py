@@ -16,9 +16,9 @@ import time
 import psycopg
 
 from .. import credentials as creds
+from ..cluster import on_leader
 from ..engine import Outcome, Step, Task, TaskError, TaskRun
 from .packages import ensure_installed, ensure_source
-from .s02_patroni import leader_host, psql
 
 CONFIG_PATH = "/etc/pgbouncer/pgbouncer.ini"
 USERLIST_PATH = "/etc/pgbouncer/userlist.txt"
@@ -113,9 +113,8 @@ def server_verifiers(run: TaskRun) -> dict[str, str]:
     app = values["POSTGRES_APP_USER"]
     cached = run.ctx.state.get("server_verifiers")
     if cached is None:
-        leader = leader_host(run)
-        out = psql(run, leader, f"SELECT rolname, rolpassword FROM pg_authid WHERE rolname = '{app}';",
-                   "reading the app role's verifier").stdout
+        out = on_leader(run, f"SELECT rolname, rolpassword FROM pg_authid WHERE rolname = '{app}';",
+                        "reading the app role's verifier").stdout
         cached = dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
         run.ctx.state["server_verifiers"] = cached
     verifier = cached.get(app, "")

@@ -6,19 +6,17 @@ a distance is not installed.
 
 from __future__ import annotations
 
+from ..cluster import on_leader
 from ..engine import Outcome, Step, Task, TaskError, TaskRun
-from .s02_patroni import leader_host, psql
 
 EXPECTED_DISTANCE = "1"  # '[1,2,3]' <-> '[1,2,4]'
 
 
 def ensure_pgvector(run: TaskRun) -> Outcome:
-    leader = leader_host(run)
-    values = run.ctx.credentials
-    database = values["POSTGRES_DB"]
+    database = run.ctx.credentials["POSTGRES_DB"]
 
     def sql(text: str, what: str) -> str:
-        return psql(run, leader, text, what, database=database).stdout.strip()
+        return on_leader(run, text, what, database=database).stdout.strip()
 
     before = sql("SELECT extversion FROM pg_extension WHERE extname = 'vector';", "reading extensions")
     if not before:
