@@ -11,16 +11,25 @@
   unknown host key: ``get`` asks the prompt, as the real pool's host-key policy does.
 - :class:`SlowWork` is work that takes long unless cancelled (a long install, a probe that hangs), and
   records when it saw its cancel event.
+- :class:`FakeProbeContext` (built by :func:`lab_probe_context`) is what the diagnostics' checks talk through,
+  with fake REST answers, fake PostgreSQL/PgBouncer connections (:class:`FakePgConnection`) and SSH through a
+  FakePool.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Mapping
 
+import psycopg
+
+from kbpg_tui.core.checks.probe import ProbeContext
+from kbpg_tui.core.cluster import NoAnswer
 from kbpg_tui.core.events import HostKeyUnknown
 from kbpg_tui.core.ssh import Host, HostKeyError, RemoteCommandError, Result, SshError
 
@@ -155,3 +164,133 @@ class SlowWork:
             self.cancelled_at = time.monotonic()
             return True
         return False
+
+
+# --- diagnostics: a probe context whose services are fakes ------------------------------------------------------
+#
+# FakeProbeContext stands for kbpg_tui.core.checks.probe.ProbeContext (what every check talks through): REST answers
+# from a table, PostgreSQL/PgBouncer connections from a function, SSH through ctx.pool (a FakePool of
+# ScriptedConnection). lab_probe_context builds one on the lab's own inventory (198.18.0.x: nothing is reached).
+
+class FakeCursor:
+    def __init__(self, rows: list[tuple]):
+        self.rows = rows
+
+    def fetchone(self) -> tuple | None:
+        return self.rows[0] if self.rows else None
+
+    def fetchall(self) -> list[tuple]:
+        return list(self.rows)
+
+    def __iter__(self):
+        return iter(self.rows)
+
+
+class FakePgConnection:
+    """A psycopg connection (a context manager, like psycopg's) whose queries are answered from ``answers``: the
+    first key found in the SQL gives the rows, or the exception to raise (a psycopg.Error, say); any other
+    statement gives no rows. Every statement is recorded in ``executed`` as (sql, params). PgBouncer's admin
+    console (``pgconn.exec_``) is answered from the same table."""
+
+    def __init__(self, answers: Mapping[str, list[tuple] | Exception] | None = None):
+        self.answers = dict(answers or {})
+        self.executed: list[tuple[str, object]] = []
+        self.pgconn = _FakePgConn(self)
+
+    def __enter__(self) -> "FakePgConnection":
+        return self
+
+    def __exit__(self, *exc: object) -> bool:
+        return False
+
+    def answer(self, sql: str, params: object = None) -> list[tuple]:
+        self.executed.append((sql, params))
+        for key, rows in self.answers.items():
+            if key in sql:
+                if isinstance(rows, Exception):
+                    raise rows
+                return rows
+        return []
+
+    def execute(self, sql: str, params: object = None) -> FakeCursor:
+        return FakeCursor(self.answer(sql, params))
+
+
+class _FakePgConn:
+    def __init__(self, connection: FakePgConnection):
+        self.connection = connection
+
+    def exec_(self, query: bytes) -> SimpleNamespace:
+        try:
+            rows = self.connection.answer(query.decode())
+        except psycopg.Error as exc:
+            return SimpleNamespace(status=psycopg.pq.ExecStatus.FATAL_ERROR, ntuples=0, error_message=str(exc).encode())
+        return SimpleNamespace(status=psycopg.pq.ExecStatus.TUPLES_OK, ntuples=len(rows), error_message=None)
+
+
+Databases = Callable[[str, int, str, str, str], FakePgConnection]  # (host, port, user, password, dbname)
+
+
+def _no_database(host: str, port: int, user: str, password: str, dbname: str) -> FakePgConnection:
+    raise psycopg.OperationalError(f'connection to server at "{host}", port {port} failed: Connection refused')
+
+
+class FakeProbeContext(ProbeContext):
+    """A ProbeContext whose REST answers come from ``rest`` ({url: answer} or {(method, url): answer}: a
+    (status, body) pair, the body bytes/str or JSON-able; an exception to raise; or a function of the basic
+    auth sent), unknown URLs not answering (NoAnswer); whose connections come from ``databases(host, port,
+    user, password, dbname)``. ``requests`` records (method, url, auth), ``connections`` (host, port, user,
+    dbname)."""
+
+    def __init__(self, ctx, rest: Mapping | None = None, databases: Databases | None = None,
+                 timeout: float = 1.0):
+        super().__init__(ctx, timeout)
+        self.rest = dict(rest or {})
+        self.databases = databases or _no_database
+        self.requests: list[tuple[str, str, tuple[str, str] | None]] = []
+        self.connections: list[tuple[str, int, str, str]] = []
+
+    def request(self, url: str, auth: tuple[str, str] | None = None, method: str = "GET") -> tuple[int, bytes]:
+        self.requests.append((method, url, auth))
+        answer = self.rest.get((method, url), self.rest.get(url))
+        if answer is None:
+            raise NoAnswer(f"{url}: no answer ([Errno 111] Connection refused)")
+        if isinstance(answer, Exception):
+            raise answer
+        if callable(answer):
+            answer = answer(auth)
+        status, body = answer
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body)
+        return status, body.encode() if isinstance(body, str) else body
+
+    def pg(self, host: str, port: int, user: str, password: str, dbname: str | None = None):
+        database = dbname or self.values["POSTGRES_DB"]
+        self.connections.append((host, port, user, database))
+        return self.databases(host, port, user, password, database)
+
+    def sudo_mode(self, host: Host) -> str | None:
+        return getattr(self.ctx.pool.get(host), "sudo_mode", "root")
+
+
+def lab_probe_context(workdir: Path, pool: FakePool | None = None, rest: Mapping | None = None,
+                      databases: Databases | None = None, values: Mapping[str, str] | None = None,
+                      timeout: float = 1.0) -> FakeProbeContext:
+    """A FakeProbeContext on the lab's inventory and addresses (servers.tsv written to ``workdir``), the lab's
+    network settings, and freshly generated credentials (or ``values``)."""
+    from kbpg_tui.core import credentials as creds
+    from kbpg_tui.core.engine import Context
+    from kbpg_tui.core.inventory import load_selection
+    from kbpg_tui.core.lab.topology import LB_ADDRESS, SUBNET
+    from kbpg_tui.core.lab.workdir import write_servers_tsv
+    from kbpg_tui.core.settings import Settings
+
+    write_servers_tsv(workdir)
+    settings = Settings()
+    settings.inventory.path = "servers.tsv"
+    settings.network.lb_address = LB_ADDRESS
+    settings.network.private_subnet = SUBNET
+    credentials = creds.Credentials(dict(values)) if values is not None else creds.generate()[0]
+    ctx = Context(settings, credentials, load_selection(workdir / "servers.tsv"), workdir,
+                  pool=pool or FakePool(), sink=lambda event: None, cancel=threading.Event())  # type: ignore[arg-type]
+    return FakeProbeContext(ctx, rest=rest, databases=databases, timeout=timeout)

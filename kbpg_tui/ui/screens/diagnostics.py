@@ -15,16 +15,9 @@ from textual.widgets import DataTable, Footer, Header, Static
 from textual.worker import Worker, WorkerState
 
 from ...core import install as inst
-from ...core.diagnostics import (
-    CheckFailed,
-    CheckResult,
-    Diagnostics,
-    Member,
-    Report,
-    Verdict,
-    cluster_view,
-    write_reports,
-)
+from ...core.checks.report import CheckResult, Report, Verdict, write_reports
+from ...core.checks.runner import Diagnostics
+from ...core.cluster import ClusterUnreadable, Member, cluster_view
 from ..workers import cancel_event, run_cancellable
 
 REFRESH_SECONDS = 5.0
@@ -244,7 +237,7 @@ class DiagnosticsScreen(Screen):
         run = inst.prepare(state.workdir, state.settings, lambda event: None, cancel=cancel, selection=state.selection)
         try:
             return ClusterSeen(cluster_view(run.ctx))
-        except CheckFailed as exc:
+        except ClusterUnreadable as exc:
             return ClusterSeen([], str(exc))
         finally:
             run.close()

@@ -1,0 +1,46 @@
+"""3. The services are active on each node, and not restarting in a loop."""
+
+from __future__ import annotations
+
+from ..ssh import Host
+from .base import Check, CheckFailed, CheckWarning, on_hosts
+from .probe import ProbeContext
+
+RECENT_SECONDS = 60  # a unit restarted and up for less than this is warned about
+
+
+def services(p: ProbeContext, host: Host, units: list[str]) -> str:
+    out = p.ssh(host, " ; ".join(
+        f"echo {u} $(systemctl show -p ActiveState --value {u}) $(systemctl show -p NRestarts --value {u}) "
+        f"$(( $(cut -d' ' -f1 /proc/uptime | cut -d. -f1) - "
+        f"$(systemctl show -p ActiveEnterTimestampMonotonic --value {u}) / 1000000 ))"
+        for u in units))
+    problems, warnings, fine = [], [], []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) < 4:
+            continue
+        unit, state, restarts, up_for = parts[0], parts[1], parts[2], parts[3]
+        if state != "active":
+            problems.append(f"{unit} is {state}")
+        elif (restarts.isdigit() and int(restarts) > 0 and up_for.lstrip("-").isdigit()
+              and int(up_for) < RECENT_SECONDS):
+            warnings.append(f"{unit} restarted {restarts} time(s), up for {up_for} s")
+        else:
+            fine.append(unit)
+    if problems:
+        raise CheckFailed(f"{host.name}: " + "; ".join(problems))
+    if warnings:
+        raise CheckWarning(f"{host.name}: " + "; ".join(warnings))
+    return f"{host.name}: {', '.join(fine)} active"
+
+
+def db_services(p: ProbeContext, host: Host) -> str:
+    return services(p, host, ["patroni"])
+
+
+def haproxy_services(p: ProbeContext, host: Host) -> str:
+    return services(p, host, ["haproxy", "pgbouncer"])
+
+
+CHECK = Check(3, "services", on_hosts("db", db_services), on_hosts("haproxy", haproxy_services))

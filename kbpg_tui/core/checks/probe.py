@@ -1,0 +1,94 @@
+"""What every check gets: the run's context and timeout, and the helpers that reach the services.
+
+psycopg to PostgreSQL and PgBouncer (through the LB, an HAProxy node or a DB node), HTTP to Patroni's REST API
+and HAProxy's stats (never through a proxy), SSH to the hosts. Each helper bounds its own I/O by ``timeout``.
+Tests put a fake in its place (tests/fakes.py FakeProbeContext): the checks only talk through these.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from typing import Any, Callable, TypeVar
+
+import psycopg
+
+from ..cluster import NoAnswer, http_request
+from ..engine import Context
+from ..logs import redact
+from ..ssh import Host
+from .base import CheckFailed
+
+DEFAULT_TIMEOUT = 8.0
+
+T = TypeVar("T")
+
+
+def scalar(cursor: psycopg.Cursor) -> Any:
+    """The first column of a query's first row (None without a row)."""
+    row = cursor.fetchone()
+    return row[0] if row else None
+
+
+class ProbeContext:
+    def __init__(self, ctx: Context, timeout: float = DEFAULT_TIMEOUT):
+        self.ctx = ctx
+        self.timeout = timeout
+        self.values = ctx.credentials
+        self.settings = ctx.settings
+        self.marker = f"kbpg-{int(time.time())}-{secrets.token_hex(4)}"  # this run's rows (check 6)
+        self._lock = threading.Lock()
+        self._memo: dict[str, Any] = {}
+
+    # PostgreSQL and PgBouncer
+
+    def pg(self, host: str, port: int, user: str, password: str, dbname: str | None = None) -> psycopg.Connection:
+        return psycopg.connect(host=host, port=port, user=user, password=password,
+                               dbname=dbname or self.values["POSTGRES_DB"], connect_timeout=max(1, int(self.timeout)),
+                               autocommit=True, application_name="kbpg-diagnose")
+
+    def app(self, host: str, port: int) -> psycopg.Connection:
+        return self.pg(host, port, self.values["POSTGRES_APP_USER"], self.values["POSTGRES_APP_PASS"])
+
+    def admin(self, host: str, port: int, dbname: str | None = None) -> psycopg.Connection:
+        return self.pg(host, port, self.values["POSTGRES_SUPERUSER"], self.values["POSTGRES_SUPERPASS"], dbname)
+
+    @staticmethod
+    def pg_error(exc: Exception) -> str:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return redact(text)[:200]  # redacted whole, then cut
+
+    _pg_error = pg_error
+
+    # HTTP
+
+    def request(self, url: str, auth: tuple[str, str] | None = None, method: str = "GET") -> tuple[int, bytes]:
+        """(status, body); no answer at all raises NoAnswer naming the URL."""
+        return http_request(url, self.timeout, auth, method)
+
+    def http(self, url: str, auth: tuple[str, str] | None = None, method: str = "GET") -> tuple[int, bytes]:
+        """:meth:`request`, with no answer a CheckFailed (the probe's failure, naming the URL)."""
+        try:
+            return self.request(url, auth, method)
+        except NoAnswer as exc:
+            raise CheckFailed(str(exc)) from None
+
+    # SSH
+
+    def ssh(self, host: Host, script: str, stdin: str | None = None, timeout: float | None = None) -> str:
+        connection = self.ctx.pool.get(host)
+        return connection.run(script, stdin=stdin, timeout=timeout or self.timeout).stdout
+
+    def sudo_mode(self, host: Host) -> str | None:
+        return self.ctx.pool.get(host).sudo_mode
+
+    # shared between probes
+
+    def once(self, key: str, compute: Callable[[], T]) -> T:
+        """``compute()`` the first time ``key`` is asked for (one probe at a time), its value ever after; a
+        computation that raises is tried again by the next probe."""
+        with self._lock:
+            if key not in self._memo:
+                self._memo[key] = compute()
+            return self._memo[key]
