@@ -545,3 +545,21 @@ async def test_plan_fields_follow_the_settings_declaration(demo: Path, monkeypat
         assert [value for _label, value in restarts._options] == [False, True]
         port = app.screen.query_one("#f-ports-pgbouncer", Input)
         assert "1..65535" in str(port.tooltip)
+
+
+async def test_a_wide_subnet_needs_a_yes_before_the_install(demo: Path) -> None:
+    path = demo / "kbpg.toml"
+    text = path.read_text()
+    assert 'private_subnet = "198.18.0.0/24"' in text
+    path.write_text(text.replace('private_subnet = "198.18.0.0/24"', 'private_subnet = "198.0.0.0/8"'))
+    app = KbpgApp(demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("1", "n", "n")
+        assert isinstance(app.screen, PlanScreen)
+        await pilot.press("n")
+        assert isinstance(app.screen, ConfirmDialog)
+        assert "network.private_subnet: 198.0.0.0/8 is wider than /16" in shown_text(app)
+        await pilot.press("n")  # not confirmed: back on the plan, no install
+        assert isinstance(app.screen, PlanScreen)
+        await pilot.press("n", "y")
+        assert isinstance(app.screen, InstallScreen)

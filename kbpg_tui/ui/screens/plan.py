@@ -221,7 +221,16 @@ class PlanScreen(Screen):
     def action_next(self) -> None:
         if not self.action_save(then_install=True):
             return
-        self.app.screen_done(self)
+        warnings = cfg.settings_warnings(self.app.state.settings)
+        if not warnings:
+            self.app.screen_done(self)
+            return
+        # The same confirmation `kbpg install` asks for (and `--yes` refuses without --allow-wide-subnet).
+        from .dialogs import ConfirmDialog
+
+        text = "\n".join(warnings) + "\n\nInstall with it anyway? (No: narrow it in kbpg.toml, then come back.)"
+        self.app.push_screen(ConfirmDialog("A network wider than /16", text, yes="Install anyway"),
+                             lambda confirmed: self.app.screen_done(self) if confirmed else None)
 
     def action_back(self) -> None:
         self.app.pop_screen()
