@@ -18,8 +18,8 @@ from typing import Callable, Sequence
 
 from . import __version__
 from .core import credentials as creds
-from .core import inventory as inv
 from .core import events as ev
+from .core import inventory as inv
 from .core import settings as cfg
 from .core.files import InputFileError, resolve
 
@@ -195,7 +195,10 @@ class PlainPrinter:
         if isinstance(event, ev.StepStarted):
             return f"== {event.step} {event.title}"
         if isinstance(event, ev.TaskFinished):
-            detail = event.detail.replace("\n", "\n      ") if event.status == ev.Status.FAILED else event.detail.splitlines()[0] if event.detail else ""
+            if event.status == ev.Status.FAILED:
+                detail = event.detail.replace("\n", "\n      ")
+            else:
+                detail = event.detail.splitlines()[0] if event.detail else ""
             return f"   {event.step} {event.host:<14} {event.task:<15} {event.status.value:<9} {event.elapsed:6.1f}s  {detail}"
         if isinstance(event, ev.StepFinished):
             return (f"== {event.step} {event.title}: {event.status.value} (changed {event.changed}, unchanged "

@@ -32,9 +32,9 @@ import psycopg  # noqa: E402
 
 from kbpg_tui.core import credentials as creds  # noqa: E402
 from kbpg_tui.core import install as inst  # noqa: E402
+from kbpg_tui.core.engine import TaskRun  # noqa: E402
 from kbpg_tui.core.settings import load_settings  # noqa: E402
 from kbpg_tui.core.steps.s04_pgbouncer import pool_size  # noqa: E402
-from kbpg_tui.core.engine import TaskRun  # noqa: E402
 
 
 def pgbench_binary() -> str:

@@ -36,7 +36,7 @@ def shell_values(env_file: Path, names: list[str]) -> dict[str, str]:
         capture_output=True, check=True, env={"PATH": os.environ["PATH"]},
     )
     parts = result.stdout.decode("utf-8").split("\0")[:-1]
-    return dict(zip(parts[0::2], parts[1::2]))
+    return dict(zip(parts[0::2], parts[1::2], strict=True))
 
 
 def test_round_trip_through_bash_keeps_every_character(tmp_path: Path) -> None:
@@ -155,7 +155,7 @@ def bash_reads(env_file: Path, names: list[str]) -> tuple[dict[str, str | None],
         capture_output=True, env={"PATH": os.environ["PATH"]}, cwd=env_file.parent, timeout=30, check=False,
     )
     parts = result.stdout.decode("utf-8", "surrogateescape").split("\0")[:-1]
-    seen = dict(zip(parts[0::2], parts[1::2]))
+    seen = dict(zip(parts[0::2], parts[1::2], strict=True))
     return {name: seen.get(name) for name in names}, result.stderr.decode("utf-8", "replace")
 
 

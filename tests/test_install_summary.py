@@ -15,8 +15,8 @@ import pytest
 
 from kbpg_tui import cli
 from kbpg_tui.core import install as inst
-from kbpg_tui.core import runlock
 from kbpg_tui.core import inventory as inv
+from kbpg_tui.core import runlock
 from kbpg_tui.core import settings as cfg
 from kbpg_tui.core.engine import Step, StepReport, TaskReport
 from kbpg_tui.core.events import Status

@@ -93,19 +93,18 @@ def test_a_second_run_is_refused_naming_the_first(pool: FakePool, tmp_path: Path
 
 
 def test_two_runs_started_together_never_both_hold_it(pool: FakePool) -> None:
+    def attempt(barrier: threading.Barrier, won: list[runlock.RunLock], refused: list[Exception]) -> None:
+        barrier.wait()
+        try:
+            won.append(take(pool))
+        except runlock.LockError as exc:
+            refused.append(exc)
+
     for _round in range(4):
         barrier = threading.Barrier(6)
         won: list[runlock.RunLock] = []
         refused: list[Exception] = []
-
-        def attempt() -> None:
-            barrier.wait()
-            try:
-                won.append(take(pool))
-            except runlock.LockError as exc:
-                refused.append(exc)
-
-        threads = [threading.Thread(target=attempt) for _ in range(6)]
+        threads = [threading.Thread(target=attempt, args=(barrier, won, refused)) for _ in range(6)]
         for thread in threads:
             thread.start()
         for thread in threads:

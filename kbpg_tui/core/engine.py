@@ -13,6 +13,7 @@ Every text an event carries is redacted before it leaves the engine.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -227,7 +228,7 @@ class Engine:
         if scope == "haproxy":
             return list(self.ctx.haproxy_hosts)
         if scope == "all":
-            return self.ctx.db_hosts + self.ctx.haproxy_hosts
+            return [*self.ctx.db_hosts, *self.ctx.haproxy_hosts]
         if scope in ("cluster", "local"):
             return [None]
         raise ValueError(f"unknown task scope {scope!r}")
@@ -294,14 +295,15 @@ class Engine:
                     pending.clear()  # a rolling change stops at the first host that fails
             if give_up_at is not None and running and time.monotonic() >= give_up_at:
                 for worker in running:
-                    worker.give_up(lambda w=worker: self._abandoned(step, task, w.host, time.monotonic() - w.started))
+                    worker.give_up(functools.partial(self._abandoned, step, task, worker))
                     finished.append(worker)
                 running.clear()
         order = {id(host): index for index, host in enumerate(targets)}
         finished.sort(key=lambda w: order[id(w.host)])
         return [w.report for w in finished if w.report is not None]
 
-    def _abandoned(self, step: Step, task: Task, host: Host | None, elapsed: float) -> TaskReport:
+    def _abandoned(self, step: Step, task: Task, worker: _Worker) -> TaskReport:
+        host, elapsed = worker.host, time.monotonic() - worker.started
         where = host.name if host else (LOCAL if task.scope == "local" else CLUSTER)
         detail = ("cancelled; it was still running when the run stopped (a command on the host may still finish "
                   "on its own); every step checks first, so re-run to continue")

@@ -108,6 +108,7 @@ _ATTRS = dict(
             "core",
             "notes",
         ),
+        strict=True,
     )
 )
 
@@ -244,10 +245,10 @@ def parse_text(data: bytes | str, source: str = "servers.tsv") -> Inventory:
         row_problems = []
         for index, raw in enumerate(raw_fields):
             if (bad := _control_character(raw)):
-                name = header[index] if index < len(header) and header[index] else None
-                where = "" if name else f" (field {index + 1})"
+                column = header[index] if index < len(header) and header[index] else None
+                where = "" if column else f" (field {index + 1})"
                 row_problems.append(Problem(number, f"control character {bad} in the value{where}: only tabs "
-                                                    "separate columns, a value is one line of text", column=name))
+                                                    "separate columns, a value is one line of text", column=column))
         fields = [value.strip() for value in raw_fields]
         if len(fields) > len(header) and any(fields[len(header):]):
             row_problems.append(

@@ -282,7 +282,7 @@ def _connect_all(pool: Pool, hosts: Sequence[Host]) -> dict[str, str]:
     if not hosts:
         return {}
     with ThreadPoolExecutor(max_workers=len(hosts), thread_name_prefix="kbpg-lock-connect") as executor:
-        return {host.name: error for host, error in zip(hosts, executor.map(connect, hosts)) if error}
+        return {host.name: error for host, error in zip(hosts, executor.map(connect, hosts), strict=True) if error}
 
 
 # --- a lock found on the nodes ----------------------------------------------------------------

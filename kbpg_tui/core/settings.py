@@ -475,7 +475,7 @@ def from_dict(data: dict, source: str = "kbpg.toml") -> Settings:
             errors.append(f"{_key(key)}: unknown section; allowed sections: {', '.join(sections)}")
     built = {}
     for name, spec in sections.items():
-        section_cls = spec.default_factory  # type: ignore[misc]
+        section_cls = typing.cast(type, spec.default_factory)  # each section's default factory is its class
         built[name] = _load_section(section_cls, data.get(name, {}), name, errors)
     settings = Settings(**built)
     _cross_checks(settings, data.get("patroni", {}) if isinstance(data.get("patroni"), dict) else {}, errors)

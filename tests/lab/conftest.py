@@ -6,7 +6,6 @@ cache) debootstrap and the Debian mirror. Select them with ``-m lab``.
 
 from __future__ import annotations
 
-
 import pytest
 
 from kbpg_tui.core.lab import ssh as lab_ssh

@@ -13,7 +13,7 @@ All raise :class:`LabError` (with ``exit_code`` 2 where the lab cannot run here)
 """
 
 from .lab import HostStatus, LabStatus, check_environment, down, memory_usage, set_host_link, status, up
-from .topology import HOSTS, CLUSTER_HOSTS, LB_ADDRESS, REPO_URL, REPO_SUITE, REPO_COMPONENT, LabHost
+from .topology import CLUSTER_HOSTS, HOSTS, LB_ADDRESS, REPO_COMPONENT, REPO_SUITE, REPO_URL, LabHost
 from .util import LabError
 
 __all__ = [

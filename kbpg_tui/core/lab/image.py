@@ -294,7 +294,7 @@ def ensure_image(reporter: Reporter, rebuild: bool = False, in_use_key: str | No
                 raise LabError("the lab is up on this image: run `kbpg lab down` before rebuilding it")
             remove_tree(image.path)
         image = _build(key, reporter)
-        _prune_old_images(keep={key, in_use_key} - {None})
+        _prune_old_images(keep={key} if in_use_key is None else {key, in_use_key})
         return image
 
 

@@ -217,7 +217,10 @@ def _add_sudo_user(upper: Path, lowers: list[Path], authorized: str, password: s
     gshadow = add_member(_lower_text(lowers, "etc/gshadow"), "sudo") + f"{user}:!::\n"
     _put(upper, lowers, "etc/passwd", passwd, 0o644)
     _put(upper, lowers, "etc/group", group, 0o644)
-    shadow_gid = _lower_stat(lowers, "etc/shadow").st_gid  # group "shadow"
+    shadow_stat = _lower_stat(lowers, "etc/shadow")
+    if shadow_stat is None:  # _lower_text has just read it
+        raise LabError("the image has no /etc/shadow")
+    shadow_gid = shadow_stat.st_gid  # group "shadow"
     _put(upper, lowers, "etc/shadow", shadow, 0o640, 0, shadow_gid)
     _put(upper, lowers, "etc/gshadow", gshadow, 0o640, 0, shadow_gid)
     # Each sudo asks again: the tests try a wrong password right after a right one.

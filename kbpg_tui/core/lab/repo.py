@@ -106,7 +106,8 @@ def sign_repository(repo_dir: Path) -> Path:
             what="gpg key generation",
         )
         run([*gpg, "--yes", "--clearsign", "--digest-algo", "SHA512", "-o", dist / "InRelease", dist / "Release"], env=env, what="gpg clearsign")
-        run([*gpg, "--yes", "--detach-sign", "--armor", "--digest-algo", "SHA512", "-o", dist / "Release.gpg", dist / "Release"], env=env, what="gpg sign")
+        run([*gpg, "--yes", "--detach-sign", "--armor", "--digest-algo", "SHA512", "-o", dist / "Release.gpg", dist / "Release"],
+            env=env, what="gpg sign")
         public = run([*gpg, "--armor", "--export"], env=env, what="gpg export").stdout
         if "BEGIN PGP PUBLIC KEY BLOCK" not in public:
             raise LabError("gpg exported no public key for the lab repository")

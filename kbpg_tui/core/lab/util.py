@@ -57,10 +57,10 @@ def run(
     what: str | None = None,
 ) -> subprocess.CompletedProcess:
     """Run a command, capturing its output; on failure raise LabError with the tail of its stderr."""
-    argv = [str(arg) for arg in argv]
+    args = [str(arg) for arg in argv]
     try:
         result = subprocess.run(
-            argv,
+            args,
             capture_output=True,
             text=True,
             env=env,
@@ -69,12 +69,12 @@ def run(
             stdin=None if input_text is not None else subprocess.DEVNULL,
         )
     except FileNotFoundError as exc:
-        raise LabError(f"{what or argv[0]}: command not found ({exc.filename})", 2) from exc
+        raise LabError(f"{what or args[0]}: command not found ({exc.filename})", 2) from exc
     except subprocess.TimeoutExpired as exc:
-        raise LabError(f"{what or ' '.join(argv[:3])}: timed out after {timeout:.0f} s") from exc
+        raise LabError(f"{what or ' '.join(args[:3])}: timed out after {timeout:.0f} s") from exc
     if check and result.returncode != 0:
         tail = "\n".join((result.stderr or result.stdout or "").strip().splitlines()[-15:])
-        raise LabError(f"{what or ' '.join(argv[:4])} failed (exit {result.returncode}):\n{tail}")
+        raise LabError(f"{what or ' '.join(args[:4])} failed (exit {result.returncode}):\n{tail}")
     return result
 
 

@@ -146,12 +146,18 @@ TSV_HEADER = ("ENV", "IP_PUBLIQUE", "HOSTNAME", "IP_PRIVEE", "FQDN", "USER_SSH",
 # Rows that look like cluster hosts but must never be selected (the real file's
 # pitfalls). Their addresses are in 198.18.0.200+ where nothing runs.
 DECOY_ROWS: tuple[tuple[str, ...], ...] = (
-    ("prod", "198.18.1.200", "temporal-db-01", "198.18.0.200", "temporal-db.lab.kbpg.test", "root", "temporal", "db", "postgres", "temporal-db-docker", "no", "DB Temporal (leurre : même ROLE/SUBROLE que les nœuds Patroni)"),
-    ("prod", "198.18.1.201", "analytics-db-01", "198.18.0.201", "analytics-db.lab.kbpg.test", "root", "analytics", "db", "postgres", "analytics-db-docker", "no", "DB Analytics (leurre)"),
-    ("prod", "198.18.1.202", "maria-01", "198.18.0.202", "maria-01.lab.kbpg.test", "root", "db-pool", "db", "mariadb", "mariadb-galera-docker", "yes", "MariaDB Galera (leurre dans db-pool)"),
-    ("prod", "198.18.1.203", "proxysql-01", "198.18.0.203", "proxysql-01.lab.kbpg.test", "root", "haproxy-pool", "db_proxy", "proxysql", "proxysql-docker", "yes", "ProxySQL (leurre dans haproxy-pool)"),
-    ("prod", "198.18.1.204", "api-gateway-01", "198.18.0.204", "gateway.lab.kbpg.test", "root", "gateway", "lb", "api-gateway", "api-gateway-docker", "no", "API Gateway (leurre ROLE=lb)"),
-    ("staging", "198.18.1.205", "db-staging-01", "198.18.0.205", "db-staging.lab.kbpg.test", "root", "db-pool", "db", "postgres", "patroni-node", "no", "Patroni de staging (leurre ENV=staging)"),
+    ("prod", "198.18.1.200", "temporal-db-01", "198.18.0.200", "temporal-db.lab.kbpg.test", "root",
+     "temporal", "db", "postgres", "temporal-db-docker", "no", "DB Temporal (leurre : même ROLE/SUBROLE que les nœuds Patroni)"),
+    ("prod", "198.18.1.201", "analytics-db-01", "198.18.0.201", "analytics-db.lab.kbpg.test", "root",
+     "analytics", "db", "postgres", "analytics-db-docker", "no", "DB Analytics (leurre)"),
+    ("prod", "198.18.1.202", "maria-01", "198.18.0.202", "maria-01.lab.kbpg.test", "root",
+     "db-pool", "db", "mariadb", "mariadb-galera-docker", "yes", "MariaDB Galera (leurre dans db-pool)"),
+    ("prod", "198.18.1.203", "proxysql-01", "198.18.0.203", "proxysql-01.lab.kbpg.test", "root",
+     "haproxy-pool", "db_proxy", "proxysql", "proxysql-docker", "yes", "ProxySQL (leurre dans haproxy-pool)"),
+    ("prod", "198.18.1.204", "api-gateway-01", "198.18.0.204", "gateway.lab.kbpg.test", "root",
+     "gateway", "lb", "api-gateway", "api-gateway-docker", "no", "API Gateway (leurre ROLE=lb)"),
+    ("staging", "198.18.1.205", "db-staging-01", "198.18.0.205", "db-staging.lab.kbpg.test", "root",
+     "db-pool", "db", "postgres", "patroni-node", "no", "Patroni de staging (leurre ENV=staging)"),
 )
 
 
@@ -172,7 +178,7 @@ def render_servers_tsv() -> str:
 
     Like the real file, it does not list the cloud LB (its address is in kbpg.toml).
     """
-    rows = [TSV_HEADER]
+    rows: list[tuple[str, ...]] = [TSV_HEADER]
     rows += [_cluster_row(host) for host in CLUSTER_HOSTS if host.kind == "db"]
     rows += DECOY_ROWS[:3]
     rows += [_cluster_row(host) for host in CLUSTER_HOSTS if host.kind == "haproxy"]

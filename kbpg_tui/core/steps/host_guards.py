@@ -175,11 +175,13 @@ def parse(text: str) -> HostState:
         elif kind == "postmaster":
             fields = rest.split(" ", 4)
             if len(fields) == 5:
-                state.postmasters.append(Postmaster(*fields[:4], _norm(fields[4]) if fields[4] else "?"))
+                pid, port, version, cgroup, data_dir = fields
+                state.postmasters.append(Postmaster(pid, port, version, cgroup, _norm(data_dir) if data_dir else "?"))
         elif kind == "cluster":
             fields = rest.split(" ", 5)
             if len(fields) == 6 and fields[0].replace(".", "").isdigit():
-                state.clusters.append(Cluster(*fields[:5], _norm(fields[5])))
+                version, name, port, status, start, data_dir = fields
+                state.clusters.append(Cluster(version, name, port, status, start, _norm(data_dir)))
     return state
 
 

@@ -37,7 +37,7 @@ def cluster_traces(run: TaskRun) -> dict[str, list[str]]:
 
     hosts = run.ctx.db_hosts
     with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
-        found = dict(zip([h.name for h in hosts], pool.map(traces, hosts)))
+        found = dict(zip([h.name for h in hosts], pool.map(traces, hosts), strict=True))
     return {name: paths for name, paths in found.items() if paths}
 
 

@@ -178,7 +178,7 @@ class DiagnosticsScreen(Screen):
                    for i, column in enumerate(list(table.columns.values())[:-1]))
         width = max(8, (table.size.width or 200) - used - 2 * table.cell_padding - 2)  # 2: the vertical scrollbar
         table.clear()
-        for row, r in zip(rows, self.shown):
+        for row, r in zip(rows, self.shown, strict=True):
             reason = r.reason if cell_len(r.reason) <= width else r.reason[:width - 1] + "…"
             table.add_row(*row, reason)
         # The row the operator moved to stays selected; the top row stays on top (the worst problem so far).
