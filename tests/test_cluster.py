@@ -1,7 +1,9 @@
 """The cluster model (kbpg_tui.core.cluster): both readers map onto one model, one health rule judges it.
 
 Samples in tests/fixtures/cluster/ are patronictl's and REST /cluster's answers recorded on the lab
-(tests/e2e/test_e2e_cluster_model.py with KBPG_CLUSTER_SAMPLES set); other states are made from them.
+(tests/e2e/test_e2e_cluster_model.py with KBPG_CLUSTER_SAMPLES set): healthy, and with one replica's Patroni
+stopped. The lab's Patroni gives "Lag in MB" and REST "lag"; Patroni 4's "Receive Lag"/"Replay Lag" and
+receive_lag/replay_lag are in made-up rows below. Other states are made from the recorded ones.
 """
 
 from __future__ import annotations
@@ -52,7 +54,15 @@ def test_both_recorded_sources_give_the_same_model() -> None:
     leader = by_rest.leader
     assert leader is not None and leader.name == "db-master-01" and leader.is_running_leader
     assert [m.name for m in by_rest.streaming] == ["db-slave-01", "db-slave-02"]
-    assert by_rest.timelines == {1} and all(m.lag == 0 for m in by_rest.replicas)
+    assert by_rest.timelines == {3} and all(m.lag == 0 for m in by_rest.replicas)
+
+
+def test_both_recorded_sources_of_a_stopped_replica_give_the_same_model() -> None:
+    by_ctl = cluster.from_patronictl(ctl("patronictl-replica-stopped.json"))
+    by_rest = cluster.from_rest(rest("rest-replica-stopped.json"))
+    assert shape(by_ctl) == shape(by_rest)
+    stopped = by_rest.member("db-slave-01")
+    assert stopped is not None and (stopped.state, stopped.timeline, stopped.lag) == ("stopped", None, None)
 
 
 def test_patronictl_roles_hosts_and_lag_are_the_rest_apis() -> None:
@@ -110,8 +120,14 @@ def test_the_recorded_healthy_cluster_is_healthy_from_both_sources() -> None:
     for state in (cluster.from_rest(rest()), cluster.from_patronictl(ctl())):
         verdict = cluster.health(state, NAMES)
         assert verdict.ok and verdict.problems == ()
-        assert verdict.summary == ("db-master-01=leader/running/TL1, db-slave-01=replica/streaming/TL1, "
-                                   "db-slave-02=replica/streaming/TL1")
+        assert verdict.summary == ("db-master-01=leader/running/TL3, db-slave-01=replica/streaming/TL3, "
+                                   "db-slave-02=replica/streaming/TL3")
+
+
+def test_the_recorded_stopped_replica_is_the_same_problem_from_both_sources() -> None:
+    for state in (cluster.from_rest(rest("rest-replica-stopped.json")),
+                  cluster.from_patronictl(ctl("patronictl-replica-stopped.json"))):
+        assert cluster.health(state, NAMES).problems == ("db-slave-01 is replica/stopped",)
 
 
 def _with(change) -> dict:
@@ -126,7 +142,7 @@ def _with(change) -> dict:
     (lambda m: m.pop(2), "db-slave-02 not in the cluster"),
     (lambda m: m[0].update(state="stopped"), "0 running leaders"),
     (lambda m: m[1].update(role="leader", state="running"), "2 running leaders"),
-    (lambda m: m[2].update(timeline=2), "timelines differ: [1, 2]"),
+    (lambda m: m[2].update(timeline=4), "timelines differ: [3, 4]"),
     (lambda m: m[1].update(lag=cluster.MAX_LAG_BYTES + 1), f"db-slave-01 lag {cluster.MAX_LAG_BYTES + 1}"),
     (lambda m: m.append({**m[2], "name": "db-old-03"}), "db-old-03 in the cluster but not a DB node of servers.tsv"),
     (lambda m: m.clear(), "0 running leaders"),
@@ -157,7 +173,7 @@ def test_step_02_judges_patronictl_rows_with_the_same_rule() -> None:
 
     rows = ctl()
     assert s02_patroni.health(rows, NAMES) == (True, cluster.health(cluster.from_patronictl(rows), NAMES).summary)
-    rows[1]["Receive Lag"] = 17  # MB: over the bound, as the diagnostics would say
+    rows[1]["Lag in MB"] = 17  # over the bound, as the diagnostics would say
     assert s02_patroni.health(rows, NAMES)[0] is False
 
 
