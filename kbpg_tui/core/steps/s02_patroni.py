@@ -17,7 +17,7 @@ import re
 import shlex
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+from typing import Any, Sequence
 
 import yaml
 
@@ -243,7 +243,8 @@ def check_versions(run: TaskRun) -> Outcome:
     names = package_names(run)
     by_host = {}
     with ThreadPoolExecutor(max_workers=len(run.ctx.db_hosts)) as pool:
-        for host, versions in zip(run.ctx.db_hosts, pool.map(lambda h: installed_versions(TaskRun(run.ctx, run.step, h), names), run.ctx.db_hosts)):
+        found = pool.map(lambda h: installed_versions(TaskRun(run.ctx, run.step, h), names), run.ctx.db_hosts)
+        for host, versions in zip(run.ctx.db_hosts, found, strict=True):
             by_host[host.name] = versions
     drift = []
     for name in names:
@@ -261,10 +262,11 @@ def check_versions(run: TaskRun) -> Outcome:
 PINNED_KEYS = (("postgresql", "data_dir"), ("postgresql", "bin_dir"), ("scope",), ("raft", "password"))
 
 
-def _dig(config: dict, path: tuple[str, ...]):
+def _dig(config: dict, path: tuple[str, ...]) -> Any:
+    value: Any = config
     for key in path:
-        config = config.get(key) if isinstance(config, dict) else None
-    return config
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
 
 
 def refuse_live_changes(run: TaskRun, host: Host, wanted: dict) -> None:
@@ -320,7 +322,7 @@ def _service_states(run: TaskRun) -> dict[str, str]:
         return run.run("systemctl is-active patroni || true", host=host).stdout.strip()
 
     with ThreadPoolExecutor(max_workers=len(run.ctx.db_hosts)) as pool:
-        return dict(zip([h.name for h in run.ctx.db_hosts], pool.map(state, run.ctx.db_hosts)))
+        return dict(zip([h.name for h in run.ctx.db_hosts], pool.map(state, run.ctx.db_hosts), strict=True))
 
 
 def start_cluster(run: TaskRun) -> Outcome:
@@ -527,6 +529,7 @@ def validate_config(run: TaskRun) -> Outcome:
     The validator also checks that listen ports are free; on a running node they are held by this very
     Patroni and its PostgreSQL, so exactly those findings are set aside (after checking who holds the port).
     """
+    assert run.host is not None
     result = run.run(f"runuser -u postgres -- patroni --validate-config {CONFIG_PATH}", check=False, on_line=None)
     if result.ok:
         return Outcome.unchanged("patroni --validate-config passed")

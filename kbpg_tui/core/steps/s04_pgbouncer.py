@@ -192,7 +192,8 @@ def verify_through_lb(run: TaskRun) -> Outcome:
             try:
                 with psycopg.connect(host=lb, port=port, user=values["POSTGRES_APP_USER"], password=values["POSTGRES_APP_PASS"],
                                      dbname=values["POSTGRES_DB"], connect_timeout=3) as conn:
-                    if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                    row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+                    if row and row[0]:
                         raise psycopg.OperationalError("reached a replica")
                 del pending[port]
             except psycopg.Error as exc:
