@@ -31,7 +31,7 @@ import psycopg
 from kbpg_tui.core.checks.probe import ProbeContext
 from kbpg_tui.core.cluster import NoAnswer
 from kbpg_tui.core.events import HostKeyUnknown
-from kbpg_tui.core.ssh import Host, HostKeyError, RemoteCommandError, Result, SshError
+from kbpg_tui.core.ssh import Connection, Host, HostKeyError, RemoteCommandError, Result, SshError
 
 Handler = Callable[[str, bytes], Result]
 
@@ -41,7 +41,13 @@ def result(stdout: str = "", exit_status: int = 0, stderr: str = "", command: st
 
 
 class ScriptedConnection:
-    """A connection whose commands are answered by ``handler(script, stdin)``."""
+    """A connection whose commands are answered by ``handler(script, stdin)``; its commands run as root
+    (``sudo_mode``, as a real Connection names how it became root). ``upload`` and ``read_file`` are the real
+    Connection's: their scripts go to the handler like any other command."""
+
+    sudo_mode: str | None = "root"
+    upload = Connection.upload
+    read_file = Connection.read_file
 
     def __init__(self, host: Host, handler: Handler):
         self.host = host
@@ -66,6 +72,11 @@ class ScriptedConnection:
             raise RemoteCommandError(self.host, outcome, what)
         return outcome
 
+    @property
+    def scripts(self) -> list[str]:
+        """The scripts run so far, in order."""
+        return [script for script, _stdin in self.calls]
+
     def close(self) -> None:
         pass
 
@@ -88,6 +99,11 @@ class LocalShellConnection(ScriptedConnection):
                       done.stderr.decode(errors="replace"), time.monotonic() - started)
 
 
+def unreachable(host: Host) -> SshError:
+    """What ConnectionPool.get raises for a host that does not answer: put it in a FakePool in place of a connection."""
+    return SshError(f"{host.name} ({host.address}): no SSH answer within 10 s")
+
+
 class FakePool:
     """One connection per host name; an exception instead of a connection makes ``get`` raise it (a host down)."""
 
@@ -95,6 +111,7 @@ class FakePool:
         self.connections: dict[str, ScriptedConnection | Exception] = dict(connections or {})
         self.gets: list[str] = []
         self.closed = 0
+        self.step = ""  # the step running now: the engine sets it, as on a ConnectionPool
 
     def get(self, host: Host) -> ScriptedConnection:
         self.gets.append(host.name)
@@ -144,9 +161,7 @@ class HostKeyPool(FakePool):
         self.answers.append((host.name, accepted))
         if not accepted:
             raise HostKeyError(f"{host.name} ({host.address}): host key declined by the operator ({self.FINGERPRINT})")
-        connection = ScriptedConnection(host, self.handler)
-        connection.sudo_mode = "root"  # type: ignore[attr-defined]
-        return connection
+        return ScriptedConnection(host, self.handler)
 
 
 class SlowWork:

@@ -16,18 +16,11 @@ from kbpg_tui.core.logs import REDACTED, register_secret
 from kbpg_tui.core.settings import Settings
 from kbpg_tui.core.ssh import Cancelled
 
+from .fakes import FakePool
+
 
 def _node(name: str, address: str) -> SimpleNamespace:
     return SimpleNamespace(hostname=name, ip_private=address, user_ssh="root")
-
-
-class FakePool:
-    def __init__(self) -> None:
-        self.step = ""
-        self.closed = False
-
-    def close(self) -> None:
-        self.closed = True
 
 
 def make_engine(events: EventCollector | None = None) -> tuple[Engine, EventCollector]:
@@ -194,20 +187,16 @@ from types import SimpleNamespace
 from kbpg_tui import cli
 from kbpg_tui.core import credentials as creds, install as inst, runlock, steps as steps_module
 from kbpg_tui.core.engine import Context, Engine, Outcome, Step, Task
+from tests.fakes import FakePool
 
 def node(name, address):
     return SimpleNamespace(hostname=name, ip_private=address, user_ssh="root")
-
-class Pool:
-    step = ""
-    def close(self):
-        pass
 
 def prepare(workdir, settings, sink, prompt=None, cancel=None, selection=None):
     selection = SimpleNamespace(db_nodes=[node("db-1", "198.51.100.1"), node("db-2", "198.51.100.2"),
                                           node("db-3", "198.51.100.3")],
                                 haproxy_nodes=[node("lb-1", "198.51.100.4")], warnings=[], source="servers.tsv")
-    ctx = Context(settings, creds.Credentials(), selection, workdir, Pool(), sink, cancel or threading.Event())
+    ctx = Context(settings, creds.Credentials(), selection, workdir, FakePool(), sink, cancel or threading.Event())
     return inst.Run(ctx, Engine(ctx))
 
 def stuck(run):  # where no cancel reaches: a TCP connect to a host that went away, a long sleep

@@ -44,6 +44,8 @@ from types import SimpleNamespace  # noqa: E402
 
 from kbpg_tui.core import events as ev  # noqa: E402
 
+from .fakes import FakePool  # noqa: E402
+
 OUT_SECRET = "Out-point-secret-4Kz9Qw"
 
 
@@ -99,7 +101,7 @@ def test_events_to_the_tui_are_redacted_whole_before_any_cut() -> None:
     logs.register_secret(OUT_SECRET)
     seen = ev.EventCollector()
     ctx = Context(Settings(), creds.Credentials(), SimpleNamespace(db_nodes=[], haproxy_nodes=[]), Path("/nonexistent"),
-                  None, seen, threading.Event())  # type: ignore[arg-type]
+                  FakePool(), seen, threading.Event())  # type: ignore[arg-type]
     ctx.sink(ev.Message(ev.Level.ERROR, f"{'x' * 110}{OUT_SECRET}", "db-1"))  # a screen cuts at 120
     ctx.sink(ev.TaskFinished("02", "db-1", "t", ev.Status.FAILED, f"failed: {OUT_SECRET}"))
     output_sink(ctx.sink, "02", Host("db-1", "198.51.100.1"))("stdout", f"line {OUT_SECRET}")
@@ -120,7 +122,7 @@ def test_reports_and_diagnostics_reasons_are_redacted(tmp_path) -> None:
 
     logs.register_secret(OUT_SECRET)
     ctx = Context(Settings(), creds.Credentials(), SimpleNamespace(db_nodes=[], haproxy_nodes=[]), Path("/nonexistent"),
-                  None, lambda e: None, threading.Event())  # type: ignore[arg-type]
+                  FakePool(), lambda e: None, threading.Event())  # type: ignore[arg-type]
     diagnostics = diag.Diagnostics(ctx, timeout=1)
 
     def failing() -> str:

@@ -2,47 +2,50 @@
 
 from __future__ import annotations
 
-from kbpg_tui.core.ssh import Result
+from pathlib import Path
+
+from kbpg_tui.core.engine import TaskRun
 from kbpg_tui.core.steps import packages
 
+from .fakes import FakePool, ScriptedConnection, result
+from .test_patroni_config import make_run
 
-class _Run:
+
+def bare_host(real_inventory: Path, policy: str) -> tuple[TaskRun, ScriptedConnection]:
     """A host where nothing is installed and ``apt-cache policy`` prints ``policy``."""
 
-    def __init__(self, policy: str):
-        self.policy = policy
-        self.scripts: list[str] = []
-
-    class settings:  # noqa: N801 (stands in for Settings)
-        class ssh:  # noqa: N801
-            command_timeout = 900
-
-    def run(self, script: str, **kwargs) -> Result:
-        self.scripts.append(script)
+    def answer(script: str, stdin: bytes):
         if script.startswith("for p in"):
             names = script.split("for p in ", 1)[1].split(";", 1)[0].split()
-            return Result(script, 0, "".join(f"{n} -\n" for n in names), "", 0.0)
+            return result("".join(f"{n} -\n" for n in names))
         if script.startswith("apt-cache policy"):
-            return Result(script, 0, self.policy, "", 0.0)
-        return Result(script, 0, "", "", 0.0)
+            return result(policy)
+        return result("")
 
-    def updates(self) -> int:
-        return sum(1 for s in self.scripts if s.endswith(" update"))
+    run = make_run(real_inventory)
+    host = run.ctx.db_hosts[0]
+    connection = ScriptedConnection(host, answer)
+    run.ctx.pool = FakePool({host.name: connection})
+    return TaskRun(run.ctx, "02", host), connection
 
 
-def test_lists_that_know_every_package_are_not_refreshed() -> None:
-    run = _Run("postgresql-16: 16.4-1\npatroni: 4.0.4-1\n")
+def updates(host: ScriptedConnection) -> int:
+    return sum(1 for s in host.scripts if s.endswith(" update"))
+
+
+def test_lists_that_know_every_package_are_not_refreshed(real_inventory: Path) -> None:
+    run, host = bare_host(real_inventory, "postgresql-16: 16.4-1\npatroni: 4.0.4-1\n")
     assert packages.ensure_installed(run, ["postgresql-16", "patroni"]) == ["postgresql-16", "patroni"]
-    assert run.updates() == 0
+    assert updates(host) == 0
 
 
-def test_a_package_the_lists_do_not_know_refreshes_them() -> None:
-    run = _Run("postgresql-16: 16.4-1\n")  # postgresql-16-pgvector: not in the (stale) lists at all
+def test_a_package_the_lists_do_not_know_refreshes_them(real_inventory: Path) -> None:
+    run, host = bare_host(real_inventory, "postgresql-16: 16.4-1\n")  # postgresql-16-pgvector: not in the (stale) lists at all
     packages.ensure_installed(run, ["postgresql-16", "postgresql-16-pgvector"])
-    assert run.updates() == 1
+    assert updates(host) == 1
 
 
-def test_a_package_without_candidate_refreshes_them() -> None:
-    run = _Run("postgresql-16: 16.4-1\npatroni: (none)\n")
+def test_a_package_without_candidate_refreshes_them(real_inventory: Path) -> None:
+    run, host = bare_host(real_inventory, "postgresql-16: 16.4-1\npatroni: (none)\n")
     packages.ensure_installed(run, ["postgresql-16", "patroni"])
-    assert run.updates() == 1
+    assert updates(host) == 1

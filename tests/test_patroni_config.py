@@ -5,6 +5,7 @@ These check the rendered data; the lab tests check that Patroni accepts it and f
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -16,11 +17,13 @@ from kbpg_tui.core.engine import Context, TaskRun
 from kbpg_tui.core.settings import Settings, from_dict
 from kbpg_tui.core.steps import s02_patroni as patroni
 
+from .fakes import FakePool, ScriptedConnection, result, unreachable
+
 
 def make_run(real_inventory: Path, settings: Settings | None = None) -> TaskRun:
     values, _ = creds.generate()
     ctx = Context(settings or Settings(), values, inv.load_selection(real_inventory), Path("/nonexistent"),
-                  pool=None, sink=lambda e: None, cancel=threading.Event())  # type: ignore[arg-type]
+                  pool=FakePool(), sink=lambda e: None, cancel=threading.Event())  # type: ignore[arg-type]
     return TaskRun(ctx, "02", None)
 
 
@@ -136,26 +139,11 @@ def test_health_needs_one_leader_and_streaming_replicas_on_one_timeline() -> Non
     assert not patroni.health([leader, {**r1, "Role": "Leader", "State": "running"}, r2], 3)[0]
 
 
-class _Pool:
+def _pool(run: TaskRun, members: list[dict], down: set[str]) -> FakePool:
     """DB nodes answering ``patronictl list``; some of them down."""
-
-    def __init__(self, members: list[dict], down: set[str]):
-        self.members, self.down, self.asked = members, down, []
-
-    def get(self, host):
-        from kbpg_tui.core.ssh import Result, SshError
-
-        self.asked.append(host.name)
-        if host.name in self.down:
-            raise SshError(f"{host.name} ({host.address}): no SSH answer within 10 s")
-        members = self.members
-
-        class _Connection:
-            def run(self, script, **kwargs):
-                import json
-                return Result(script, 0, json.dumps(members), "", 0.0)
-
-        return _Connection()
+    answer = json.dumps(members)
+    return FakePool({h.name: unreachable(h) if h.name in down else ScriptedConnection(h, lambda script, stdin: result(answer))
+                     for h in run.ctx.db_hosts})
 
 
 def _members(leader: str) -> list[dict]:
@@ -168,16 +156,16 @@ def _members(leader: str) -> list[dict]:
 
 def test_the_leader_is_found_when_the_first_db_node_is_down(real_inventory: Path) -> None:
     run = make_run(real_inventory)
-    run.ctx.pool = _Pool(_members("db-slave-02"), down={"db-master-01"})
+    run.ctx.pool = _pool(run, _members("db-slave-02"), down={"db-master-01"})
     assert patroni.leader_host(run).name == "db-slave-02"
-    assert run.ctx.pool.asked[:2] == ["db-master-01", "db-slave-01"]
+    assert run.ctx.pool.gets[:2] == ["db-master-01", "db-slave-01"]
 
 
 def test_no_db_node_answering_is_a_clear_error(real_inventory: Path) -> None:
     import pytest
 
     run = make_run(real_inventory)
-    run.ctx.pool = _Pool([], down={"db-master-01", "db-slave-01", "db-slave-02"})
+    run.ctx.pool = _pool(run, [], down={"db-master-01", "db-slave-01", "db-slave-02"})
     with pytest.raises(patroni.TaskError, match="cannot read the cluster state: db-master-01 .*no SSH answer"):
         patroni.cluster_members(run)
 
@@ -186,21 +174,21 @@ def test_a_leader_that_is_not_in_the_inventory_is_a_clear_error(real_inventory: 
     import pytest
 
     run = make_run(real_inventory)
-    run.ctx.pool = _Pool(_members("db-old-name"), down=set())
+    run.ctx.pool = _pool(run, _members("db-old-name"), down=set())
     with pytest.raises(patroni.TaskError, match="leader is db-old-name, which is not a DB node"):
         patroni.leader_host(run)
 
 
 def test_wait_for_cluster_names_the_leader_it_judged_healthy(real_inventory: Path) -> None:
     run = make_run(real_inventory)
-    run.ctx.pool = _Pool(_members("db-slave-01"), down={"db-master-01"})
+    run.ctx.pool = _pool(run, _members("db-slave-01"), down={"db-master-01"})
     outcome = patroni.wait_for_cluster(run)
     assert run.ctx.state["leader"] == "db-slave-01" and "leader db-slave-01" in outcome.detail
 
 
 def test_journal_tails_survive_a_node_that_is_down(real_inventory: Path) -> None:
     run = make_run(real_inventory)
-    run.ctx.pool = _Pool([], down={"db-slave-01"})
+    run.ctx.pool = _pool(run, [], down={"db-slave-01"})
     text = patroni.journal_tails(run)
     assert "--- db-slave-01\n(no journal: db-slave-01 (10.0.0.121): no SSH answer" in text
     assert "--- db-master-01" in text and "--- db-slave-02" in text
@@ -208,38 +196,20 @@ def test_journal_tails_survive_a_node_that_is_down(real_inventory: Path) -> None
 
 # --- step 02 touches only what is kbpg's (host_guards) ---------------------------------------------------------
 
-class _Host:
-    """One DB node: the probe's answer is canned, every other command is recorded and answered from ``answers``."""
-
-    def __init__(self, probe: str, answers: dict[str, str] | None = None):
-        self.probe, self.answers, self.scripts = probe, answers or {}, []
-
-    def get(self, host):
-        return self
-
-    def run(self, script, **kwargs):
-        from kbpg_tui.core.ssh import Result
-
-        self.scripts.append(script)
-        if "g:dir" in script:
-            return Result(script, 0, self.probe, "", 0.0)
-        out = next((text for key, text in self.answers.items() if key in script), "")
-        return Result(script, 0, out, "", 0.0)
-
-    def read_file(self, path):
-        return None
-
-    def upload(self, *args, **kwargs):
-        return False
-
-
 def _on_db_node(real_inventory: Path, probe: str, answers: dict[str, str] | None = None):
-    from kbpg_tui.core.engine import TaskRun
-
+    """One DB node: host_guards' probe is answered with ``probe``, any other command from ``answers`` (the first key
+    found in the script) or with nothing; every command is recorded (``node.scripts``)."""
     run = make_run(real_inventory)
-    node = _Host(probe, answers)
-    run.ctx.pool = node
-    return TaskRun(run.ctx, "02", run.ctx.db_hosts[0]), node
+
+    def answer(script: str, stdin: bytes):
+        if "g:dir" in script:
+            return result(probe)
+        return result(next((text for key, text in (answers or {}).items() if key in script), ""))
+
+    host = run.ctx.db_hosts[0]
+    node = ScriptedConnection(host, answer)
+    run.ctx.pool = FakePool({host.name: node})
+    return TaskRun(run.ctx, "02", host), node
 
 
 def test_step_02_never_chowns_a_directory_kbpg_did_not_create(real_inventory: Path) -> None:

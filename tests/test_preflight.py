@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from kbpg_tui.core.engine import TaskError, TaskRun
 from kbpg_tui.core.settings import from_dict
-from kbpg_tui.core.ssh import Result
 from kbpg_tui.core.steps import host_guards as guards
 from kbpg_tui.core.steps import s01_preflight as preflight
 
+from .fakes import FakePool, ScriptedConnection, result
 from .test_patroni_config import make_run
 
 FACTS = """os=debian
@@ -28,29 +29,21 @@ avail=107374182400
 BARE = "g:dir data missing\ng:dir raft missing\n"
 
 
-class _Pool:
-    def __init__(self, listen: list[str], guard: str = BARE):
-        self.listen, self.guard = listen, guard
+def _pool(run: TaskRun, listen: list[str], guard: str = BARE) -> FakePool:
+    """Every node reports FACTS and ``listen``; DB nodes (the only ones host_guards probes) also ``guard``."""
 
-    def get(self, host):
-        listen, guard = self.listen, self.guard
+    def answer(script: str, stdin: bytes):
+        text = FACTS.format(now=time.time()) + "".join(f"listen={line}\n" for line in listen)
+        if "g:dir" in script:  # only DB nodes are probed
+            text += guard
+        return result(text)
 
-        class _Connection:
-            sudo_mode = "root"
-
-            def run(self, script, **kwargs):
-                import time
-                text = FACTS.format(now=time.time()) + "".join(f"listen={line}\n" for line in listen)
-                if "g:dir" in script:  # only DB nodes are probed
-                    text += guard
-                return Result(script, 0, text, "", 0.0)
-
-        return _Connection()
+    return FakePool({h.name: ScriptedConnection(h, answer) for h in run.ctx.db_hosts + run.ctx.haproxy_hosts})
 
 
 def _check(real_inventory: Path, listen: list[str], host_index: int, settings=None, guard: str = BARE):
     run = make_run(real_inventory, settings)
-    run.ctx.pool = _Pool(listen, guard)
+    run.ctx.pool = _pool(run, listen, guard)
     hosts = run.ctx.db_hosts + run.ctx.haproxy_hosts
     return preflight.check_host(TaskRun(run.ctx, "01", hosts[host_index]))
 

@@ -20,6 +20,8 @@ from kbpg_tui.core import diagnostics as diag
 from kbpg_tui.core.engine import Context
 from kbpg_tui.core.settings import Settings
 
+from .fakes import FakePool
+
 PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 
 
@@ -100,7 +102,7 @@ def _ctx(port: int) -> Context:
     settings.ports.patroni_rest = port
     selection = SimpleNamespace(db_nodes=[SimpleNamespace(hostname="db-1", ip_private="127.0.0.1", user_ssh="root")],
                                 haproxy_nodes=[])
-    return Context(settings, creds.Credentials(), selection, Path("/nonexistent"), None,  # type: ignore[arg-type]
+    return Context(settings, creds.Credentials(), selection, Path("/nonexistent"), FakePool(),  # type: ignore[arg-type]
                    lambda e: None, threading.Event())
 
 

@@ -21,7 +21,6 @@ from kbpg_tui.core import events as ev
 from kbpg_tui.core import runlock
 from kbpg_tui.core.engine import Engine, StepReport, TaskReport
 from kbpg_tui.ui.app import KbpgApp
-from kbpg_tui.ui.screens import diagnostics as diagnostics_screen
 from kbpg_tui.ui.screens import hosts as hosts_screen
 from kbpg_tui.ui.screens.diagnostics import DiagnosticsScreen
 from kbpg_tui.ui.screens.dialogs import HostKeyDialog
@@ -152,41 +151,20 @@ def test_quit_with_the_host_key_dialog_open(demo: Path, monkeypatch: pytest.Monk
 
 
 @pytest.fixture
-def hanging_diagnostics(monkeypatch: pytest.MonkeyPatch):
+def hanging_diagnostics(fake_diagnostics):
     """Checks that run for 30 s unless cancelled; a cluster view that takes 5 s whatever happens (no cancel:
     three DB nodes that do not answer within its 3 s timeout each, say)."""
     work = SlowWork(30)
-    cancels: dict[str, object] = {}
 
-    class FakeRun:
-        def __init__(self, cancel) -> None:
-            self.ctx = None
-            self.cancel = cancel
+    def checks(on_result, cancel):
+        work.wait(cancel)
+        return fabricated.report()
 
-        def close(self) -> None:
-            pass
-
-    class FakeDiagnostics:
-        def __init__(self, ctx) -> None:
-            pass
-
-        def run(self, on_result=None, only=None, cancel=None):
-            cancels["checks"] = cancel
-            work.wait(cancel)
-            return fabricated.report()
-
-    def prepare(*args, cancel=None, **kwargs):
-        cancels.setdefault("prepared", cancel)
-        return FakeRun(cancel)
-
-    def cluster_view(ctx):
+    def cluster():
         time.sleep(5)
         return fabricated.members()
 
-    monkeypatch.setattr(diagnostics_screen.inst, "prepare", prepare)
-    monkeypatch.setattr(diagnostics_screen, "Diagnostics", FakeDiagnostics)
-    monkeypatch.setattr(diagnostics_screen, "cluster_view", cluster_view)
-    return work, cancels
+    return work, fake_diagnostics(checks, cluster).cancels
 
 
 def test_quit_during_diagnostics(demo: Path, hanging_diagnostics) -> None:

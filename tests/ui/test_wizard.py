@@ -411,32 +411,19 @@ async def test_diagnostics_show_problems_first_and_the_whole_reason_at_80x24(dem
         assert "! warn" in str(detail.render()) and "no HNSW index" in str(detail.render())
 
 
-async def test_diagnostics_run_sorts_results_as_they_arrive(demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_diagnostics_run_sorts_results_as_they_arrive(demo: Path, fake_diagnostics) -> None:
     """The screen's own worker, with the core's probes and cluster view replaced by made-up results."""
     import random
 
-    from kbpg_tui.ui.screens import diagnostics as screen_module
     from tests.ui import fabricated
 
-    class FakeRun:
-        ctx = None
+    def shuffled(on_result, cancel):
+        report = fabricated.report()
+        for result in random.Random(7).sample(report.results, len(report.results)):
+            on_result(result)
+        return report
 
-        def close(self) -> None:
-            pass
-
-    class FakeDiagnostics:
-        def __init__(self, ctx) -> None:
-            pass
-
-        def run(self, on_result=None, only=None, cancel=None):
-            report = fabricated.report()
-            for result in random.Random(7).sample(report.results, len(report.results)):
-                on_result(result)
-            return report
-
-    monkeypatch.setattr(screen_module.inst, "prepare", lambda *args, **kwargs: FakeRun())
-    monkeypatch.setattr(screen_module, "Diagnostics", FakeDiagnostics)
-    monkeypatch.setattr(screen_module, "cluster_view", lambda ctx: fabricated.members())
+    fake_diagnostics(shuffled)
     app = KbpgApp(demo)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("2")
