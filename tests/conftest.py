@@ -54,8 +54,12 @@ def lab_workdir(tmp_path_factory) -> Path:
 
 
 def _order(item: pytest.Item) -> int:
-    """Unit tests, then the lab's own tests on bare hosts, then installs on it, then taking it down."""
+    """Unit tests, then the lab's own tests on bare hosts, then installs on it, then the tests that restart the lab
+    on bare hosts (``fresh_lab``: whatever the installed cluster's tests are named, they run before), then taking it
+    down."""
     if item.get_closest_marker("lab_teardown"):
+        return 4
+    if "fresh_lab" in getattr(item, "fixturenames", ()):
         return 3
     if item.get_closest_marker("e2e"):
         return 2

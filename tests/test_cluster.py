@@ -1,7 +1,7 @@
 """The cluster model (kbpg_tui.core.cluster): both readers map onto one model, one health rule judges it.
 
 Samples in tests/fixtures/cluster/ are patronictl's and REST /cluster's answers recorded on the lab
-(tests/e2e/test_e2e_cluster_model.py with KBPG_CLUSTER_SAMPLES set): healthy, and with one replica's Patroni
+(tests/e2e/test_e2e_14_cluster_model.py with KBPG_CLUSTER_SAMPLES set): healthy, and with one replica's Patroni
 stopped. The lab's Patroni gives "Lag in MB" and REST "lag"; Patroni 4's "Receive Lag"/"Replay Lag" and
 receive_lag/replay_lag are in made-up rows below. Other states are made from the recorded ones.
 """
