@@ -12,10 +12,19 @@ commands, a probe waiting for its timeout) keeps a quit wizard alive on a blank 
   the worker waits at most ``GRACE_SECONDS`` more (for the work to stop and release what it holds, such
   as the cluster's run lock), then returns. The process then exits within two seconds, whatever a host
   does; work still running is left behind (a daemon thread, with its cancel event set).
+
+Work left behind must never reach the app through a screen: a screen's ``self.app`` is Textual's context
+variable ``active_app``, which only Textual's own threads carry, and otherwise the screen's link to the app,
+which Textual cuts when the screen is removed (at quit, on leaving it): ``self.app`` then raises
+NoActiveAppError in that thread. So :func:`run_cancellable` runs the work in the worker's context, and a
+thread the work starts itself (one per host, the engine's) is given the app, taken in the worker
+(``app = self.app``), never the screen's ``self.app``. The app's own methods are safe from any thread at any
+time: ``ask_host_key`` answers "no" once cancelled, ``post_message`` returns False once the app is closing.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from typing import Callable, TypeVar
@@ -36,8 +45,9 @@ def cancel_event() -> threading.Event:
 
 def run_cancellable(work: Callable[[], T], cancel: threading.Event, name: str = "kbpg-work",
                     grace: float = GRACE_SECONDS) -> T | None:
-    """``work()`` in a daemon thread: its result (or its exception, raised here), or None when ``cancel`` was
-    set and the work had not ended ``grace`` seconds later."""
+    """``work()`` in a daemon thread, in the caller's context (the worker's: ``self.app`` resolves there even once
+    the screen is removed): its result (or its exception, raised here), or None when ``cancel`` was set and the
+    work had not ended ``grace`` seconds later."""
     outcome: dict[str, object] = {}
     finished = threading.Event()
 
@@ -49,7 +59,7 @@ def run_cancellable(work: Callable[[], T], cancel: threading.Event, name: str = 
         finally:
             finished.set()
 
-    threading.Thread(target=target, daemon=True, name=name).start()
+    threading.Thread(target=contextvars.copy_context().run, args=(target,), daemon=True, name=name).start()
     while not finished.wait(POLL_SECONDS):
         if cancel.is_set():
             if not finished.wait(grace):

@@ -92,11 +92,12 @@ class HostsScreen(Screen):
     def check_ssh(self, servers: list[Server]) -> None:
         """Every host at once. Ends with the worker (quit, leaving the screen, a new ``c``): the pool's cancel
         closes the commands and a host-key question is answered "no"."""
-        state = self.app.state
+        app = self.app  # for the per-host threads, which may ask after this screen is gone (workers.py)
+        state = app.state
         cancel = cancel_event()
         known_hosts = KnownHosts(resolve(state.workdir, state.settings.ssh.known_hosts))
         pool = ConnectionPool(inst.ssh_options(state.workdir, state.settings), known_hosts, lambda event: None,
-                              prompt=lambda event: self.app.ask_host_key(event, cancel),
+                              prompt=lambda event: app.ask_host_key(event, cancel),
                               sudo_passwords=inst.sudo_passwords(state.workdir), cancel=cancel)
 
         def one(server: Server) -> None:

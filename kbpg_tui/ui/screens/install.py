@@ -208,8 +208,9 @@ class InstallScreen(Screen):
             self.post_message(InstallFailed(exc))
 
     def run_steps(self, steps, cancel: threading.Event) -> list[StepReport]:
-        state = self.app.state
-        run = inst.prepare(state.workdir, state.settings, self.sink, prompt=lambda e: self.app.ask_host_key(e, cancel),
+        app = self.app  # for the engine's threads, which may ask after this screen is gone (workers.py)
+        state = app.state
+        run = inst.prepare(state.workdir, state.settings, self.sink, prompt=lambda e: app.ask_host_key(e, cancel),
                            cancel=cancel, selection=state.selection)
         try:  # the cluster's run lock (core/runlock.py)
             lock = (runlock.acquire_for_run(run, f"kbpg wizard: install steps {steps[0].number}-{steps[-1].number}")
