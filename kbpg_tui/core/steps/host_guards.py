@@ -29,8 +29,11 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
+from ..runlock import LOCK_DIR as STATE_DIR
+
 RAFT_DIR = "/var/lib/patroni/raft"
-CREATED_FILE = "/var/lib/kbpg/created-dirs"  # directories kbpg created, one path a line (outside any of them)
+# Directories kbpg created, one path a line, kept beside the run lock in kbpg's own 0700 root directory.
+CREATED_FILE = f"{STATE_DIR}/created-dirs"
 PATRONI_CONFIG = "/etc/patroni/config.yml"
 WANTED = "postgres:postgres 700"
 SHOWN_ENTRIES = 5
@@ -332,7 +335,8 @@ def directory_commands(verdict: Verdict) -> str:
         parent = shlex.quote(path.rsplit("/", 1)[0] or "/")
         # mkdir, not install -d: a directory that appeared since the probe is not chowned.
         parts.append(
-            f"(umask 022; mkdir -p {parent} /var/lib/kbpg) && mkdir -m 0700 {quoted} && chown postgres:postgres {quoted} && "
+            f"(umask 022; mkdir -p {parent}) && install -d -m 0700 {STATE_DIR} && mkdir -m 0700 {quoted} && "
+            f"chown postgres:postgres {quoted} && "
             f"{{ grep -qxF {quoted} {CREATED_FILE} 2>/dev/null || (umask 022; echo {quoted} >> {CREATED_FILE}); }} && "
             f"echo {shlex.quote(path + '(created)')}")
     for path in verdict.repair:
