@@ -168,13 +168,11 @@ def test_with_only_a_count_the_members_are_counted() -> None:
     assert verdict.problems == ("2 members, 3 expected",)
 
 
-def test_step_02_judges_patronictl_rows_with_the_same_rule() -> None:
-    from kbpg_tui.core.steps import s02_patroni
-
+def test_patronictl_rows_are_judged_by_the_same_rule_as_rest() -> None:
     rows = ctl()
-    assert s02_patroni.health(rows, NAMES) == (True, cluster.health(cluster.from_patronictl(rows), NAMES).summary)
+    assert cluster.health(cluster.from_patronictl(rows), NAMES).ok is True
     rows[1]["Lag in MB"] = 17  # over the bound, as the diagnostics would say
-    assert s02_patroni.health(rows, NAMES)[0] is False
+    assert cluster.health(cluster.from_patronictl(rows), NAMES).ok is False
 
 
 # --- readers -------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from kbpg_tui.core import cluster
 from kbpg_tui.core import credentials as creds
 from kbpg_tui.core import inventory as inv
 from kbpg_tui.core.engine import Context, TaskRun
@@ -18,6 +19,11 @@ from kbpg_tui.core.settings import Settings, from_dict
 from kbpg_tui.core.steps import s02_patroni as patroni
 
 from .fakes import FakePool, ScriptedConnection, result, unreachable
+
+
+def _healthy(rows: list[dict]) -> bool:
+    """``patronictl list -f json`` rows of a 3-node cluster, judged by the one health rule step 02 uses."""
+    return cluster.health(cluster.from_patronictl(rows), 3).ok
 
 
 def make_run(real_inventory: Path, settings: Settings | None = None) -> TaskRun:
@@ -132,11 +138,11 @@ def test_health_needs_one_leader_and_streaming_replicas_on_one_timeline() -> Non
     leader = {"Member": "a", "Role": "Leader", "State": "running", "TL": 1}
     r1 = {"Member": "b", "Role": "Replica", "State": "streaming", "TL": 1}
     r2 = {"Member": "c", "Role": "Replica", "State": "streaming", "TL": 1}
-    assert patroni.health([leader, r1, r2], 3)[0]
-    assert not patroni.health([leader, r1, {**r2, "State": "starting"}], 3)[0]
-    assert not patroni.health([leader, r1, {**r2, "TL": 2}], 3)[0]
-    assert not patroni.health([leader, r1], 3)[0]
-    assert not patroni.health([leader, {**r1, "Role": "Leader", "State": "running"}, r2], 3)[0]
+    assert _healthy([leader, r1, r2])
+    assert not _healthy([leader, r1, {**r2, "State": "starting"}])
+    assert not _healthy([leader, r1, {**r2, "TL": 2}])
+    assert not _healthy([leader, r1])
+    assert not _healthy([leader, {**r1, "Role": "Leader", "State": "running"}, r2])
 
 
 def _pool(run: TaskRun, members: list[dict], down: set[str]) -> FakePool:
@@ -167,7 +173,7 @@ def test_no_db_node_answering_is_a_clear_error(real_inventory: Path) -> None:
     run = make_run(real_inventory)
     run.ctx.pool = _pool(run, [], down={"db-master-01", "db-slave-01", "db-slave-02"})
     with pytest.raises(patroni.TaskError, match="cannot read the cluster state: db-master-01 .*no SSH answer"):
-        patroni.cluster_members(run)
+        cluster.read_patronictl(run)
 
 
 def test_a_leader_that_is_not_in_the_inventory_is_a_clear_error(real_inventory: Path) -> None:

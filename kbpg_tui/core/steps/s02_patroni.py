@@ -17,7 +17,7 @@ import re
 import shlex
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -352,16 +352,6 @@ def start_cluster(run: TaskRun) -> Outcome:
     return Outcome.of(bool(details), "; ".join(details) or "patroni active on every DB node")
 
 
-# The cluster as patronictl lists it (kbpg_tui.core.cluster: one model, one health rule for steps and diagnostics).
-cluster_members = cluster.read_patronictl
-
-
-def health(members: list[dict], expected: Sequence[str] | int) -> tuple[bool, str]:
-    """``patronictl list -f json`` rows judged by :func:`kbpg_tui.core.cluster.health`: (healthy, summary)."""
-    verdict = cluster.health(cluster.from_patronictl(members), expected)
-    return verdict.ok, verdict.summary
-
-
 def _judge(run: TaskRun) -> tuple[cluster.ClusterState | None, cluster.Health]:
     """The cluster now, judged against the DB nodes of servers.tsv; a cluster that cannot be read is unhealthy."""
     try:
@@ -564,4 +554,4 @@ STEP = Step("02", "Patroni cluster", [
     Task("validate", "db", validate_config),
 ])
 
-__all__ = ["STEP", "CLUSTER", "render_config", "health"]
+__all__ = ["STEP", "CLUSTER", "render_config"]
