@@ -388,7 +388,7 @@ class RunLock:
         for host in self.held:
             if self._stop.is_set():
                 return
-            state = _on_node(self.pool, host, self.directory, "refresh", (self.digest + "\n").encode())
+            state = self._on_held(host, "refresh")
             if state.status == ERROR:
                 log.warning("run lock heartbeat on %s: %s", host.name, state.error)
             elif state.status != REFRESHED and not self.lost.is_set():
@@ -401,10 +401,14 @@ class RunLock:
                 if self.on_lost is not None:
                     self.on_lost(message)
 
+    def _on_held(self, host: Host, action: str) -> NodeState:
+        """``action`` on a node whose lock holds this run's content (checked by its digest, under flock)."""
+        return _on_node(self.pool, host, self.directory, action, (self.digest + "\n").encode())
+
     def release_partial(self) -> None:
         """Give back what an unfinished acquisition took (our own content only: nothing of another run)."""
         for host in self.held:
-            state = _on_node(self.pool, host, self.directory, "remove", (self.digest + "\n").encode())
+            state = self._on_held(host, "remove")
             if state.status == ERROR:
                 log.warning("run lock: could not give back %s: %s", host.name, state.error)
         self.held = []
@@ -419,7 +423,7 @@ class RunLock:
             self._thread.join(timeout=COMMAND_TIMEOUT + 5)
         problems = []
         for host in self.held:
-            state = _on_node(self.pool, host, self.directory, "remove", (self.digest + "\n").encode())
+            state = self._on_held(host, "remove")
             if state.status == ERROR:
                 problems.append(f"the run lock could not be released on {host.name} ({state.error}); the next run "
                                 "from this machine takes it over, from another one `kbpg unlock` breaks it")
