@@ -142,8 +142,49 @@ class HostAnswering:
     at: float = field(default_factory=_now)
 
 
+@dataclass(frozen=True)
+class DrillSample:
+    """One second of one drill writer: writes acknowledged and failed in that second (the wizard's live chart).
+
+    ``entry`` names the entry point ("LB:5432", "LB:6432"); ``second`` counts from the start of the round.
+    """
+
+    round: int
+    entry: str
+    second: int
+    ok: int
+    failed: int
+    at: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class DrillMark:
+    """A moment of a drill round's timeline, ``offset`` seconds after the fault (negative: before it).
+
+    ``what`` is one of: "fault", "last ack", "new leader", "first write after", "old leader streaming",
+    "restored" (the stopped service started again, the cut link up again); ``entry`` is set for the
+    writer-specific ones ("last ack", "first write after").
+    """
+
+    round: int
+    what: str
+    offset: float
+    entry: str = ""
+    detail: str = ""
+    at: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class DrillRoundDone:
+    """A drill round is over; ``figures`` is that round's report as plain data (its JSON form)."""
+
+    round: int
+    figures: dict
+    at: float = field(default_factory=_now)
+
+
 Event = Union[StepStarted, TaskStarted, OutputLine, TaskFinished, StepFinished, HostKeyUnknown, Progress, Message,
-              HostSilent, HostAnswering]
+              HostSilent, HostAnswering, DrillSample, DrillMark, DrillRoundDone]
 EventSink = Callable[[Event], None]
 
 
