@@ -2,14 +2,6 @@
 
 from __future__ import annotations
 
-import glob
-import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
-from pathlib import Path
 from typing import Iterator
 
 import psycopg
@@ -17,46 +9,19 @@ import pytest
 
 from kbpg_tui.core import credentials as creds
 
+from .pg_local import LocalPostgres
+
 pytestmark = pytest.mark.pg
-
-
-def _pg_bindir() -> Path:
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
-    if not candidates:
-        pytest.fail("no PostgreSQL server binaries (apt-get install postgresql); .ci/run installs them")
-    return Path(candidates[-1]).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def pg_server() -> Iterator[dict]:
-    bindir = _pg_bindir()
-    base = Path(tempfile.mkdtemp(prefix="kbpg-pg-"))
-    data, sockets = base / "data", base / "sock"
-    sockets.mkdir()
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        account = pwd.getpwnam("postgres")
-        for path in (base, sockets):
-            os.chown(path, account.pw_uid, account.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-    subprocess.run(as_user + [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
-                              "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C"],
-                   check=True, capture_output=True)
-    subprocess.run(as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(base / "log"),
-                              "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} -c password_encryption=scram-sha-256",
-                              "start"], check=True, capture_output=True)
+    server = LocalPostgres()
     try:
-        yield {"port": port, "sockets": str(sockets)}
+        server.start()
+        yield server.info()
     finally:
-        subprocess.run(as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+        server.remove()
 
 
 def _admin(pg: dict) -> psycopg.Connection:
