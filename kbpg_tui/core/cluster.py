@@ -273,9 +273,15 @@ def direct_opener() -> urllib.request.OpenerDirector:
 
 
 def http_request(url: str, timeout: float, auth: tuple[str, str] | None = None,
-                 method: str = "GET") -> tuple[int, bytes]:
-    """(status, body) of one request straight to a host; an HTTP error status is an answer, no answer is NoAnswer."""
-    request = urllib.request.Request(url, method=method)
+                 method: str = "GET", body: dict | None = None) -> tuple[int, bytes]:
+    """(status, body) of one request straight to a host; an HTTP error status is an answer, no answer is NoAnswer.
+
+    ``body``: sent as JSON (Patroni's unsafe endpoints: /switchover, /config ...).
+    """
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, method=method, data=data)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
     if auth:
         token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
