@@ -132,6 +132,7 @@ class DrillReport:
     rounds: list[RoundReport] = field(default_factory=list)
     final_state: str = ""
     problems: list[str] = field(default_factory=list)
+    paths: tuple[Path, ...] = ()  # where write_reports put it (Markdown, JSON); not part of the report itself
 
     def entries(self) -> list[str]:
         """The entry points of the rounds, in the order first seen."""
