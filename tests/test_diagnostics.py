@@ -36,12 +36,12 @@ def _diagnostics(real_inventory: Path, values: creds.Credentials | None = None, 
 
 # --- one list of checks ------------------------------------------------------------------------------------
 
-def test_every_check_is_in_the_one_list_numbered_1_to_14() -> None:
-    assert [c.number for c in ALL_CHECKS] == list(range(1, 15))
+def test_every_check_is_in_the_one_list_numbered_1_to_15() -> None:
+    assert [c.number for c in ALL_CHECKS] == list(range(1, 16))
     assert CHECK_NAMES == {1: "inventory", 2: "ssh and sudo", 3: "services", 4: "patroni cluster",
                            5: "patroni timing", 6: "writes through the LB", 7: "read-only port", 8: "pgbouncer",
                            9: "roles and database", 10: "pgvector", 11: "haproxy", 12: "secret files",
-                           13: "patroni rest auth", 14: "client sessions"}
+                           13: "patroni rest auth", 14: "client sessions", 15: "synchronous replication"}
     assert diag.CHECK_NAMES is CHECK_NAMES and diag.Diagnostics is Diagnostics  # the names the CLI and UI import
 
 
@@ -71,17 +71,17 @@ def test_the_probes_of_the_company_inventory(real_inventory: Path) -> None:
         7: ["LB 10.0.0.10:5433", "haproxy-01:5433", "haproxy-02:5433"],
         8: ["LB 10.0.0.10:6432", "haproxy-01:6432", "haproxy-02:6432"],
         9: ["LB 10.0.0.10:5432"], 10: ["LB 10.0.0.10:6432"], 11: proxies,
-        12: db + proxies + ["credentials/postgres.env"], 13: db, 14: ["LB 10.0.0.10:5432"],
+        12: db + proxies + ["credentials/postgres.env"], 13: db, 14: ["LB 10.0.0.10:5432"], 15: ["cluster"],
     }
 
 
 def test_a_new_check_is_one_declaration() -> None:
-    extra = Check(15, "made up", once("here", lambda p: "fine"))
+    extra = Check(16, "made up", once("here", lambda p: "fine"))
     diagnostics = Diagnostics(Context(Settings(), creds.Credentials(), None, Path("/nonexistent"),  # type: ignore
                                       pool=FakePool(), sink=lambda e: None), checks=[extra])
     report = diagnostics.run()
     assert [(r.number, r.check, r.target, r.verdict, r.reason) for r in report.results] == [
-        (15, "made up", "here", Verdict.PASS, "fine")]
+        (16, "made up", "here", Verdict.PASS, "fine")]
 
 
 # --- the runner ------------------------------------------------------------------------------------------------
@@ -132,7 +132,7 @@ def test_a_probe_that_hangs_is_failed_at_the_backstop_and_the_others_finish() ->
 
 def test_only_runs_the_checks_asked_for(real_inventory: Path) -> None:
     diagnostics = _diagnostics(real_inventory)
-    assert {p.number for p in diagnostics.probes()} == set(range(1, 15))
+    assert {p.number for p in diagnostics.probes()} == set(range(1, 16))
     diagnostics.probes = lambda: [_probe(1, "servers.tsv", lambda: "one"),  # type: ignore[method-assign]
                                   _probe(2, "db-master-01", lambda: pytest.fail("not asked for"))]
     assert [r.number for r in diagnostics.run(only={1}).results] == [1]

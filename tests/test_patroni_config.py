@@ -9,12 +9,13 @@ import json
 import threading
 from pathlib import Path
 
+import pytest
 import yaml
 
 from kbpg_tui.core import cluster
 from kbpg_tui.core import credentials as creds
 from kbpg_tui.core import inventory as inv
-from kbpg_tui.core.engine import Context, TaskRun
+from kbpg_tui.core.engine import Context, Status, TaskRun
 from kbpg_tui.core.settings import Settings, from_dict
 from kbpg_tui.core.steps import s02_patroni as patroni
 
@@ -122,7 +123,7 @@ def test_settings_flow_into_the_config(real_inventory: Path) -> None:
     assert parameters["max_connections"] == 50 and parameters["shared_buffers"] == "32MB" and parameters["work_mem"] == "4MB"
     assert config["postgresql"]["bin_dir"] == "/usr/lib/postgresql/17/bin"
     assert config["postgresql"]["data_dir"] == "/var/lib/postgresql/17/patroni"
-    assert (config["bootstrap"]["dcs"]["ttl"], config["bootstrap"]["dcs"]["loop_wait"]) == (20, 5)
+    assert (config["bootstrap"]["dcs"]["ttl"], config["bootstrap"]["dcs"]["loop_wait"]) == (15, 3)
     assert config["restapi"]["listen"] == "0.0.0.0:8009"
     assert config["raft"]["self_addr"] == "10.0.0.120:7001"
 
@@ -258,3 +259,73 @@ def test_only_a_cluster_the_package_install_just_made_is_stopped(real_inventory:
     assert patroni.stop_default_clusters(run, existing={("15", "legacy")}) == ["17/main"]
     stops = [s for s in node.scripts if "pg_ctlcluster" in s]
     assert len(stops) == 1 and "17 main" in stops[0] and "legacy" not in stops[0]
+
+
+# --- the dynamic configuration: timing plan and synchronous replication, applied live ---------------------------
+
+@pytest.mark.parametrize("plan, timing", [("fast", (15, 3, 5)), ("norm", (30, 10, 10)), ("safe", (60, 10, 20))])
+def test_the_timing_plan_goes_into_the_dcs(real_inventory: Path, plan: str, timing: tuple) -> None:
+    dcs = patroni.dynamic_config(make_run(real_inventory, from_dict({"patroni": {"timing_plan": plan}})))
+    assert (dcs["ttl"], dcs["loop_wait"], dcs["retry_timeout"]) == timing
+
+
+@pytest.mark.parametrize("mode, strict, wanted", [("off", False, False), ("on", False, True), ("on", True, True),
+                                                  ("quorum", True, "quorum")])
+def test_synchronous_mode_as_patroni_4_takes_it(real_inventory: Path, mode: str, strict: bool, wanted) -> None:
+    settings = from_dict({"patroni": {"synchronous_mode": mode, "synchronous_mode_strict": strict}})
+    dcs = patroni.dynamic_config(make_run(real_inventory, settings))
+    assert dcs["synchronous_mode"] == wanted and type(dcs["synchronous_mode"]) is type(wanted)
+    assert dcs["synchronous_mode_strict"] is strict
+
+
+class FakeDcs:
+    """Patroni's dynamic configuration as patronictl shows and patches it on the leader (db-master-01)."""
+
+    def __init__(self, stored: dict):
+        self.stored = stored
+        self.patches: list[dict] = []
+
+    def answer(self, script: str, stdin: bytes):
+        if "list -f json" in script:
+            return result(json.dumps(_members("db-master-01")))
+        if "show-config" in script:
+            return result(yaml.safe_dump(self.stored, default_flow_style=False))  # as patronictl prints it
+        if "edit-config --force --apply -" in script:
+            patch = yaml.safe_load(stdin.decode())
+            self.patches.append(patch)
+            self.stored = _merged(self.stored, patch)
+            return result()
+        raise AssertionError(f"unexpected command: {script}")
+
+
+def _merged(stored: dict, patch: dict) -> dict:
+    merged = dict(stored)
+    for key, value in patch.items():
+        merged[key] = _merged(merged.get(key) or {}, value) if isinstance(value, dict) else value
+    return merged
+
+
+@pytest.mark.parametrize("mode, strict", [("off", False), ("on", False), ("on", True), ("quorum", False),
+                                          ("quorum", True)])
+def test_a_rerun_sees_the_synchronous_settings_patroni_prints_back_as_unchanged(real_inventory: Path, mode: str,
+                                                                               strict: bool) -> None:
+    settings = from_dict({"patroni": {"timing_plan": "fast", "synchronous_mode": mode,
+                                      "synchronous_mode_strict": strict}})
+    run = make_run(real_inventory, settings)
+    before = {**patroni.dynamic_config(make_run(real_inventory)), "synchronous_mode": False}
+    del before["synchronous_mode_strict"]  # a cluster bootstrapped before kbpg wrote it
+    dcs = FakeDcs(before)
+    run.ctx.pool = FakePool({h.name: ScriptedConnection(h, dcs.answer) for h in run.ctx.db_hosts})
+    assert patroni.apply_dynamic_config(run).status is Status.CHANGED
+    assert dcs.patches[-1]["synchronous_mode_strict"] is strict
+    assert dcs.stored["synchronous_mode"] == {"off": False, "on": True, "quorum": "quorum"}[mode]
+    assert patroni.apply_dynamic_config(run).status is Status.UNCHANGED, "Patroni's spelling read back: no change"
+    assert len(dcs.patches) == 1
+
+
+def test_changing_the_synchronous_mode_is_applied_live(real_inventory: Path) -> None:
+    run = make_run(real_inventory, from_dict({"patroni": {"synchronous_mode": "quorum"}}))
+    dcs = FakeDcs(patroni.dynamic_config(make_run(real_inventory, from_dict({"patroni": {"synchronous_mode": "on"}}))))
+    run.ctx.pool = FakePool({h.name: ScriptedConnection(h, dcs.answer) for h in run.ctx.db_hosts})
+    assert patroni.apply_dynamic_config(run).status is Status.CHANGED
+    assert dcs.patches[0]["synchronous_mode"] == "quorum" and run.ctx.state["dynamic_config_changed"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from kbpg_tui.core.settings import from_dict
 from kbpg_tui.core.steps import s03_haproxy as haproxy
 from kbpg_tui.core.steps import s04_pgbouncer as pgbouncer
@@ -117,3 +119,48 @@ def test_a_chosen_pool_size_that_overruns_max_connections_on_all_nodes_is_refuse
 def test_a_hand_edited_userlist_line_with_a_stray_quote_is_ignored() -> None:
     parsed = pgbouncer._parse_userlist('"kb_pgbouncer" "SCRAM-SHA-256$4096:c2FsdA==$a:b"\n"broken "line\n; comment\n')
     assert parsed == {"kb_pgbouncer": "SCRAM-SHA-256$4096:c2FsdA==$a:b"}
+
+
+# --- failover timing: the timing plan's (kbpg_tui.core.rto) -------------------------------------------------
+
+@pytest.mark.parametrize("plan, check, timeout", [
+    ("fast", "inter 1s fastinter 500ms downinter 500ms rise 2 fall 2", "1s"),
+    ("norm", "inter 2s fastinter 1s downinter 2s rise 2 fall 2", "2s"),
+    ("safe", "inter 3s fastinter 1500ms downinter 3s rise 3 fall 3", "3s"),
+    ("custom", "inter 2s fastinter 1s downinter 2s rise 2 fall 2", "2s"),  # the custom plan: norm's checks
+])
+def test_haproxy_checks_follow_the_timing_plan(real_inventory: Path, plan: str, check: str, timeout: str) -> None:
+    config = sections(haproxy.render(make_run(real_inventory, from_dict({"patroni": {"timing_plan": plan}})),
+                                     "10.0.0.11"))
+    for backend in ("listen postgres_write", "listen postgres_read"):
+        assert f"default-server {check} on-marked-down shutdown-sessions" in config[backend]
+    assert f"timeout check {timeout}" in config["defaults"]
+
+
+def ini_values(text: str) -> dict[str, str]:
+    values = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith((";", "#", "*")):
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip()
+    return values
+
+
+@pytest.mark.parametrize("plan, login_retry, user_timeout", [("fast", "1", "15000"), ("norm", "2", "30000"),
+                                                             ("safe", "3", "60000")])
+def test_pgbouncer_failover_timing_follows_the_timing_plan(real_inventory: Path, plan: str, login_retry: str,
+                                                           user_timeout: str) -> None:
+    ini = pgbouncer.render_ini(make_run(real_inventory, from_dict({"patroni": {"timing_plan": plan}})), "10.0.0.11")
+    values = ini_values(ini)
+    assert values["server_login_retry"] == login_retry
+    assert values["tcp_user_timeout"] == user_timeout  # the plan's ttl: a stall it rides out keeps the clients
+    # Not the plan's: a login through the local HAProxy is given up after 3 s (the default 15 s could leave pooled
+    # writes waiting on a dead attempt after the new primary is up); silent peers are probed after 10 s idle.
+    assert values["server_connect_timeout"] == "3"
+    assert (values["tcp_keepalive"], values["tcp_keepidle"], values["tcp_keepintvl"], values["tcp_keepcnt"]) == \
+        ("1", "10", "5", "3")
+    assert values["server_check_delay"] == "10"
+    for key in ("server_login_retry", "server_connect_timeout", "server_check_delay", "tcp_keepalive"):
+        at = ini.index(f"\n{key} =")
+        assert ini[:at].rstrip().splitlines()[-1].startswith(";"), f"{key} comes with its reason"
+

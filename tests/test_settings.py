@@ -51,7 +51,7 @@ def test_round_trip(tmp_path: Path) -> None:
 
 def test_timing_plan_values_are_applied_and_not_written(tmp_path: Path) -> None:
     settings = cfg.from_dict({"patroni": {"timing_plan": "fast"}})
-    assert (settings.patroni.ttl, settings.patroni.loop_wait, settings.patroni.retry_timeout) == (20, 5, 5)
+    assert (settings.patroni.ttl, settings.patroni.loop_wait, settings.patroni.retry_timeout) == (15, 3, 5)
     path = tmp_path / "kbpg.toml"
     cfg.save_settings(settings, path)
     written = tomllib.loads(path.read_text())
@@ -76,7 +76,11 @@ def test_timing_plan_values_are_applied_and_not_written(tmp_path: Path) -> None:
     ({"patroni": {"dcs": "etcd"}}, "patroni.dcs", "'raft'"),
     ({"patroni": {"timing_plan": "custom", "ttl": 30, "retry_timeout": 30}}, "patroni.ttl", "loop_wait + 2*retry_timeout must be <= ttl"),
     ({"patroni": {"ttl": 45}}, "patroni.ttl", "set patroni.timing_plan = \"custom\""),
-    ({"patroni": {"synchronous_mode": "yes"}}, "patroni.synchronous_mode", "true or false"),
+    ({"patroni": {"synchronous_mode": "yes"}}, "patroni.synchronous_mode", "must be one of 'off', 'on', 'quorum'"),
+    ({"patroni": {"synchronous_mode": 1}}, "patroni.synchronous_mode", "must be a string"),
+    ({"patroni": {"timing_plan": "slow"}}, "patroni.timing_plan", "must be one of 'fast', 'norm', 'safe', 'custom'"),
+    ({"patroni": {"timing_plan": "safe", "loop_wait": 5}}, "patroni.loop_wait", "the 'safe' timing plan sets 10"),
+    ({"patroni": {"synchronous_mode_strict": "yes"}}, "patroni.synchronous_mode_strict", "true or false"),
     ({"pgbouncer": {"pool_mode": "txn"}}, "pgbouncer.pool_mode", "'transaction', 'session', 'statement'"),
     ({"pgbouncer": {"backend": "direct"}}, "pgbouncer.backend", "'local', 'lb'"),
     ({"pgbouncer": {"default_pool_size": 500}}, "pgbouncer.default_pool_size", "under postgresql.max_connections"),
@@ -91,6 +95,68 @@ def test_invalid_values_name_the_key(data: dict, key: str, hint: str) -> None:
     message = str(caught.value)
     assert f"{key}:" in message
     assert hint in message
+
+
+# --- timing plans and synchronous replication -------------------------------------------------------------------
+
+def test_the_default_plan_is_norm_with_patronis_default_timing() -> None:
+    settings = cfg.from_dict({})
+    assert settings.patroni.timing_plan == "norm" == cfg.Settings().patroni.timing_plan
+    assert (settings.patroni.ttl, settings.patroni.loop_wait, settings.patroni.retry_timeout) == (30, 10, 10)
+    assert cfg.settings_notes(settings) == []
+
+
+@pytest.mark.parametrize("name", ["fast", "norm", "safe"])
+def test_each_plan_sets_its_patroni_timing(name: str) -> None:
+    plan = cfg.TIMING_PLANS[name]  # still importable from settings: the plans of kbpg_tui.core.rto
+    p = cfg.from_dict({"patroni": {"timing_plan": name}}).patroni
+    assert (p.ttl, p.loop_wait, p.retry_timeout) == (plan.ttl, plan.loop_wait, plan.retry_timeout)
+    # Writing the plan's own value is allowed; another one needs the custom plan.
+    cfg.from_dict({"patroni": {"timing_plan": name, "ttl": plan.ttl}})
+
+
+def test_an_older_standard_plan_reads_as_norm_with_one_note_and_is_saved_as_norm(tmp_path: Path) -> None:
+    path = tmp_path / "kbpg.toml"
+    path.write_text('[patroni]\ntiming_plan = "standard"\n')
+    settings = cfg.load_settings(path)
+    assert settings.patroni.timing_plan == "norm"
+    assert (settings.patroni.ttl, settings.patroni.loop_wait, settings.patroni.retry_timeout) == (30, 10, 10)
+    assert cfg.settings_notes(settings) == [
+        "patroni.timing_plan: the 'standard' timing plan is now called 'norm' (the same timing); read as 'norm', "
+        "and saving kbpg.toml writes 'norm'"]
+    assert cfg.settings_warnings(settings) == []  # nothing to confirm: `kbpg install --yes` goes on
+    cfg.save_settings(settings, path)
+    assert tomllib.loads(path.read_text())["patroni"]["timing_plan"] == "norm"
+    assert cfg.settings_notes(cfg.load_settings(path)) == []
+    # The old name keeps the plan's rule: its own timing only.
+    with pytest.raises(cfg.SettingsError, match="patroni.ttl: the 'norm' timing plan sets 30"):
+        cfg.from_dict({"patroni": {"timing_plan": "standard", "ttl": 20}})
+
+
+def test_synchronous_mode_reads_older_booleans_and_is_saved_as_a_word(tmp_path: Path) -> None:
+    assert cfg.Settings().patroni.synchronous_mode == "off"
+    assert cfg.Settings().patroni.synchronous_mode_strict is False
+    assert cfg.from_dict({"patroni": {"synchronous_mode": True}}).patroni.synchronous_mode == "on"
+    assert cfg.from_dict({"patroni": {"synchronous_mode": False}}).patroni.synchronous_mode == "off"
+    for mode in ("off", "on", "quorum"):
+        assert cfg.from_dict({"patroni": {"synchronous_mode": mode}}).patroni.synchronous_mode == mode
+    path = tmp_path / "kbpg.toml"
+    path.write_text("[patroni]\nsynchronous_mode = true\n")
+    settings = cfg.load_settings(path)
+    cfg.save_settings(settings, path)
+    assert tomllib.loads(path.read_text())["patroni"]["synchronous_mode"] == "on"
+
+
+def test_strict_synchronous_mode_needs_a_synchronous_mode() -> None:
+    with pytest.raises(cfg.SettingsError) as caught:
+        cfg.from_dict({"patroni": {"synchronous_mode_strict": True}})
+    assert caught.value.errors == [
+        'patroni.synchronous_mode_strict: true needs patroni.synchronous_mode = "on" or "quorum" (with "off" no '
+        'standby is synchronous); set it to false, or choose a synchronous mode']
+    with pytest.raises(cfg.SettingsError, match="patroni.synchronous_mode_strict"):
+        cfg.from_dict({"patroni": {"synchronous_mode": False, "synchronous_mode_strict": True}})
+    for mode in ("on", "quorum"):
+        assert cfg.from_dict({"patroni": {"synchronous_mode": mode, "synchronous_mode_strict": True}}).patroni.synchronous_mode_strict
 
 
 def test_every_error_is_reported_at_once() -> None:

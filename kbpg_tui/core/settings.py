@@ -26,24 +26,26 @@ import tomli_w
 
 from .files import MAX_INPUT_BYTES, InputFileError, atomic_write, read_input_file
 from .inventory import COLUMNS, DEFAULT_DB_RULE, DEFAULT_HAPROXY_RULE
+from .rto import PATRONI_KEYS, TIMING_PLANS
 
 SUPPORTED_PG_VERSIONS = (13, 14, 15, 16, 17)
 
-# Patroni failover timing. Each plan keeps loop_wait + 2*retry_timeout <= ttl.
-TIMING_PLANS: dict[str, dict[str, int]] = {
-    "standard": {"ttl": 30, "loop_wait": 10, "retry_timeout": 10},
-    "fast": {"ttl": 20, "loop_wait": 5, "retry_timeout": 5},
-}
+# The failover timing plans (TIMING_PLANS: Patroni, HAProxy and PgBouncer timing together) live in
+# kbpg_tui.core.rto, with the worst-case failover time each one allows; each keeps loop_wait + 2*retry_timeout <= ttl.
 
 
 def _opt(default: Any = dataclasses.MISSING, *, choices: tuple | None = None, min: int | None = None,
-         max: int | None = None, check: Any = None, items: Any = None, doc: str = "", factory: Any = None) -> Any:
+         max: int | None = None, check: Any = None, items: Any = None, doc: str = "", factory: Any = None,
+         upgrade: Any = None) -> Any:
     """A dataclass field with its validation rules in metadata.
 
     ``check(value)`` returns what the value must be, or None; for a table, ``items(name, value)`` returns
     the problem of one entry (reported under its own key, e.g. ``postgresql.parameters.wal_level``), or None.
+    ``upgrade(value)`` reads what an older kbpg.toml wrote: it returns (the value now, a note for the operator or
+    None), before the value is checked.
     """
-    metadata = {"choices": choices, "min": min, "max": max, "check": check, "items": items, "doc": doc}
+    metadata = {"choices": choices, "min": min, "max": max, "check": check, "items": items, "doc": doc,
+                "upgrade": upgrade}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -279,6 +281,25 @@ def _check_rule(value: dict) -> str | None:
     return None
 
 
+SYNCHRONOUS_MODES = ("off", "on", "quorum")
+LEGACY_TIMING_PLANS = {"standard": "norm"}  # renamed plans: an older kbpg.toml's name -> today's
+
+
+def _upgrade_timing_plan(value: Any) -> tuple[Any, str | None]:
+    if isinstance(value, str) and value in LEGACY_TIMING_PLANS:
+        new = LEGACY_TIMING_PLANS[value]
+        return new, (f"the {value!r} timing plan is now called {new!r} (the same timing); read as {new!r}, "
+                     f"and saving kbpg.toml writes {new!r}")
+    return value, None
+
+
+def _upgrade_synchronous_mode(value: Any) -> tuple[Any, str | None]:
+    """Older kbpg.toml files wrote synchronous_mode as true/false."""
+    if isinstance(value, bool):
+        return ("on" if value else "off"), None
+    return value, None
+
+
 @dataclass
 class InventorySettings:
     path: str = _opt("servers.tsv", check=_check_text, doc="servers.tsv, relative to the work directory")
@@ -334,12 +355,20 @@ class NetworkSettings:
 @dataclass
 class PatroniSettings:
     dcs: str = _opt("raft", choices=("raft",))
-    timing_plan: str = _opt("standard", choices=("standard", "fast", "custom"))
-    ttl: int = _opt(30, min=5, max=3600)
-    loop_wait: int = _opt(10, min=1, max=600)
-    retry_timeout: int = _opt(10, min=1, max=600)
+    timing_plan: str = _opt("norm", choices=(*TIMING_PLANS, "custom"), upgrade=_upgrade_timing_plan,
+                            doc="Patroni's ttl/loop_wait/retry_timeout, HAProxy's checks and PgBouncer's login "
+                                "retry, chosen together: fast fails over soonest, safe rides out the longest "
+                                "network stalls; custom: ttl, loop_wait and retry_timeout from kbpg.toml")
+    ttl: int = _opt(30, min=5, max=3600, doc="custom plan only")
+    loop_wait: int = _opt(10, min=1, max=600, doc="custom plan only")
+    retry_timeout: int = _opt(10, min=1, max=600, doc="custom plan only")
     maximum_lag_on_failover: int = _opt(1048576, min=0)
-    synchronous_mode: bool = _opt(False)
+    synchronous_mode: str = _opt("off", choices=SYNCHRONOUS_MODES, upgrade=_upgrade_synchronous_mode,
+                                 doc="off: asynchronous (a failover may lose the last commits); on: one synchronous "
+                                     "standby confirms each commit; quorum: any one of the standbys does (Patroni 4). "
+                                     "Applied live, no restart")
+    synchronous_mode_strict: bool = _opt(False, doc="with on/quorum: writes wait while no synchronous standby is "
+                                                    "there, rather than go on unprotected")
     apply_pending_restarts: bool = _opt(False, doc="restart members a changed parameter waits for: replicas first, "
                                                "leader last (a few seconds without writes); false: only report them")
 
@@ -374,6 +403,9 @@ class Settings:
     patroni: PatroniSettings = field(default_factory=PatroniSettings)
     pgbouncer: PgbouncerSettings = field(default_factory=PgbouncerSettings)
     ssh: SshSettings = field(default_factory=SshSettings)
+
+    def __post_init__(self) -> None:
+        self.notes: list[str] = []  # what reading an older kbpg.toml changed (not written back): settings_notes
 
 
 class SettingsError(Exception):
@@ -420,7 +452,7 @@ def _toml_scalar(value: Any) -> str:
     return str(value)
 
 
-def _load_section(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
+def _load_section(cls: type, data: Any, prefix: str, errors: list[str], notes: list[str] | None = None) -> Any:
     if not isinstance(data, dict):
         errors.append(f"{prefix}: must be a table ([{prefix}])")
         return cls()
@@ -434,11 +466,16 @@ def _load_section(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
         if name not in data:
             continue
         key = f"{prefix}.{name}"
-        value, expected = _coerce(hints[name], data[name])
+        meta = spec.metadata
+        raw = data[name]
+        if meta.get("upgrade"):
+            raw, note = meta["upgrade"](raw)
+            if note and notes is not None:
+                notes.append(f"{key}: {note}")
+        value, expected = _coerce(hints[name], raw)
         if expected:
             errors.append(f"{key}: must be {expected} (got {_show(data[name])})")
             continue
-        meta = spec.metadata
         if meta.get("choices") and value not in meta["choices"]:
             allowed = ", ".join(repr(choice) if isinstance(choice, str) else str(choice) for choice in meta["choices"])
             errors.append(f"{key}: must be one of {allowed} (got {_show(value)})")
@@ -474,10 +511,12 @@ def from_dict(data: dict, source: str = "kbpg.toml") -> Settings:
         if key not in sections:
             errors.append(f"{_key(key)}: unknown section; allowed sections: {', '.join(sections)}")
     built = {}
+    notes: list[str] = []
     for name, spec in sections.items():
         section_cls = typing.cast(type, spec.default_factory)  # each section's default factory is its class
-        built[name] = _load_section(section_cls, data.get(name, {}), name, errors)
+        built[name] = _load_section(section_cls, data.get(name, {}), name, errors, notes)
     settings = Settings(**built)
+    settings.notes = notes
     _cross_checks(settings, data.get("patroni", {}) if isinstance(data.get("patroni"), dict) else {}, errors)
     if len(errors) > MAX_ERRORS:
         errors[MAX_ERRORS:] = [f"... and {len(errors) - MAX_ERRORS} more problem(s)"]
@@ -490,7 +529,8 @@ def _cross_checks(settings: Settings, raw_patroni: dict, errors: list[str]) -> N
     patroni = settings.patroni
     if patroni.timing_plan != "custom":
         plan = TIMING_PLANS[patroni.timing_plan]
-        for key, planned in plan.items():
+        for key in PATRONI_KEYS:
+            planned = getattr(plan, key)
             if key in raw_patroni and raw_patroni[key] != planned:
                 errors.append(
                     f"patroni.{key}: the {patroni.timing_plan!r} timing plan sets {planned}; "
@@ -502,6 +542,9 @@ def _cross_checks(settings: Settings, raw_patroni: dict, errors: list[str]) -> N
             f"patroni.ttl: loop_wait + 2*retry_timeout must be <= ttl "
             f"({patroni.loop_wait} + 2*{patroni.retry_timeout} > {patroni.ttl})"
         )
+    if patroni.synchronous_mode_strict and patroni.synchronous_mode == "off":
+        errors.append("patroni.synchronous_mode_strict: true needs patroni.synchronous_mode = \"on\" or \"quorum\" "
+                      "(with \"off\" no standby is synchronous); set it to false, or choose a synchronous mode")
     ports = settings.ports
     # The write port shares 5432 with PostgreSQL by design: they live on different hosts.
     db_ports = {"ports.postgresql": ports.postgresql, "ports.patroni_rest": ports.patroni_rest, "ports.raft": ports.raft}
@@ -546,11 +589,17 @@ def settings_warnings(settings: Settings) -> list[str]:
     return warnings
 
 
+def settings_notes(settings: Settings) -> list[str]:
+    """What reading an older kbpg.toml changed (a renamed value), one line each naming its key: nothing to
+    confirm, the settings mean what they meant; saving kbpg.toml writes today's spelling."""
+    return list(settings.notes)
+
+
 def to_dict(settings: Settings) -> dict:
     """The TOML document for ``settings``; timing values are written only for the custom plan."""
     data = dataclasses.asdict(settings)
     if settings.patroni.timing_plan != "custom":
-        for key in TIMING_PLANS["standard"]:
+        for key in PATRONI_KEYS:
             data["patroni"].pop(key)
     return data
 

@@ -272,6 +272,67 @@ async def test_plan_toggles_rolling_restarts(demo: Path) -> None:
         assert tomllib.loads((demo / "kbpg.toml").read_text())["patroni"]["apply_pending_restarts"] is True
 
 
+async def test_plan_shows_each_timing_plans_worst_case_and_follows_the_choice(demo: Path) -> None:
+    from textual.widgets import Select
+
+    app = KbpgApp(demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("1", "n", "n")
+        assert text_of(app, "#rto-plans").splitlines() == [  # the demo's kbpg.toml chooses fast
+            "▸ fast: ≤ 21 s, ≤ 22 s pooled", "  norm: ≤ 45 s, ≤ 47 s pooled", "  safe: ≤ 78 s, ≤ 81 s pooled"]
+        tooltip = str(app.screen.query_one("#rto-plans", Static).tooltip)
+        assert "norm: ≤ 45 s (LB:5432), ≤ 47 s (LB:6432) = ttl 30 + loop_wait 10 + promotion 2 + HAProxy 3 " \
+               "(+ PgBouncer 2)" in tooltip
+        assert "Worst case, fast: ≤ 21 s (LB:5432), ≤ 22 s (LB:6432)" in text_of(app, "#plan").replace("\n", " ")
+        timing = app.screen.query_one("#f-patroni-timing_plan", Select)
+        assert [value for _label, value in timing._options] == ["fast", "norm", "safe", "custom"]
+        timing.value = "safe"
+        await pilot.pause()
+        assert text_of(app, "#rto-plans").splitlines()[2] == "▸ safe: ≤ 78 s, ≤ 81 s pooled"
+        assert "Patroni timing: ttl 60, loop_wait 10, retry_timeout 20" in text_of(app, "#plan")
+        await pilot.press("s")
+        assert tomllib.loads((demo / "kbpg.toml").read_text())["patroni"]["timing_plan"] == "safe"
+
+
+async def test_plan_sets_synchronous_replication_and_refuses_strict_without_it(demo: Path) -> None:
+    from textual.widgets import Select
+
+    app = KbpgApp(demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("1", "n", "n")
+        mode = app.screen.query_one("#f-patroni-synchronous_mode", Select)
+        assert [value for _label, value in mode._options] == ["off", "on", "quorum"]
+        assert "quorum: any one of the standbys" in str(mode.tooltip)
+        strict = app.screen.query_one("#f-patroni-synchronous_mode_strict", Select)
+        strict.value = True
+        before = (demo / "kbpg.toml").read_text()
+        await pilot.press("s")
+        assert "patroni.synchronous_mode_strict: true needs patroni.synchronous_mode" in text_of(app, "#settings-errors")
+        assert (demo / "kbpg.toml").read_text() == before
+        mode.value = "quorum"
+        await pilot.pause()
+        assert "Synchronous replication: quorum, strict" in text_of(app, "#plan")
+        await pilot.press("s")
+        saved = tomllib.loads((demo / "kbpg.toml").read_text())["patroni"]
+        assert (saved["synchronous_mode"], saved["synchronous_mode_strict"]) == ("quorum", True)
+
+
+async def test_plan_tells_an_older_standard_plan_is_now_norm(demo: Path) -> None:
+    path = demo / "kbpg.toml"
+    path.write_text(path.read_text().replace('timing_plan = "fast"', 'timing_plan = "standard"')
+                    .replace('synchronous_mode = "off"', "synchronous_mode = false"))
+    app = KbpgApp(demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("1", "n", "n")
+        assert isinstance(app.screen, PlanScreen)
+        await pilot.pause()
+        assert any("'standard' timing plan is now called 'norm'" in str(n.message) for n in app._notifications)
+        assert text_of(app, "#rto-plans").splitlines()[1] == "▸ norm: ≤ 45 s, ≤ 47 s pooled"
+        await pilot.press("s")
+        saved = tomllib.loads(path.read_text())["patroni"]
+        assert (saved["timing_plan"], saved["synchronous_mode"]) == ("norm", "off")
+
+
 # An invalid kbpg.toml is the operator's work: the wizard shows every error with its key and never writes over it.
 
 INVALID_ANSWERS = {

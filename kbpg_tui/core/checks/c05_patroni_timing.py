@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from ..rto import plan_for
 from .base import Check, CheckFailed, CheckWarning, once
 from .probe import ProbeContext
 
@@ -26,11 +27,11 @@ def timing(p: ProbeContext) -> str:
             raise CheckFailed(f"running config breaks loop_wait + 2*retry_timeout <= ttl "
                               f"({loop_wait} + 2*{retry} > {ttl})")
         # Patroni 4 quietly shrinks loop_wait to keep the rule: the timing then is not the one planned.
-        planned = p.settings.patroni
+        planned = plan_for(p.settings)
         if (ttl, loop_wait, retry) != (planned.ttl, planned.loop_wait, planned.retry_timeout):
             raise CheckWarning(f"running ttl/loop_wait/retry_timeout {ttl}/{loop_wait}/{retry} differ from "
-                               f"kbpg.toml's {planned.ttl}/{planned.loop_wait}/{planned.retry_timeout}; "
-                               "re-run `kbpg install`")
+                               f"kbpg.toml's {planned.ttl}/{planned.loop_wait}/{planned.retry_timeout} "
+                               f"({planned.name} plan); re-run `kbpg install`")
         return f"ttl {ttl}, loop_wait {loop_wait}, retry_timeout {retry} (from {host.name}), as planned"
     raise CheckFailed("; ".join(errors))
 

@@ -26,6 +26,7 @@ from .. import credentials as creds
 from ..cluster import CONFIG_PATH, PATRONICTL, leader_host, psql
 from ..engine import CLUSTER, Outcome, Step, Task, TaskError, TaskRun
 from ..events import Progress
+from ..rto import plan_for
 from ..ssh import Cancelled, Host, SshError
 from . import host_guards
 from .host_guards import RAFT_DIR
@@ -81,12 +82,16 @@ def postgresql_parameters(run: TaskRun) -> dict:
 def dynamic_config(run: TaskRun) -> dict:
     """The cluster-wide part of the configuration, kept in the DCS."""
     patroni = run.settings.patroni
+    plan = plan_for(run.settings)  # the timing plan's ttl/loop_wait/retry_timeout (kbpg.toml's own with "custom")
+    synchronous: dict[str, bool | str] = {"off": False, "on": True, "quorum": "quorum"}  # kbpg.toml -> Patroni
     return {
-        "ttl": patroni.ttl,
-        "loop_wait": patroni.loop_wait,
-        "retry_timeout": patroni.retry_timeout,
+        "ttl": plan.ttl,
+        "loop_wait": plan.loop_wait,
+        "retry_timeout": plan.retry_timeout,
         "maximum_lag_on_failover": patroni.maximum_lag_on_failover,
-        "synchronous_mode": patroni.synchronous_mode,
+        # Patroni 4 takes false, true or "quorum" (any synchronous_node_count of the standbys confirms a commit).
+        "synchronous_mode": synchronous[patroni.synchronous_mode],
+        "synchronous_mode_strict": patroni.synchronous_mode_strict,
         "postgresql": {
             "use_pg_rewind": True,
             "use_slots": True,

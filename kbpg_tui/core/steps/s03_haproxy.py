@@ -12,10 +12,10 @@ HAProxy is reloaded, never restarted.
 from __future__ import annotations
 
 from ..engine import Outcome, Step, Task, TaskRun
+from ..rto import plan_for
 from .packages import ensure_installed, ensure_source
 
 CONFIG_PATH = "/etc/haproxy/haproxy.cfg"
-CHECK_TIMING = "inter 2s fastinter 1s downinter 2s fall 2 rise 2"
 
 
 def _quoted(text: str) -> str:
@@ -32,6 +32,9 @@ def render(run: TaskRun, address: str) -> str:
     ports = settings.ports
     bind = address if settings.network.bind == "private" else "0.0.0.0"
     servers = run.ctx.db_hosts
+    # How often each node's Patroni is asked, and how many answers turn a server up or down: the timing plan's
+    # (kbpg_tui.core.rto), which counts it in the plan's worst-case failover time.
+    plan = plan_for(settings)
 
     def backend(name: str, port: int, check: str, extra_bind: str = "") -> list[str]:
         lines = [
@@ -45,7 +48,7 @@ def render(run: TaskRun, address: str) -> str:
             "    balance roundrobin" if check == "/replica" else "    balance first",
             f"    option httpchk OPTIONS {check}",
             "    http-check expect status 200",
-            f"    default-server {CHECK_TIMING} on-marked-down shutdown-sessions",
+            f"    default-server {plan.haproxy_check()} on-marked-down shutdown-sessions",
         ]
         lines += [f"    server {h.name} {h.address}:{ports.postgresql} check port {ports.patroni_rest}" for h in servers]
         return lines + [""]
@@ -66,7 +69,7 @@ def render(run: TaskRun, address: str) -> str:
         "    timeout connect 4s",
         "    timeout client 30m",
         "    timeout server 30m",
-        "    timeout check 2s",
+        f"    timeout check {plan.haproxy_check_timeout()}",
         "",
     ]
     # PgBouncer on this node reaches the primary through 127.0.0.1 (no hairpin through the cloud LB).

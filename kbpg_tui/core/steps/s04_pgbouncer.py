@@ -18,6 +18,7 @@ import psycopg
 from .. import credentials as creds
 from ..cluster import on_leader
 from ..engine import Outcome, Step, Task, TaskError, TaskRun
+from ..rto import plan_for
 from .packages import ensure_installed, ensure_source
 
 CONFIG_PATH = "/etc/pgbouncer/pgbouncer.ini"
@@ -25,6 +26,9 @@ USERLIST_PATH = "/etc/pgbouncer/userlist.txt"
 DROPIN_PATH = "/etc/systemd/system/pgbouncer.service.d/kbpg.conf"
 # Connections kept free on the server for Patroni, replication, superuser work and monitoring.
 SERVER_RESERVE = 20
+# What stands between a new primary and the first pooled write after a failover (PgBouncer 1.24): see render_ini.
+SERVER_CONNECT_TIMEOUT = 3  # seconds for a server connection's connect and login
+TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT = 10, 5, 3  # seconds idle, seconds between probes, probes
 
 DROPIN = """# written by kbpg: room for max_client_conn sockets, and come back whatever stopped it
 [Service]
@@ -62,6 +66,7 @@ def render_ini(run: TaskRun, address: str) -> str:
         backend = f"host={settings.network.lb_address} port={ports.haproxy_write}"
     listen = f"{address},127.0.0.1" if settings.network.bind == "private" else "*"
     size = pool_size(run)
+    plan = plan_for(settings)
     lines = [
         "; written by kbpg from kbpg.toml; re-run kbpg to change it",
         "[databases]",
@@ -81,8 +86,26 @@ def render_ini(run: TaskRun, address: str) -> str:
         f"max_db_connections = {size}",
         f"max_user_connections = {size}",  # the wildcard makes pools per database: cap per user as well
         "reserve_pool_size = 0",
+        "; Failover: HAProxy closes the server connections to a primary it marks down; the next query opens a new",
+        "; one, to whichever node HAProxy has up now.",
+        "; A login that failed (no node up yet) is retried after this many seconds, the timing plan's (its",
+        "; worst-case failover time counts it); meanwhile queued queries wait and new clients are turned away.",
+        f"server_login_retry = {plan.login_retry}",
+        "; A connect and login not done within this many seconds is given up and retried (the default 15 s could",
+        "; leave pooled writes waiting on an attempt towards a node that stopped answering, after the new",
+        "; primary is up). Logins through the local HAProxy take milliseconds.",
+        f"server_connect_timeout = {SERVER_CONNECT_TIMEOUT}",
+        "; A server connection idle this long runs a do-nothing query before a client gets it.",
         "server_check_delay = 10",
-        "server_login_retry = 2",
+        "; Silent peers (a host or link gone without closing its connections; a backend through the LB): an idle",
+        f"; connection is probed after {TCP_KEEPIDLE} s, and any is dropped once data or probes stay unacknowledged",
+        "; for the timing plan's ttl (tcp_user_timeout, ms; Linux then ignores tcp_keepcnt): a network stall the plan",
+        "; rides out without a failover does not cost clients their connections, a longer one does not hang them.",
+        "tcp_keepalive = 1",
+        f"tcp_keepidle = {TCP_KEEPIDLE}",
+        f"tcp_keepintvl = {TCP_KEEPINTVL}",
+        f"tcp_keepcnt = {TCP_KEEPCNT}",
+        f"tcp_user_timeout = {plan.ttl * 1000}",
         "ignore_startup_parameters = extra_float_digits,options",
         "logfile = /var/log/postgresql/pgbouncer.log",
         "pidfile = /var/run/postgresql/pgbouncer.pid",

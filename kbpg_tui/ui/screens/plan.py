@@ -14,6 +14,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Label, Select, Static
 
 from ...core import settings as cfg
+from ...core.rto import TIMING_PLANS, plan_for, worst_case_rto
 from ...core.steps import install_steps
 from ..state import AnswersInvalid
 from ..text import show
@@ -31,6 +32,8 @@ FIELDS: list[tuple[str, str]] = [
     ("postgresql.max_connections", "max_connections"),
     ("postgresql.shared_buffers", "shared_buffers"),
     ("patroni.timing_plan", "Failover timing"),
+    ("patroni.synchronous_mode", "Synchronous repl."),
+    ("patroni.synchronous_mode_strict", "  sync: strict"),
     ("patroni.apply_pending_restarts", "Apply restarts"),
     ("pgbouncer.pool_mode", "Pooling"),
     ("pgbouncer.backend", "PgBouncer backend"),
@@ -84,6 +87,39 @@ def get_value(settings: cfg.Settings, key: str):
     return getattr(getattr(settings, section), name)
 
 
+RTO_FIELD = "patroni.timing_plan"  # the field the plans' worst-case failover times are shown under
+RTO_CASE = "worst case without writes, the primary lost without releasing its leader key"
+
+
+def rto_lines(settings: cfg.Settings) -> str:
+    """Each plan's computed worst-case time without writes, the chosen one marked (a custom plan: its own)."""
+    chosen = plan_for(settings)
+    plans = list(TIMING_PLANS.values()) + ([chosen] if chosen.name not in TIMING_PLANS else [])
+    lines = []
+    for plan in plans:
+        bound = worst_case_rto(plan)
+        mark = "▸" if plan.name == chosen.name else " "
+        lines.append(f"{mark} {plan.name}: ≤ {bound.direct:g} s, ≤ {bound.pooled:g} s pooled")
+    return "\n".join(lines)
+
+
+def rto_help() -> str:
+    """The tooltip under the timing plan: each plan's bound with what adds up to it."""
+    return RTO_CASE + ":\n" + "\n".join(worst_case_rto(plan).text() for plan in TIMING_PLANS.values())
+
+
+class RtoPlans(Static):
+    """The timing plans' worst-case failover times, under the timing plan's field."""
+
+    DEFAULT_CSS = """
+    RtoPlans {
+        height: auto;
+        padding: 0 1 0 22;
+        color: $text-muted;
+    }
+    """
+
+
 def plan_text(state) -> str:
     settings, selection = state.settings, state.selection
     db = ", ".join(s.hostname for s in selection.db_nodes) if selection else "?"
@@ -94,8 +130,12 @@ def plan_text(state) -> str:
     for step in install_steps():
         lines.append(f"{step.label} — {where.get(step.number, '?')}: " + ", ".join(task.name for task in step.tasks))
     p = settings.patroni
+    timing = plan_for(settings)
+    strict = ", strict" if p.synchronous_mode_strict else ""
     lines += [f"PostgreSQL {settings.postgresql.version} from {settings.packages.source}",
-              f"Patroni timing: ttl {p.ttl}, loop_wait {p.loop_wait}, retry_timeout {p.retry_timeout}",
+              f"Patroni timing: ttl {timing.ttl}, loop_wait {timing.loop_wait}, retry_timeout {timing.retry_timeout}",
+              f"Worst case, {worst_case_rto(timing).text()}",
+              f"Synchronous replication: {p.synchronous_mode}{strict}",
               f"Apps connect to {settings.network.lb_address}:{settings.ports.haproxy_write} (write), "
               f":{settings.ports.haproxy_read} (read-only), :{settings.ports.pgbouncer} (pooled)",
               "Every step checks, changes only what differs, and verifies: a re-run is safe."]
@@ -129,11 +169,17 @@ class PlanScreen(Screen):
                             widget = Input(str(value), id=field_id(spec.key), compact=True)
                         widget.tooltip = spec.help
                         yield widget
+                    if spec.key == RTO_FIELD:
+                        rto = RtoPlans(rto_lines(settings), id="rto-plans")
+                        rto.tooltip = rto_help()
+                        yield rto
             yield Static(plan_text(self.app.state), id="plan")
         yield Footer()
 
     def on_mount(self) -> None:
         show(self.query_one("#settings-errors", Static), self.app.state.settings_error)
+        for note in cfg.settings_notes(self.app.state.settings):  # an older kbpg.toml's renamed values
+            self.notify(note, timeout=10)
 
     def collect(self) -> cfg.Settings:
         """The form's values on top of the current settings, validated (raises SettingsError naming the keys)."""
@@ -182,6 +228,7 @@ class PlanScreen(Screen):
             show(errors, f"cannot write kbpg.toml: {exc}")
             return False
         self.query_one("#plan", Static).update(plan_text(state))
+        self.query_one("#rto-plans", Static).update(rto_lines(state.settings))
         self.notify(f"{state.answers_path} {'saved' if written else 'unchanged'}")
         return True
 
@@ -199,6 +246,7 @@ class PlanScreen(Screen):
                 self.query_one(f"#{field_id(spec.key)}").value = value if spec.choices else str(value)
             show(errors, "")
             self.query_one("#plan", Static).update(plan_text(state))
+            self.query_one("#rto-plans", Static).update(rto_lines(state.settings))
             self.notify("kbpg.toml reloaded into the form: s saves, n saves and goes on")
         elif choice == "backup":
             state.settings = settings
@@ -214,9 +262,11 @@ class PlanScreen(Screen):
 
     def on_select_changed(self, event: Select.Changed) -> None:
         try:
-            self.query_one("#plan", Static).update(plan_text(_with(self.app.state, self.collect())))
+            settings = self.collect()
         except cfg.SettingsError:
-            pass
+            return
+        self.query_one("#plan", Static).update(plan_text(_with(self.app.state, settings)))
+        self.query_one("#rto-plans", Static).update(rto_lines(settings))
 
     def action_next(self) -> None:
         if not self.action_save(then_install=True):
