@@ -123,7 +123,7 @@ def test_settings_flow_into_the_config(real_inventory: Path) -> None:
     assert parameters["max_connections"] == 50 and parameters["shared_buffers"] == "32MB" and parameters["work_mem"] == "4MB"
     assert config["postgresql"]["bin_dir"] == "/usr/lib/postgresql/17/bin"
     assert config["postgresql"]["data_dir"] == "/var/lib/postgresql/17/patroni"
-    assert (config["bootstrap"]["dcs"]["ttl"], config["bootstrap"]["dcs"]["loop_wait"]) == (15, 3)
+    assert (config["bootstrap"]["dcs"]["ttl"], config["bootstrap"]["dcs"]["loop_wait"]) == (20, 10)
     assert config["restapi"]["listen"] == "0.0.0.0:8009"
     assert config["raft"]["self_addr"] == "10.0.0.120:7001"
 
@@ -263,7 +263,7 @@ def test_only_a_cluster_the_package_install_just_made_is_stopped(real_inventory:
 
 # --- the dynamic configuration: timing plan and synchronous replication, applied live ---------------------------
 
-@pytest.mark.parametrize("plan, timing", [("fast", (15, 3, 5)), ("norm", (30, 10, 10)), ("safe", (60, 10, 20))])
+@pytest.mark.parametrize("plan, timing", [("fast", (20, 10, 5)), ("norm", (30, 10, 10)), ("safe", (60, 10, 20))])
 def test_the_timing_plan_goes_into_the_dcs(real_inventory: Path, plan: str, timing: tuple) -> None:
     dcs = patroni.dynamic_config(make_run(real_inventory, from_dict({"patroni": {"timing_plan": plan}})))
     assert (dcs["ttl"], dcs["loop_wait"], dcs["retry_timeout"]) == timing

@@ -123,17 +123,20 @@ def test_a_hand_edited_userlist_line_with_a_stray_quote_is_ignored() -> None:
 
 # --- failover timing: the timing plan's (kbpg_tui.core.rto) -------------------------------------------------
 
-@pytest.mark.parametrize("plan, check, timeout", [
-    ("fast", "inter 1s fastinter 500ms downinter 500ms rise 2 fall 2", "1s"),
-    ("norm", "inter 2s fastinter 1s downinter 2s rise 2 fall 2", "2s"),
-    ("safe", "inter 3s fastinter 1500ms downinter 3s rise 3 fall 3", "3s"),
-    ("custom", "inter 2s fastinter 1s downinter 2s rise 2 fall 2", "2s"),  # the custom plan: norm's checks
+@pytest.mark.parametrize("plan, check, timeout, user_timeout", [
+    ("fast", "inter 1s fastinter 500ms downinter 500ms rise 1 fall 2", "1s", "5s"),
+    ("norm", "inter 2s fastinter 1s downinter 2s rise 2 fall 2", "2s", "10s"),
+    ("safe", "inter 3s fastinter 1500ms downinter 3s rise 3 fall 3", "3s", "20s"),
+    ("custom", "inter 2s fastinter 1s downinter 2s rise 2 fall 2", "2s", "10s"),  # the custom plan: norm's checks
 ])
-def test_haproxy_checks_follow_the_timing_plan(real_inventory: Path, plan: str, check: str, timeout: str) -> None:
+def test_haproxy_checks_follow_the_timing_plan(real_inventory: Path, plan: str, check: str, timeout: str,
+                                               user_timeout: str) -> None:
     config = sections(haproxy.render(make_run(real_inventory, from_dict({"patroni": {"timing_plan": plan}})),
                                      "10.0.0.11"))
     for backend in ("listen postgres_write", "listen postgres_read"):
-        assert f"default-server {check} on-marked-down shutdown-sessions" in config[backend]
+        assert f"default-server {check} on-marked-down shutdown-sessions tcp-ut {user_timeout}" in config[backend]
+        # Sessions an old process keeps after a reload (it runs no checks) end when their node is gone.
+        assert "option srvtcpka" in config[backend]
     assert f"timeout check {timeout}" in config["defaults"]
 
 
@@ -146,7 +149,7 @@ def ini_values(text: str) -> dict[str, str]:
     return values
 
 
-@pytest.mark.parametrize("plan, login_retry, user_timeout", [("fast", "1", "15000"), ("norm", "2", "30000"),
+@pytest.mark.parametrize("plan, login_retry, user_timeout", [("fast", "1", "20000"), ("norm", "2", "30000"),
                                                              ("safe", "3", "60000")])
 def test_pgbouncer_failover_timing_follows_the_timing_plan(real_inventory: Path, plan: str, login_retry: str,
                                                            user_timeout: str) -> None:

@@ -51,7 +51,7 @@ def test_round_trip(tmp_path: Path) -> None:
 
 def test_timing_plan_values_are_applied_and_not_written(tmp_path: Path) -> None:
     settings = cfg.from_dict({"patroni": {"timing_plan": "fast"}})
-    assert (settings.patroni.ttl, settings.patroni.loop_wait, settings.patroni.retry_timeout) == (15, 3, 5)
+    assert (settings.patroni.ttl, settings.patroni.loop_wait, settings.patroni.retry_timeout) == (20, 10, 5)
     path = tmp_path / "kbpg.toml"
     cfg.save_settings(settings, path)
     written = tomllib.loads(path.read_text())

@@ -9,16 +9,20 @@ The bound (:func:`worst_case_rto`) is for the worst failure, a primary that dies
 (a crash, a power cut, its network link gone): a planned switchover or a clean stop hands the key over at once and
 is far shorter.
 
-- the leader key expires at most ``ttl`` seconds after the old primary last renewed it;
-- a replica notices within one ``loop_wait`` (its next HA loop) and takes the key;
-- it promotes within :data:`PROMOTE_MARGIN` (``pg_ctl promote`` and the end of Patroni's loop, measured on the lab);
+- the leader key expires at most ``ttl`` seconds after the old primary last renewed it (it renews it once per
+  ``loop_wait``: after a crash the key lives ``ttl - loop_wait`` to ``ttl`` seconds more, so a longer loop_wait
+  shortens the typical failover, not the worst one; Patroni refuses a ttl under 20 s);
+- Raft wakes the replicas when the key goes; the one that races for it first asks every member's Patroni how far
+  it got, and waits up to :data:`RACE_TIMEOUT` for the old primary's, which no longer answers;
+- it promotes within :data:`PROMOTE_MARGIN` (``pg_ctl promote``, and Patroni's next loop before ``/primary``
+  answers 200, measured on the lab);
 - HAProxy has seen that node's ``/primary`` fail while it was a replica, so it checks it every ``downinter``; it
   marks it up after one check that passes and ``rise - 1`` more, ``fastinter`` apart:
   ``downinter + (rise - 1) * fastinter``. Writes through the LB's write port (HAProxy) flow again then;
 - writes through PgBouncer may wait ``server_login_retry`` on top: a PgBouncer whose login failed while no node
   was up waits that long before it tries again.
 
-    direct = ttl + loop_wait + PROMOTE_MARGIN + downinter + (rise - 1) * fastinter
+    direct = ttl + RACE_TIMEOUT + PROMOTE_MARGIN + downinter + (rise - 1) * fastinter
     pooled = direct + server_login_retry
 
 Pigsty's ``pg_rto_plan`` computes such bounds from its timing plans and stops there; kbpg also measures what its
@@ -36,6 +40,8 @@ if TYPE_CHECKING:
 
 PATRONI_KEYS = ("ttl", "loop_wait", "retry_timeout")  # what a plan sets in Patroni (and kbpg.toml's custom plan)
 PROMOTE_MARGIN = 2.0  # seconds: a replica's promotion (pg_ctl promote + Patroni's loop), measured on the lab
+RACE_TIMEOUT = 2.0  # seconds: Patroni's request to each member before a leader race (the old primary's times out)
+MIN_TTL = 20  # Patroni raises a smaller ttl to 20
 
 
 def _duration(ms: int) -> str:
@@ -73,9 +79,11 @@ class TimingPlan:
 
 
 TIMING_PLANS: dict[str, TimingPlan] = {
-    # Fastest failover; a network that loses Patroni's Raft or REST traffic for ~5 s can cause a needless one.
-    "fast": TimingPlan("fast", ttl=15, loop_wait=3, retry_timeout=5, inter_ms=1000, fastinter_ms=500,
-                       downinter_ms=500, rise=2, fall=2, check_timeout_ms=1000, login_retry=1),
+    # Fastest failover: Patroni's smallest ttl; loop_wait 10 makes a crashed primary's key outlive it by 10-20 s
+    # (15 typically); HAProxy takes a node up on its first passing check (Patroni's /primary is authoritative).
+    # A network that loses Patroni's Raft traffic for more than ~5 s (retry_timeout) can cause a needless failover.
+    "fast": TimingPlan("fast", ttl=20, loop_wait=10, retry_timeout=5, inter_ms=1000, fastinter_ms=500,
+                       downinter_ms=500, rise=1, fall=2, check_timeout_ms=1000, login_retry=1),
     # Patroni's defaults (kbpg's "standard" before it was renamed).
     "norm": TimingPlan("norm", ttl=30, loop_wait=10, retry_timeout=10, inter_ms=2000, fastinter_ms=1000,
                        downinter_ms=2000, rise=2, fall=2, check_timeout_ms=2000, login_retry=2),
@@ -108,9 +116,9 @@ class RtoBound:
     parts: tuple[tuple[str, float], ...]  # what adds up to it, in order; the last is PgBouncer's, pooled only
 
     def text(self) -> str:
-        """One line: "fast: ≤ 21 s (LB:5432), ≤ 22 s (LB:6432) = ttl 15 + loop_wait 3 + promotion 2 + HAProxy 1
+        """One line: "fast: ≤ 24.5 s (LB:5432), ≤ 25.5 s (LB:6432) = ttl 20 + race 2 + promotion 2 + HAProxy 0.5
         (+ PgBouncer 1)"."""
-        short = {"leader key expires (ttl)": "ttl", "a replica's next loop (loop_wait)": "loop_wait",
+        short = {"leader key expires (ttl)": "ttl", "leader race (the old primary's Patroni does not answer)": "race",
                  "promotion": "promotion", "HAProxy marks it up": "HAProxy", "PgBouncer's login retry": "PgBouncer"}
         terms = [f"{short.get(label, label)} {_seconds(value)}" for label, value in self.parts[:-1]]
         label, value = self.parts[-1]
@@ -123,7 +131,7 @@ def worst_case_rto(plan: TimingPlan) -> RtoBound:
     haproxy = (plan.downinter_ms + (plan.rise - 1) * plan.fastinter_ms) / 1000
     parts: tuple[tuple[str, float], ...] = (
         ("leader key expires (ttl)", float(plan.ttl)),
-        ("a replica's next loop (loop_wait)", float(plan.loop_wait)),
+        ("leader race (the old primary's Patroni does not answer)", RACE_TIMEOUT),
         ("promotion", PROMOTE_MARGIN),
         ("HAProxy marks it up", haproxy),
         ("PgBouncer's login retry", float(plan.login_retry)),

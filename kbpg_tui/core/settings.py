@@ -359,9 +359,9 @@ class PatroniSettings:
                             doc="Patroni's ttl/loop_wait/retry_timeout, HAProxy's checks and PgBouncer's login "
                                 "retry, chosen together: fast fails over soonest, safe rides out the longest "
                                 "network stalls; custom: ttl, loop_wait and retry_timeout from kbpg.toml")
-    ttl: int = _opt(30, min=5, max=3600, doc="custom plan only")
+    ttl: int = _opt(30, min=20, max=3600, doc="custom plan only (Patroni raises a ttl under 20 to 20)")
     loop_wait: int = _opt(10, min=1, max=600, doc="custom plan only")
-    retry_timeout: int = _opt(10, min=1, max=600, doc="custom plan only")
+    retry_timeout: int = _opt(10, min=3, max=600, doc="custom plan only (Patroni raises a smaller one to 3)")
     maximum_lag_on_failover: int = _opt(1048576, min=0)
     synchronous_mode: str = _opt("off", choices=SYNCHRONOUS_MODES, upgrade=_upgrade_synchronous_mode,
                                  doc="off: asynchronous (a failover may lose the last commits); on: one synchronous "

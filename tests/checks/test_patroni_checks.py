@@ -105,11 +105,11 @@ def test_timing_breaking_the_rule_fails_and_another_plan_warns(make) -> None:
 
 
 def test_timing_is_compared_with_the_chosen_plan(make) -> None:
-    p = make(rest=timing({"ttl": 15, "loop_wait": 3, "retry_timeout": 5}))
+    p = make(rest=timing({"ttl": 20, "loop_wait": 10, "retry_timeout": 5}))
     p.settings.patroni.timing_plan = "fast"  # set without from_dict: the plan itself, not patroni.ttl, is the reference
-    assert c05_patroni_timing.timing(p) == "ttl 15, loop_wait 3, retry_timeout 5 (from db-master-01), as planned"
+    assert c05_patroni_timing.timing(p) == "ttl 20, loop_wait 10, retry_timeout 5 (from db-master-01), as planned"
     p.settings.patroni.timing_plan = "safe"
-    with pytest.raises(CheckWarning, match=r"15/3/5 differ from kbpg.toml's 60/10/20 \(safe plan\)"):
+    with pytest.raises(CheckWarning, match=r"20/10/5 differ from kbpg.toml's 60/10/20 \(safe plan\)"):
         c05_patroni_timing.timing(p)
 
 

@@ -279,16 +279,16 @@ async def test_plan_shows_each_timing_plans_worst_case_and_follows_the_choice(de
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("1", "n", "n")
         assert text_of(app, "#rto-plans").splitlines() == [  # the demo's kbpg.toml chooses fast
-            "▸ fast: ≤ 21 s, ≤ 22 s pooled", "  norm: ≤ 45 s, ≤ 47 s pooled", "  safe: ≤ 78 s, ≤ 81 s pooled"]
+            "▸ fast: ≤ 24.5 s, ≤ 25.5 s pooled", "  norm: ≤ 37 s, ≤ 39 s pooled", "  safe: ≤ 70 s, ≤ 73 s pooled"]
         tooltip = str(app.screen.query_one("#rto-plans", Static).tooltip)
-        assert "norm: ≤ 45 s (LB:5432), ≤ 47 s (LB:6432) = ttl 30 + loop_wait 10 + promotion 2 + HAProxy 3 " \
+        assert "norm: ≤ 37 s (LB:5432), ≤ 39 s (LB:6432) = ttl 30 + race 2 + promotion 2 + HAProxy 3 " \
                "(+ PgBouncer 2)" in tooltip
-        assert "Worst case, fast: ≤ 21 s (LB:5432), ≤ 22 s (LB:6432)" in text_of(app, "#plan").replace("\n", " ")
+        assert "Worst case, fast: ≤ 24.5 s (LB:5432), ≤ 25.5 s (LB:6432)" in text_of(app, "#plan").replace("\n", " ")
         timing = app.screen.query_one("#f-patroni-timing_plan", Select)
         assert [value for _label, value in timing._options] == ["fast", "norm", "safe", "custom"]
         timing.value = "safe"
         await pilot.pause()
-        assert text_of(app, "#rto-plans").splitlines()[2] == "▸ safe: ≤ 78 s, ≤ 81 s pooled"
+        assert text_of(app, "#rto-plans").splitlines()[2] == "▸ safe: ≤ 70 s, ≤ 73 s pooled"
         assert "Patroni timing: ttl 60, loop_wait 10, retry_timeout 20" in text_of(app, "#plan")
         await pilot.press("s")
         assert tomllib.loads((demo / "kbpg.toml").read_text())["patroni"]["timing_plan"] == "safe"
@@ -327,7 +327,7 @@ async def test_plan_tells_an_older_standard_plan_is_now_norm(demo: Path) -> None
         assert isinstance(app.screen, PlanScreen)
         await pilot.pause()
         assert any("'standard' timing plan is now called 'norm'" in str(n.message) for n in app._notifications)
-        assert text_of(app, "#rto-plans").splitlines()[1] == "▸ norm: ≤ 45 s, ≤ 47 s pooled"
+        assert text_of(app, "#rto-plans").splitlines()[1] == "▸ norm: ≤ 37 s, ≤ 39 s pooled"
         await pilot.press("s")
         saved = tomllib.loads(path.read_text())["patroni"]
         assert (saved["timing_plan"], saved["synchronous_mode"]) == ("norm", "off")

@@ -12,10 +12,17 @@ HAProxy is reloaded, never restarted.
 from __future__ import annotations
 
 from ..engine import Outcome, Step, Task, TaskRun
-from ..rto import plan_for
+from ..rto import TimingPlan, plan_for
 from .packages import ensure_installed, ensure_source
 
 CONFIG_PATH = "/etc/haproxy/haproxy.cfg"
+SERVER_KEEPALIVE_IDLE, SERVER_KEEPALIVE_INTERVAL, SERVER_KEEPALIVE_COUNT = 10, 2, 3  # seconds, seconds, probes
+
+
+def server_user_timeout(plan: TimingPlan) -> int:
+    """Seconds a query sent to a DB node may go unacknowledged before HAProxy drops the session: the plan's
+    retry_timeout (a network stall Patroni rides out), at least 5 s."""
+    return max(5, plan.retry_timeout)
 
 
 def _quoted(text: str) -> str:
@@ -48,7 +55,14 @@ def render(run: TaskRun, address: str) -> str:
             "    balance roundrobin" if check == "/replica" else "    balance first",
             f"    option httpchk OPTIONS {check}",
             "    http-check expect status 200",
-            f"    default-server {plan.haproxy_check()} on-marked-down shutdown-sessions",
+            # After a reload the old HAProxy process keeps the sessions it had, and runs no checks: it never shuts
+            # the ones to a primary that is gone. TCP keepalives (idle sessions) and a TCP user timeout (a query
+            # sent and never acknowledged) end them there too, instead of a client waiting for `timeout server`.
+            "    option srvtcpka",
+            f"    srvtcpka-idle {SERVER_KEEPALIVE_IDLE}s",
+            f"    srvtcpka-intvl {SERVER_KEEPALIVE_INTERVAL}s",
+            f"    srvtcpka-cnt {SERVER_KEEPALIVE_COUNT}",
+            f"    default-server {plan.haproxy_check()} on-marked-down shutdown-sessions tcp-ut {server_user_timeout(plan)}s",
         ]
         lines += [f"    server {h.name} {h.address}:{ports.postgresql} check port {ports.patroni_rest}" for h in servers]
         return lines + [""]
@@ -66,7 +80,8 @@ def render(run: TaskRun, address: str) -> str:
         "    log global",
         "    mode tcp",
         "    retries 2",
-        "    timeout connect 4s",
+        # The DB nodes are on the private network: a connection that takes more than 2 s goes to a node that is gone.
+        "    timeout connect 2s",
         "    timeout client 30m",
         "    timeout server 30m",
         f"    timeout check {plan.haproxy_check_timeout()}",
