@@ -61,7 +61,7 @@ class OwnWriter(threading.Thread):
             conn.close()
 
     def longest_stall(self) -> float:
-        return max(b - a for a, b in zip(self.acks, self.acks[1:]))
+        return max(b - a for a, b in zip(self.acks, self.acks[1:], strict=False))
 
     def finish(self) -> None:
         self.stop.set()
