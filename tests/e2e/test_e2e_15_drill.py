@@ -165,3 +165,28 @@ def test_a_drill_refuses_a_cluster_whose_diagnostics_fail(installed: Installed) 
     after = wait_healthy(installed.workdir)
     leader = [(m["Member"], m["TL"]) for m in before if m["Role"] == "Leader"]
     assert leader == [(m["Member"], m["TL"]) for m in after if m["Role"] == "Leader"], "a refused drill changed the leader"
+
+
+def test_an_haproxy_reload_leaves_no_pooled_server_connection_on_the_old_process(installed: Installed) -> None:
+    """After a reload the old HAProxy process keeps its sessions and runs no checks: a PgBouncer server connection
+    left there would hang its client after a failover. kbpg's reload is followed by PgBouncer's RECONNECT, so the
+    old process has nothing left and exits."""
+    values = installed.credentials
+    host = HAPROXY_HOSTS[0]
+    with psycopg.connect(host=host.address, port=6432, user=values["POSTGRES_APP_USER"], password=values["POSTGRES_APP_PASS"],
+                         dbname=values["POSTGRES_DB"], connect_timeout=10, autocommit=True, prepare_threshold=None) as conn:
+        conn.execute("SELECT 1")  # PgBouncer now holds a server connection through the local HAProxy
+        _code, before, _ = on_host(installed.workdir, host.address, "pgrep -x haproxy | sort")
+        on_host(installed.workdir, host.address, "echo '# edited by hand' >> /etc/haproxy/haproxy.cfg")
+        result = kbpg(installed.workdir, "install", "--yes", "--step", "03")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert any(host.name in line and "reloaded" in line and "PgBouncer reconnected" in line
+                   for line in result.stdout.splitlines()), result.stdout
+        conn.execute("SELECT 1")  # the client's own connection is untouched
+        deadline = time.monotonic() + 15
+        while True:
+            _code, now, _ = on_host(installed.workdir, host.address, "pgrep -x haproxy | sort")
+            if len(now.split()) == len(before.split()) and now != before:
+                break  # the old worker is gone, a new one serves
+            assert time.monotonic() < deadline, f"an old HAProxy process still holds sessions: {before!r} -> {now!r}"
+            time.sleep(0.5)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable
 import psycopg
 
 from .. import cluster
+from ..bouncer import command, console, error_text
 from ..cluster import NoAnswer, http_request
 from ..engine import TaskError, TaskRun
 from ..events import Level, Message, Progress
@@ -109,25 +110,6 @@ def check_target(state: cluster.ClusterState, to: str | None, expected: list[str
 
 # --- PgBouncer's admin console ------------------------------------------------------------------
 
-def _console(ctx: Context, host: Host, timeout: float) -> psycopg.Connection:
-    values = ctx.credentials
-    return psycopg.connect(host=host.address, port=ctx.settings.ports.pgbouncer, user=values["PGBOUNCER_ADMIN_USER"],
-                           password=values["PGBOUNCER_ADMIN_PASS"], dbname="pgbouncer", autocommit=True,
-                           connect_timeout=max(1, int(timeout)), application_name="kbpg-switchover")
-
-
-def console_command(conn: psycopg.Connection, command: str) -> None:
-    """One admin command (the console speaks only the simple query protocol: PQexec)."""
-    result = conn.pgconn.exec_(command.encode())
-    if result.status not in (psycopg.pq.ExecStatus.COMMAND_OK, psycopg.pq.ExecStatus.TUPLES_OK):
-        raise psycopg.OperationalError((result.error_message or f"{command} failed".encode()).decode(errors="replace"))
-
-
-def _error(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return redact(text)[:200]
-
-
 class Bouncers:
     """The PgBouncer consoles of every HAProxy node, paused and resumed together."""
 
@@ -140,9 +122,9 @@ class Bouncers:
         errors = []
         for host in self.ctx.haproxy_hosts:
             try:
-                self.conns[host.name] = _console(self.ctx, host, 5)
+                self.conns[host.name] = console(self.ctx, host, 5)
             except psycopg.Error as exc:
-                errors.append(f"{host.name}: {_error(exc)}")
+                errors.append(f"{host.name}: {error_text(exc)}")
         if errors:
             self.close()
             raise SwitchoverError("PgBouncer's admin console does not answer (" + "; ".join(errors) + "): no switchover")
@@ -151,10 +133,10 @@ class Bouncers:
         """PAUSE on every PgBouncer at once; one that does not return within PAUSE_TIMEOUT cancels it all."""
         def one(name: str) -> str | None:
             try:
-                console_command(self.conns[name], "PAUSE")
+                command(self.conns[name], "PAUSE")
                 return None
             except psycopg.Error as exc:
-                return f"{name}: {_error(exc)}"
+                return f"{name}: {error_text(exc)}"
 
         with ThreadPoolExecutor(max_workers=max(1, len(self.conns))) as pool:
             futures = {name: pool.submit(one, name) for name in self.conns}
@@ -187,11 +169,11 @@ class Bouncers:
             for attempt in range(2):
                 try:
                     if attempt or name not in self.conns:
-                        self.conns[name] = _console(self.ctx, host, 5)
-                    console_command(self.conns[name], "RESUME")
+                        self.conns[name] = console(self.ctx, host, 5)
+                    command(self.conns[name], "RESUME")
                     break
                 except psycopg.Error as exc:
-                    text = _error(exc)
+                    text = error_text(exc)
                     if "not paused" in text or "not suspended" in text:
                         break
                     if attempt:

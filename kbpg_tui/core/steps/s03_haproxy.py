@@ -11,6 +11,7 @@ HAProxy is reloaded, never restarted.
 
 from __future__ import annotations
 
+from .. import bouncer
 from ..engine import Outcome, Step, Task, TaskRun
 from ..rto import TimingPlan, plan_for
 from .packages import ensure_installed, ensure_source
@@ -84,6 +85,9 @@ def render(run: TaskRun, address: str) -> str:
         "    timeout connect 2s",
         "    timeout client 30m",
         "    timeout server 30m",
+        # A session one side has closed is finished within seconds, not kept for 30 minutes (by an old process too).
+        "    timeout client-fin 10s",
+        "    timeout server-fin 10s",
         f"    timeout check {plan.haproxy_check_timeout()}",
         "",
     ]
@@ -126,6 +130,14 @@ def configure_haproxy(run: TaskRun) -> Outcome:
     elif written:
         run.run("systemctl reload haproxy", what="reloading haproxy")  # reload keeps established sessions
         details.append("reloaded")
+        # The old process keeps PgBouncer's server connections and runs no checks: move them to the new one.
+        if run.run("systemctl is-active pgbouncer || true").stdout.strip() == "active":
+            problem = bouncer.reconnect(run.ctx, host)
+            if problem:
+                return Outcome.changed("; ".join(details), [f"PgBouncer's RECONNECT after the reload failed "
+                                                            f"({problem}): its server connections stay on the old "
+                                                            "HAProxy process until they end"])
+            details.append("PgBouncer reconnected")
     if enabled != "enabled" and state == "active":
         run.run("systemctl enable haproxy")
         details.append("enabled")
