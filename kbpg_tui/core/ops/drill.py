@@ -22,6 +22,7 @@ happened (an error, a cancel).
 
 from __future__ import annotations
 
+import random
 import secrets
 import threading
 import time
@@ -353,6 +354,15 @@ def one_round(ctx: Context, mode: str, number: int, run_id: str, bound: dict[str
                 e for e, w in writers.items() if not w.acknowledged) + " within 60 s: the fault was not injected")
             report.verdict = "not run"
             return report
+        # A real failure lands anywhere in Patroni's loop; rounds that follow each other at a steady pace would all
+        # land at the same point of it (the leader key renewed the same time before the fault), so each waits a
+        # random part of loop_wait first.
+        from ..rto import plan_for
+
+        phase = random.uniform(0, plan_for(ctx.settings).loop_wait)
+        _wait(lambda: False, phase, ctx.cancel)
+        if ctx.cancel.is_set():
+            raise Cancelled("drill cancelled")
         say(Progress(f"round {number}: {MODE_HELP[mode]} on {leader.name}"))
         fault_at = time.monotonic()
         mark("fault", 0.0, detail=f"{mode} on {leader.name}")
