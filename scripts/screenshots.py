@@ -25,6 +25,7 @@ from kbpg_tui.core.events import HostKeyUnknown  # noqa: E402
 from kbpg_tui.ui.app import KbpgApp  # noqa: E402
 from kbpg_tui.ui.screens.diagnostics import ClusterSeen, DiagnosticsDone, DiagnosticsScreen  # noqa: E402
 from kbpg_tui.ui.screens.dialogs import HostKeyDialog  # noqa: E402
+from kbpg_tui.ui.screens.drill import DrillDone, DrillEvent, DrillScreen  # noqa: E402
 from kbpg_tui.ui.screens.hosts import HostsScreen  # noqa: E402
 from kbpg_tui.ui.screens.install import EngineEvent, InstallScreen  # noqa: E402
 from kbpg_tui.ui.screens.summary import SummaryScreen  # noqa: E402
@@ -101,6 +102,27 @@ async def invalid_answers_at_80x24(workdir: Path) -> None:
         path.write_text(original)
 
 
+async def drill(workdir: Path) -> None:
+    """The failover drill during and after a kill round (made-up events: no host is touched)."""
+    events = fabricated.drill_events()
+    during = events[:next(i for i, e in enumerate(events) if getattr(e, "second", -1) == 13)]
+    paths = (workdir / "reports" / "drill-20250106-104107.md", workdir / "reports" / "drill-20250106-104107.json")
+    for size, name, shown, done in ((SIZE, "09-drill-running", during, False), (SIZE, "09-drill", events, True),
+                                    ((80, 24), "09-drill-80x24", events, True)):
+        app = KbpgApp(workdir)
+        async with app.run_test(size=size) as pilot:
+            screen = DrillScreen()
+            app.push_screen(screen)
+            await pilot.pause()
+            await pilot.click("#mode-kill")
+            screen.set_running(not done)
+            for event in shown:
+                screen.post_message(DrillEvent(event))
+            if done:
+                screen.post_message(DrillDone(fabricated.drill_report(paths=paths), False))
+            await shoot(app, name, pilot)
+
+
 async def wait_until(pilot, check, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -139,6 +161,7 @@ def main() -> int:
         asyncio.run(offline(Path("demo")))
         asyncio.run(failures_at_80x24(Path("demo")))
         asyncio.run(invalid_answers_at_80x24(Path("demo")))
+        asyncio.run(drill(Path("demo")))
     if args.lab:
         from kbpg_tui.core import lab
 

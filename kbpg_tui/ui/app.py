@@ -15,7 +15,7 @@ from textual.message import Message
 from textual.screen import Screen
 
 from ..core.events import HostKeyUnknown
-from .flows import FLOWS, HOME, next_screen
+from .flows import FLOWS, HOME, SIDE, next_screen
 from .state import WizardState
 
 
@@ -65,6 +65,10 @@ class KbpgApp(App):
             self.pop_screen()
         if not isinstance(self.screen, HOME):
             self.push_screen(HOME())
+
+    def open_side(self, name: str) -> None:
+        """A screen apart from the flows (flows.SIDE), over the current one; leaving it comes back here."""
+        self.push_screen(SIDE[name]())
 
     def _fatal_error(self) -> None:
         """Textual's crash report shows local variables, which can hold passwords: show the traceback without them.

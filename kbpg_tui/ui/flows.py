@@ -2,7 +2,11 @@
 
 Screens never open one another: a screen that is done calls ``app.screen_done(self)``, and the app opens
 the next screen of the running flow, or goes back home (the welcome screen) after its last one. A new
-screen (a failover drill after the diagnostics, backups) goes in with one edit here.
+screen (backups after the diagnostics) goes in with one edit here.
+
+A screen reached from another one by a key, apart from any flow's order (the failover drill, from the
+diagnostics), is in ``SIDE``: the screen asks for it by name (``app.open_side("drill")``), and leaving it goes
+back to the screen it was opened from.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from textual.screen import Screen
 
 from .screens.credentials import CredentialsScreen
 from .screens.diagnostics import DiagnosticsScreen
+from .screens.drill import DrillScreen
 from .screens.hosts import HostsScreen
 from .screens.install import InstallScreen
 from .screens.plan import PlanScreen
@@ -24,6 +29,11 @@ FLOWS: dict[str, list[type[Screen]]] = {
     "install": [CredentialsScreen, HostsScreen, PlanScreen, InstallScreen, DiagnosticsScreen, SummaryScreen],
     "diagnostics": [DiagnosticsScreen, SummaryScreen],
     "export": [CredentialsScreen],
+}
+
+# Screens opened over the current one by name, outside the flows (see above).
+SIDE: dict[str, type[Screen]] = {
+    "drill": DrillScreen,
 }
 
 

@@ -69,3 +69,71 @@ def install_events() -> list:
                                   "apt-get install postgresql-17: E: Unable to locate package postgresql-17-pgvector", 12.7))
     events.append(ev.HostSilent("02", "db-slave-01", 35.2))
     return events
+
+
+# --- a failover drill (kill, one round): the events ops.drill.run_drill emits, and the report it returns ---------
+
+DRILL_ENTRIES = ("LB:5432", "LB:6432")
+DRILL_FAULT_SECOND = 5  # the fault, in seconds from the round's start
+DRILL_STALLS = {"LB:5432": 7.1, "LB:6432": 9.4}  # as measured by hand on the lab (issue 12's table)
+
+
+def drill_round_figures(number: int = 1) -> dict:
+    """A round's report as plain data (RoundReport.to_dict(): what DrillRoundDone carries)."""
+    from kbpg_tui.core.ops.drill_report import RoundReport
+    from kbpg_tui.core.ops.writers import EntryFigures
+
+    entries = {
+        "LB:5432": EntryFigures("LB:5432", attempts=1312, acknowledged=1309, failed=3, longest_stall=7.1, stall_from=-0.02,
+                                stall_to=7.08, write_gap=6.9, gap_from=0.18, gap_to=7.08,
+                                errors={"server closed the connection unexpectedly": 1, "connection refused": 2},
+                                lost=0, last_ack_before=-0.02, first_ack_after=7.08),
+        "LB:6432": EntryFigures("LB:6432", attempts=1207, acknowledged=1206, failed=1, longest_stall=9.4, stall_from=-0.03,
+                                stall_to=9.37, write_gap=9.2, gap_from=0.17, gap_to=9.37,
+                                errors={"server closed the connection unexpectedly": 1}, lost=0,
+                                last_ack_before=-0.03, first_ack_after=9.37),
+    }
+    round_report = RoundReport("kill", number, "2025-01-06T10:41:07+00:00", leader_before="db-master-01",
+                               leader_after="db-slave-01", timeline_before=1, timeline_after=2,
+                               time_to_new_leader=5.6, time_to_old_streaming=21.0, entries=entries, plan="fast",
+                               rto_bound={"LB:5432": 21.0, "LB:6432": 22.0}, verdict="ok")
+    return round_report.to_dict()
+
+
+def drill_events(number: int = 1, seconds: int = 30) -> list:
+    """One kill round in the order ops.drill.run_drill emits it: each second's samples per entry point as the round
+    goes, the fault, the new leader and the old leader streaming as they happen; each writer's last acknowledged
+    write before the fault and first one after it once the round's writes are counted; the round's figures."""
+    live = [ev.DrillMark(number, "fault", 0.0, detail="kill on db-master-01"),
+            ev.DrillMark(number, "new leader", 5.6, detail="db-slave-01"),
+            ev.DrillMark(number, "old leader streaming", 21.0, detail="db-master-01")]
+    events: list = []
+    for second in range(seconds):
+        after = second - DRILL_FAULT_SECOND
+        if after == 0:
+            events.append(ev.Progress(f"round {number}: SIGKILL Patroni and PostgreSQL on the leader; systemd starts "
+                                      "them again on db-master-01"))
+        for entry, stall in DRILL_STALLS.items():
+            if after < 0 or after > stall:
+                ok, failed = 46 + (second * 7 + len(entry)) % 5, 0
+            elif after < 1:
+                ok, failed = 40, 1 if entry == "LB:6432" else 2
+            else:
+                ok, failed = (22, 0) if after + 1 > stall else (0, 1 if (entry == "LB:5432" and after == 1) else 0)
+            events.append(ev.DrillSample(number, entry, second, ok, failed))
+        events += [mark for mark in live if DRILL_FAULT_SECOND + int(mark.offset) == second]
+    events += [ev.DrillMark(number, "last ack", -0.02, "LB:5432"), ev.DrillMark(number, "first write after", 7.08, "LB:5432"),
+               ev.DrillMark(number, "last ack", -0.03, "LB:6432"), ev.DrillMark(number, "first write after", 9.37, "LB:6432"),
+               ev.DrillRoundDone(number, drill_round_figures(number))]
+    return events
+
+
+def drill_report(rounds: int = 1, paths: tuple = (), problems: list[str] | None = None):
+    """The DrillReport run_drill returns (``paths``: where it wrote it)."""
+    from kbpg_tui.core.ops.drill_report import DrillReport, RoundReport
+
+    report = DrillReport("kill", "fast", "off", "2025-01-06T10:41:07+00:00",
+                         rounds=[RoundReport.from_dict(drill_round_figures(n)) for n in range(1, rounds + 1)],
+                         final_state="leader db-slave-01, 2 streaming replicas, timeline 2", problems=list(problems or []))
+    report.paths = paths  # type: ignore[attr-defined]  (run_drill sets it: (markdown, json))
+    return report

@@ -9,9 +9,10 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.containers import Horizontal
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import Button, DataTable, Footer, Header, Static
 from textual.worker import Worker, WorkerState
 
 from ...core import install as inst
@@ -61,6 +62,7 @@ class DiagnosticsScreen(Screen):
     BINDINGS = [
         Binding("r", "run", "Run again"),
         Binding("e", "export", "Export report"),
+        Binding("d", "drill", "Failover drill", show=False),  # on the button "(d)", and in ? help
         Binding("n", "next", "Summary"),
         Binding("escape", "back", "Back"),
     ]
@@ -81,7 +83,9 @@ class DiagnosticsScreen(Screen):
         yield Static("", id="diag-status", classes="hint")
         members = DataTable(id="members", cursor_type="none")
         members.add_columns("member", "host", "role", "state", "TL", "lag")
-        yield members
+        with Horizontal(id="members-row"):
+            yield members
+            yield Button("Failover drill (d)", id="drill", compact=True)
         checks = DataTable(id="checks", cursor_type="row", zebra_stripes=True)
         checks.add_column("#", key="number")
         checks.add_column("check", key="check")
@@ -252,6 +256,14 @@ class DiagnosticsScreen(Screen):
             table.add_row("—", message.error[:60], "", "", "", "")
 
     # navigation
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "drill":
+            self.action_drill()
+
+    def action_drill(self) -> None:
+        """The failover drill (flows.SIDE), over this screen: leaving it comes back here."""
+        self.app.open_side("drill")
 
     def action_next(self) -> None:
         self.app.screen_done(self)

@@ -155,8 +155,9 @@ Hosts        c  check SSH      r  reload         n  next
 Plan         s  save           n  save, then install
 Install      s  start/resume   c  cancel (safe)  r  retry failed
              [ ]  previous/next host's output    n  diagnostics
-Diagnostics  r  run again      e  export report  n  summary
+Diagnostics  r  run again      e  export report  n  summary  d  drill
              ↑ ↓  problems first; a row's whole reason below
+Drill        s  start (asks)   c  esc  cancel (puts the fault back)
 Summary      q  quit
 kbpg.toml    when invalid: r reloads it, b keeps a .bak and saves
 Tables: arrows or the mouse; enter presses the focused button.
