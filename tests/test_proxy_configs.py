@@ -149,7 +149,7 @@ def ini_values(text: str) -> dict[str, str]:
     return values
 
 
-@pytest.mark.parametrize("plan, login_retry, user_timeout", [("fast", "1", "20000"), ("norm", "2", "30000"),
+@pytest.mark.parametrize("plan, login_retry, user_timeout", [("fast", "0.5", "20000"), ("norm", "2", "30000"),
                                                              ("safe", "3", "60000")])
 def test_pgbouncer_failover_timing_follows_the_timing_plan(real_inventory: Path, plan: str, login_retry: str,
                                                            user_timeout: str) -> None:

@@ -16,7 +16,7 @@ def test_the_plans_are_the_designs() -> None:
               "check_timeout_ms", "login_retry")
     table = {name: tuple(getattr(plan, field) for field in fields) for name, plan in rto.TIMING_PLANS.items()}
     assert table == {
-        "fast": (20, 10, 5, 1000, 500, 500, 1, 2, 1000, 1),
+        "fast": (20, 10, 5, 1000, 500, 500, 1, 2, 1000, 0.5),
         "norm": (30, 10, 10, 2000, 1000, 2000, 2, 2, 2000, 2),
         "safe": (60, 10, 20, 3000, 1500, 3000, 3, 3, 3000, 3),
     }
@@ -70,12 +70,12 @@ def test_the_formula() -> None:
 def test_each_plans_bound() -> None:
     bounds = {name: (b.direct, b.pooled) for name, b in
               ((name, rto.worst_case_rto(plan)) for name, plan in rto.TIMING_PLANS.items())}
-    assert bounds == {"fast": (24.5, 25.5), "norm": (37.0, 39.0), "safe": (70.0, 73.0)}
+    assert bounds == {"fast": (24.5, 25.0), "norm": (37.0, 39.0), "safe": (70.0, 73.0)}
 
 
 def test_the_bound_in_one_line() -> None:
     assert rto.worst_case_rto(rto.TIMING_PLANS["fast"]).text() == (
-        "fast: ≤ 24.5 s (LB:5432), ≤ 25.5 s (LB:6432) = ttl 20 + race 2 + promotion 2 + HAProxy 0.5 (+ PgBouncer 1)")
+        "fast: ≤ 24.5 s (LB:5432), ≤ 25 s (LB:6432) = ttl 20 + race 2 + promotion 2 + HAProxy 0.5 (+ PgBouncer 0.5)")
     assert rto.worst_case_rto(rto.TIMING_PLANS["safe"]).text() == (
         "safe: ≤ 70 s (LB:5432), ≤ 73 s (LB:6432) = ttl 60 + race 2 + promotion 2 + HAProxy 6 (+ PgBouncer 3)")
 

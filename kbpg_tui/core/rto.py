@@ -61,7 +61,7 @@ class TimingPlan:
     rise: int
     fall: int
     check_timeout_ms: int  # HAProxy's `timeout check` (<= inter)
-    login_retry: int  # PgBouncer's server_login_retry (seconds)
+    login_retry: float  # PgBouncer's server_login_retry (seconds; it takes fractions)
 
     def haproxy_check(self) -> str:
         """The check timing of HAProxy's ``default-server`` line: "inter 1s fastinter 500ms downinter 500ms rise 2
@@ -83,7 +83,7 @@ TIMING_PLANS: dict[str, TimingPlan] = {
     # (15 typically); HAProxy takes a node up on its first passing check (Patroni's /primary is authoritative).
     # A network that loses Patroni's Raft traffic for more than ~5 s (retry_timeout) can cause a needless failover.
     "fast": TimingPlan("fast", ttl=20, loop_wait=10, retry_timeout=5, inter_ms=1000, fastinter_ms=500,
-                       downinter_ms=500, rise=1, fall=2, check_timeout_ms=1000, login_retry=1),
+                       downinter_ms=500, rise=1, fall=2, check_timeout_ms=1000, login_retry=0.5),
     # Patroni's defaults (kbpg's "standard" before it was renamed).
     "norm": TimingPlan("norm", ttl=30, loop_wait=10, retry_timeout=10, inter_ms=2000, fastinter_ms=1000,
                        downinter_ms=2000, rise=2, fall=2, check_timeout_ms=2000, login_retry=2),
@@ -116,8 +116,8 @@ class RtoBound:
     parts: tuple[tuple[str, float], ...]  # what adds up to it, in order; the last is PgBouncer's, pooled only
 
     def text(self) -> str:
-        """One line: "fast: ≤ 24.5 s (LB:5432), ≤ 25.5 s (LB:6432) = ttl 20 + race 2 + promotion 2 + HAProxy 0.5
-        (+ PgBouncer 1)"."""
+        """One line: "fast: ≤ 24.5 s (LB:5432), ≤ 25 s (LB:6432) = ttl 20 + race 2 + promotion 2 + HAProxy 0.5
+        (+ PgBouncer 0.5)"."""
         short = {"leader key expires (ttl)": "ttl", "leader race (the old primary's Patroni does not answer)": "race",
                  "promotion": "promotion", "HAProxy marks it up": "HAProxy", "PgBouncer's login retry": "PgBouncer"}
         terms = [f"{short.get(label, label)} {_seconds(value)}" for label, value in self.parts[:-1]]

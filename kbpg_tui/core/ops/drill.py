@@ -37,7 +37,7 @@ from .. import cluster, runlock
 from ..cluster import on_leader
 from ..engine import TaskError, TaskRun
 from ..events import DrillMark, DrillRoundDone, DrillSample, Level, Message, Progress
-from ..ssh import Cancelled, Host, SshError
+from ..ssh import Cancelled, ConnectionPool, Host, SshError
 from . import switchover as so
 from .drill_report import DrillReport, RoundReport, now_iso, write_reports
 from .writers import DRILL_TABLE, Attempt, EntryWriter, entry_figures, read_back, table_sql
@@ -216,6 +216,8 @@ class Fault:
     def __init__(self, ctx: Context, mode: str, leader: Host, mark: Callable[[str, str], None]):
         self.ctx, self.mode, self.leader, self.mark = ctx, mode, leader, mark
         self.run = TaskRun(ctx, "drill", None)
+        # Putting the fault back must work after a cancel, which stops every command of the run's own pool.
+        self.restore_pool = runlock.lock_pool(ctx.pool) if isinstance(ctx.pool, ConnectionPool) else ctx.pool
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
         self.switchover: so.SwitchoverResult | None = None
@@ -259,8 +261,15 @@ class Fault:
             lab.set_host_link(self.leader.name, up=True)
         elif self.mode == "stop":
             self.wait(60)
-            self.run.run("systemctl start patroni", host=self.leader, what="starting patroni again")
+            result = self.restore_pool.get(self.leader).run("systemctl start patroni", timeout=120, check=False,
+                                                            what="starting patroni again")
+            if not result.ok:
+                raise TaskError(f"systemctl start patroni on {self.leader.name}: {result.tail(2)}")
         self.restored = True
+
+    def close(self) -> None:
+        if self.restore_pool is not self.ctx.pool:
+            self.restore_pool.close()
 
 
 # --- a round -------------------------------------------------------------------------------------------
@@ -349,7 +358,8 @@ def one_round(ctx: Context, mode: str, number: int, run_id: str, bound: dict[str
 
         if not _wait(steady, 60, ctx.cancel):
             if ctx.cancel.is_set():
-                raise Cancelled("drill cancelled")
+                report.verdict = "cancelled"
+                return report
             report.problems.append("no acknowledged write through " + ", ".join(
                 e for e, w in writers.items() if not w.acknowledged) + " within 60 s: the fault was not injected")
             report.verdict = "not run"
@@ -362,7 +372,8 @@ def one_round(ctx: Context, mode: str, number: int, run_id: str, bound: dict[str
         phase = random.uniform(0, plan_for(ctx.settings).loop_wait)
         _wait(lambda: False, phase, ctx.cancel)
         if ctx.cancel.is_set():
-            raise Cancelled("drill cancelled")
+            report.verdict = "cancelled"
+            return report
         say(Progress(f"round {number}: {MODE_HELP[mode]} on {leader.name}"))
         fault_at = time.monotonic()
         mark("fault", 0.0, detail=f"{mode} on {leader.name}")
@@ -386,7 +397,7 @@ def one_round(ctx: Context, mode: str, number: int, run_id: str, bound: dict[str
         _wait(recovered, limit, ctx.cancel, poll=0.1)
         if fault.error is not None:
             report.problems.append(f"{mode} failed: {fault.error}")
-        if new_primary is None:
+        if new_primary is None and not ctx.cancel.is_set():
             report.problems.append(f"no primary took writes within {limit:.0f} s of the fault")
         else:
             report.time_to_new_leader = new_primary[1] - fault_at
@@ -413,7 +424,7 @@ def one_round(ctx: Context, mode: str, number: int, run_id: str, bound: dict[str
             if old is not None and old.is_streaming:
                 report.time_to_old_streaming = time.monotonic() - fault_at
                 mark("old leader streaming", report.time_to_old_streaming, detail=leader.name)
-        else:
+        elif not ctx.cancel.is_set():
             report.problems.append(f"{leader.name} did not stream again within {STREAMING_WAIT:.0f} s "
                                    f"({final.summary() if final else 'cluster unreadable'})")
         if final is not None and final.running_leaders:
@@ -430,6 +441,8 @@ def one_round(ctx: Context, mode: str, number: int, run_id: str, bound: dict[str
         except (SshError, TaskError, Cancelled, OSError) as exc:  # named: the operator must put it back
             report.problems.append(f"could not put the {mode} back on {leader.name}: {exc}")
             say(Message(Level.ERROR, f"drill: could not put the {mode} back on {leader.name}: {exc}"))
+        finally:
+            fault.close()
     if fault_at is None:
         return report
     # Every acknowledged id, read back from the primary.
@@ -497,14 +510,16 @@ def run_drill(run: Run, mode: str, rounds: int = 1, *, checked: bool = False, co
             if ctx.cancel.is_set():
                 report.problems.append(f"cancelled before round {number}")
                 break
-            try:
-                result = one_round(ctx, mode, number, run_id, bound, plan)
-            except Cancelled:
-                report.problems.append(f"cancelled during round {number} (the fault was put back)")
-                break
+            result = one_round(ctx, mode, number, run_id, bound, plan)
+            if ctx.cancel.is_set():
+                put_back = not any(problem.startswith("could not put") for problem in result.problems)
+                report.problems.append(f"cancelled during round {number}" + (
+                    " (the fault was put back)" if put_back else ": the fault was NOT put back, see the round"))
+                if result.verdict == "cancelled":
+                    break
             report.rounds.append(result)
             ctx.sink(DrillRoundDone(number, result.to_dict()))
-            if result.verdict == "not run":
+            if result.verdict in ("not run", "cancelled") or ctx.cancel.is_set():
                 break
         state, verdict = wait_healthy(ctx, HEALTHY_WAIT if not ctx.cancel.is_set() else 5)
         report.final_state = verdict.summary

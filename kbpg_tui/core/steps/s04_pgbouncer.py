@@ -90,7 +90,7 @@ def render_ini(run: TaskRun, address: str) -> str:
         "; one, to whichever node HAProxy has up now.",
         "; A login that failed (no node up yet) is retried after this many seconds, the timing plan's (its",
         "; worst-case failover time counts it); meanwhile queued queries wait and new clients are turned away.",
-        f"server_login_retry = {plan.login_retry}",
+        f"server_login_retry = {plan.login_retry:g}",
         "; A connect and login not done within this many seconds is given up and retried (the default 15 s could",
         "; leave pooled writes waiting on an attempt towards a node that stopped answering, after the new",
         "; primary is up). Logins through the local HAProxy take milliseconds.",
