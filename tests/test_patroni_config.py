@@ -276,6 +276,13 @@ def test_synchronous_mode_as_patroni_4_takes_it(real_inventory: Path, mode: str,
     dcs = patroni.dynamic_config(make_run(real_inventory, settings))
     assert dcs["synchronous_mode"] == wanted and type(dcs["synchronous_mode"]) is type(wanted)
     assert dcs["synchronous_mode_strict"] is strict
+    # A new cluster starts asynchronous (Patroni 4.0's validator refuses "quorum" there, and a strict mode would
+    # hold the bootstrap's writes); the "dynamic config" task sets the mode live once every member streams.
+    bootstrap = patroni.render_config(make_run(real_inventory, settings), make_run(real_inventory).ctx.db_hosts[0])
+    assert bootstrap["bootstrap"]["dcs"]["synchronous_mode"] is False
+    assert bootstrap["bootstrap"]["dcs"]["synchronous_mode_strict"] is False
+    assert {k: v for k, v in bootstrap["bootstrap"]["dcs"].items() if not k.startswith("synchronous")} == \
+        {k: v for k, v in dcs.items() if not k.startswith("synchronous")}
 
 
 class FakeDcs:

@@ -104,6 +104,16 @@ def dynamic_config(run: TaskRun) -> dict:
     }
 
 
+def bootstrap_dcs(run: TaskRun) -> dict:
+    """The DCS settings a new cluster starts with: the dynamic configuration, asynchronous at first.
+
+    The synchronous mode is set live once every member streams (the "dynamic config" task): a strict mode from the
+    first commit would hold the bootstrap's own writes until a replica exists, and Patroni 4.0's validator
+    (``patroni --validate-config``) does not know ``synchronous_mode: quorum`` in the bootstrap section.
+    """
+    return {**dynamic_config(run), "synchronous_mode": False, "synchronous_mode_strict": False}
+
+
 def hba_rules(run: TaskRun) -> list[str]:
     values = run.ctx.credentials
     # Role names double-quoted: a role named "all" or "replication" must not turn into pg_hba's keyword.
@@ -157,7 +167,7 @@ def render_config(run: TaskRun, host: Host) -> dict:
         },
         # Without a bootstrap section Patroni waits forever for a leader that never comes.
         "bootstrap": {
-            "dcs": dynamic_config(run),
+            "dcs": bootstrap_dcs(run),
             "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}, "data-checksums"],
         },
         "postgresql": {
