@@ -59,3 +59,12 @@ def test_drill_without_credentials_is_refused(tmp_path: Path, real_inventory: Pa
     (workdir / "kbpg.toml").write_text('[network]\nlb_address = "198.18.0.10"\n')
     result = run_kbpg("drill", "kill", "--yes", workdir=workdir)
     assert_bad_input(result, "postgres.env: not found")
+
+
+def test_an_older_timing_plan_name_is_read_and_noted(tmp_path: Path) -> None:
+    workdir = tmp_path / "old"
+    workdir.mkdir()
+    (workdir / "kbpg.toml").write_text('[patroni]\ntiming_plan = "standard"\n')
+    result = run_kbpg("answers", "check", workdir=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "note: patroni.timing_plan: the 'standard' timing plan is now called 'norm'" in result.stderr
