@@ -96,7 +96,7 @@ def drill_round_figures(number: int = 1) -> dict:
     round_report = RoundReport("kill", number, "2025-01-06T10:41:07+00:00", leader_before="db-master-01",
                                leader_after="db-slave-01", timeline_before=1, timeline_after=2,
                                time_to_new_leader=5.6, time_to_old_streaming=21.0, entries=entries, plan="fast",
-                               rto_bound={"LB:5432": 21.0, "LB:6432": 22.0}, verdict="ok")
+                               rto_bound={"LB:5432": 24.5, "LB:6432": 25.0}, verdict="ok")
     return round_report.to_dict()
 
 

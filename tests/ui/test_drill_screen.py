@@ -246,7 +246,7 @@ async def test_yes_runs_the_drill_and_its_events_fill_the_chart_timeline_and_rep
         assert "2   LB:5432" in report and "new leader              +5.6 s" in report
         assert "all LB:5432    7.1/7.1   6.9/6.9    6    0" in report
         assert "all LB:6432    9.4/9.4   9.2/9.2    2    0" in report
-        assert "computed RTO ≤ 21.0 s: 0 round(s) over" in report
+        assert "computed RTO ≤ 24.5 s: 0 round(s) over" in report
         assert "cluster at the end: leader db-slave-01, 2 streaming replicas, timeline 2" in report
         assert REPORT[0] in report.splitlines() and REPORT[1] in report.splitlines()
         assert f"drill done: 2 round(s), no problem — report: {demo / REPORT[0]}" in text_of(screen, "#drill-status")

@@ -50,6 +50,8 @@ MAX_ROUNDS = 20
 DRILL_GRACE_SECONDS = 60.0
 BARS = "▁▂▃▄▅▆▇█"
 
+INDENT = "\u00a0" * 4  # leading spaces of a line are dropped when it is shown: no-break spaces are kept
+
 
 def parse_rounds(text: str) -> tuple[int | None, str]:
     """The rounds typed, or None and one line naming the field and what is allowed."""
@@ -96,13 +98,13 @@ def report_text(rounds: list[dict], report: Any = None, workdir: Path | None = N
             text.append(f"{number:<4}{entry:<8}{stall:>10}{_seconds(v.get('write_gap')):>7}"
                         f"{_count(v.get('failed')):>7}{_count(lost):>5}\n",
                         style="bold red" if lost or entry in over else "")
-            number = ""
+            number = INDENT
         for what, key in (("new leader", "time_to_new_leader"), ("old leader streaming", "time_to_old_streaming")):
             value = figures.get(key)
-            text.append(f"{'':<4}{what:<21}{'not seen' if value is None else '+' + _seconds(value):>9}\n",
+            text.append(f"{INDENT}{what:<21}{'not seen' if value is None else '+' + _seconds(value):>9}\n",
                         style="dim" if value is not None else "red")
         for problem in figures.get("problems") or ():
-            text.append(f"{'':<4}{problem}\n", style="red")
+            text.append(f"{INDENT}{problem}\n", style="red")
     if report is None:
         return text
     data = report.to_dict()
@@ -114,7 +116,7 @@ def report_text(rounds: list[dict], report: Any = None, workdir: Path | None = N
         text.append(f"{'all':<4}{entry:<8}{stall:>10}{gap:>10}{_count(v.get('failed')):>5}{_count(lost):>5}\n",
                     style="bold red" if lost or v.get("rounds_over_bound") else "bold")
         if v.get("bound") is not None:
-            text.append(f"{'':<4}computed RTO ≤ {_seconds(v['bound'])}: {v.get('rounds_over_bound', 0)} "
+            text.append(f"{INDENT}computed RTO ≤ {_seconds(v['bound'])}: {v.get('rounds_over_bound', 0)} "
                         "round(s) over\n", style="dim")
     if data.get("final_state"):
         text.append(f"cluster at the end: {data['final_state']}\n")
