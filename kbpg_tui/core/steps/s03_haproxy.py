@@ -80,7 +80,10 @@ def render(run: TaskRun, address: str) -> str:
         "defaults",
         "    log global",
         "    mode tcp",
-        "    retries 2",
+        # No retry: HAProxy waits a turn-around second before each retry of a refused connection, and the server
+        # refusing is a primary that is stopping (a switchover, a crash). The client is told at once and reconnects
+        # to whichever node is up by then (measured: a switchover's longest stall on LB:5432 2.1 s -> 1.2 s).
+        "    retries 0",
         # The DB nodes are on the private network: a connection that takes more than 2 s goes to a node that is gone.
         "    timeout connect 2s",
         "    timeout client 30m",
