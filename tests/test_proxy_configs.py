@@ -138,6 +138,8 @@ def test_haproxy_checks_follow_the_timing_plan(real_inventory: Path, plan: str, 
         # Sessions an old process keeps after a reload (it runs no checks) end when their node is gone.
         assert "option srvtcpka" in config[backend]
     assert f"timeout check {timeout}" in config["defaults"]
+    # A refused connection (a primary stopping) goes back to the client at once, not after HAProxy's turn-around.
+    assert "retries 0" in config["defaults"]
 
 
 def ini_values(text: str) -> dict[str, str]:
