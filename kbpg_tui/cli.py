@@ -346,10 +346,11 @@ class _SigintCancels:
     and the exit status is 130. A second Ctrl-C raises KeyboardInterrupt as usual.
     """
 
-    def __init__(self, cancel: threading.Event):
+    def __init__(self, cancel: threading.Event, hold: str = ""):
         import signal
 
         self.cancel = cancel
+        self.hold = hold  # non-empty: a second Ctrl-C does not interrupt; this is said instead (a fault to put back)
         self.hit = False
         self._previous = None
         if threading.current_thread() is threading.main_thread():
@@ -357,6 +358,9 @@ class _SigintCancels:
 
     def _handle(self, signum, frame) -> None:  # noqa: ANN001 (signal's signature); sets flags only, prints nothing
         if self.hit:
+            if self.hold:
+                os.write(2, f"kbpg: {self.hold}\n".encode())
+                return
             raise KeyboardInterrupt
         self.hit = True
         self.cancel.set()
@@ -369,8 +373,8 @@ class _SigintCancels:
             self._previous = None
 
 
-def _cancel_on_sigint(cancel: threading.Event) -> _SigintCancels:
-    return _SigintCancels(cancel)
+def _cancel_on_sigint(cancel: threading.Event, hold: str = "") -> _SigintCancels:
+    return _SigintCancels(cancel, hold)
 
 
 def install_warnings(reports: list, selection: inv.Selection) -> list[str]:

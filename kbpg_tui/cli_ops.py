@@ -92,7 +92,8 @@ def cmd_switchover(args: argparse.Namespace) -> int:
         except runlock.LockBusy as exc:
             print(f"kbpg: {exc}", file=sys.stderr)
             return EXIT_BUSY
-        interrupted = _cancel_on_sigint(run.ctx.cancel)
+        interrupted = _cancel_on_sigint(run.ctx.cancel, hold="stopping: PgBouncer is resumed first (kill -9 would "
+                                                              "leave it paused)")
         try:
             result = so.switchover(run.ctx, args.to)
         finally:
@@ -135,7 +136,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
                                     "each time). Go on?"):
             print("Nothing done.")
             return EXIT_OK
-        interrupted = _cancel_on_sigint(run.ctx.cancel)
+        interrupted = _cancel_on_sigint(run.ctx.cancel, hold="stopping: the fault is put back first (kill -9 would "
+                                                              "leave it in place)")
         try:
             report = drill.run_drill(run, args.mode, args.rounds, checked=True,
                                      command=f"kbpg drill {args.mode} --rounds {args.rounds}")

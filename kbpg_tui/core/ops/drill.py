@@ -37,7 +37,7 @@ from .. import cluster, runlock
 from ..cluster import on_leader
 from ..engine import TaskError, TaskRun
 from ..events import DrillMark, DrillRoundDone, DrillSample, Level, Message, Progress
-from ..ssh import Cancelled, ConnectionPool, Host, SshError
+from ..ssh import ConnectionPool, Host
 from . import switchover as so
 from .drill_report import DrillReport, RoundReport, now_iso, write_reports
 from .writers import DRILL_TABLE, Attempt, EntryWriter, entry_figures, read_back, table_sql
@@ -221,7 +221,7 @@ class Fault:
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
         self.switchover: so.SwitchoverResult | None = None
-        self.restored = mode in ("switchover", "kill")  # nothing to put back for these
+        self.restored = mode == "kill"  # nothing to put back (systemd starts Patroni again)
 
     def inject(self) -> None:
         if self.mode == "switchover":
@@ -255,7 +255,14 @@ class Fault:
         through the mark and the round's problems by the caller."""
         if self.restored:
             return
-        if self.mode == "cut":
+        if self.mode == "switchover":
+            # The switchover resumes PgBouncer itself; if it is still running (a cancel, a slow Patroni), it is
+            # waited for, and every PgBouncer is resumed again whatever happened (RESUME of one not paused is a no-op).
+            self.wait(so.PAUSE_TIMEOUT + 2 * so.SWITCHOVER_TIMEOUT + 10)
+            problems = so.Bouncers(self.ctx).resume()
+            if problems:
+                raise TaskError("PgBouncer still paused: " + "; ".join(problems))
+        elif self.mode == "cut":
             from ..lab import lab
 
             lab.set_host_link(self.leader.name, up=True)
@@ -270,6 +277,20 @@ class Fault:
     def close(self) -> None:
         if self.restore_pool is not self.ctx.pool:
             self.restore_pool.close()
+
+
+def put_back(fault: Fault, report: RoundReport, leader: str) -> bool:
+    """Put the fault back; any failure is named in the round's problems and as an error (the operator must put it
+    back by hand), never raised: the round still ends with its report. True when it is back."""
+    try:
+        fault.restore()
+        return True
+    except Exception as exc:  # noqa: BLE001 (SSH, the lab's ip command, a TaskError: all reported the same way)
+        text = f"could not put the {fault.mode} back on {leader}: {exc}"
+        if text not in report.problems:
+            report.problems.append(text)
+            fault.ctx.sink(Message(Level.ERROR, f"drill: {text}"))
+        return False
 
 
 # --- a round -------------------------------------------------------------------------------------------
@@ -397,13 +418,13 @@ def one_round(ctx: Context, mode: str, number: int, run_id: str, bound: dict[str
         _wait(recovered, limit, ctx.cancel, poll=0.1)
         if fault.error is not None:
             report.problems.append(f"{mode} failed: {fault.error}")
-        if new_primary is None and not ctx.cancel.is_set():
-            report.problems.append(f"no primary took writes within {limit:.0f} s of the fault")
-        else:
+        if new_primary is not None:
             report.time_to_new_leader = new_primary[1] - fault_at
-        if not fault.restored:
-            fault.restore()
-            mark("restored", time.monotonic() - fault_at, detail="link up" if mode == "cut" else "patroni started")
+        elif not ctx.cancel.is_set():
+            report.problems.append(f"no primary took writes within {limit:.0f} s of the fault")
+        if not fault.restored and put_back(fault, report, leader.name):
+            mark("restored", time.monotonic() - fault_at, detail={"cut": "link up", "stop": "patroni started"}.get(
+                mode, "PgBouncer resumed"))
         # The old leader streams again (or leads again: it came back within the leader key's ttl).
         final: cluster.ClusterState | None = None
 
@@ -437,10 +458,7 @@ def one_round(ctx: Context, mode: str, number: int, run_id: str, bound: dict[str
         watch.close()
         seconds.flush(final=True)
         try:
-            fault.restore()
-        except (SshError, TaskError, Cancelled, OSError) as exc:  # named: the operator must put it back
-            report.problems.append(f"could not put the {mode} back on {leader.name}: {exc}")
-            say(Message(Level.ERROR, f"drill: could not put the {mode} back on {leader.name}: {exc}"))
+            put_back(fault, report, leader.name)
         finally:
             fault.close()
     if fault_at is None:

@@ -105,6 +105,10 @@ def check_target(state: cluster.ClusterState, to: str | None, expected: list[str
             raise SwitchoverError(f"--to {to}: it is the leader already")
         if not member.is_streaming or (member.lag is not None and member.lag > cluster.MAX_LAG_BYTES):
             raise SwitchoverError(f"--to {to}: not a healthy streaming replica ({member.label()}, lag {member.lag})")
+        synchronous = [m.name for m in state.members if m.role in ("sync_standby", "quorum_standby")]
+        if synchronous and to not in synchronous:
+            raise SwitchoverError(f"--to {to}: not a synchronous standby; with synchronous replication Patroni "
+                                  f"switches over only to one of {', '.join(synchronous)}")
     return leader
 
 
@@ -387,11 +391,18 @@ def switchover(ctx: Context, to: str | None = None, *, wait_streaming: bool = Tr
                                           "check `kbpg diagnose`") from None
                 status, answer = 200, f"no answer from Patroni ({exc}), but {new_name} took writes".encode()
         text = answer.decode("utf-8", "replace").strip()
-        if status != 200 and new_name is None:
-            raise SwitchoverError(f"Patroni refused the switchover ({status}: {redact(text)[:200]}); nothing switched")
         if new_name is None:
+            # The old primary was marked down in HAProxy as the request went: it leads still, so it goes back up
+            # at once rather than after its checks.
+            undone = tell_haproxy(ctx, leader.name, None)
+            back = "" if not undone else f" (HAProxy not told it is up again: {'; '.join(undone)}; its checks will)"
+            if ctx.cancel.is_set():
+                raise SwitchoverError(f"cancelled before a new primary took writes{back}; check `kbpg diagnose`")
+            if status != 200:
+                raise SwitchoverError(f"Patroni refused the switchover ({status}: {redact(text)[:200]}); nothing "
+                                      f"switched{back}")
             raise SwitchoverError(f"Patroni said the switchover was done ({text[:120]}) but no replica took writes "
-                                  f"within {SWITCHOVER_TIMEOUT:.0f} s")
+                                  f"within {SWITCHOVER_TIMEOUT:.0f} s{back}")
         result.new = new_name
         phase("switched", text[:200])
     finally:
@@ -411,7 +422,7 @@ def switchover(ctx: Context, to: str | None = None, *, wait_streaming: bool = Tr
         if wait_for(old_streams, STREAMING_WAIT, ctx.cancel, poll=0.5):
             result.streaming_after = time.monotonic() - started
             phase("old leader streaming", leader.name)
-        else:
+        elif not ctx.cancel.is_set():
             result.warnings.append(f"{leader.name} does not stream from {result.new} after {STREAMING_WAIT:.0f} s; "
                                    f"look at `journalctl -u patroni` on {leader.name}")
     return result

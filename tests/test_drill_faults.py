@@ -1,0 +1,112 @@
+"""Putting a drill's fault back, and refusing a switchover Patroni would refuse: the parts that need no lab.
+
+The lab tests (tests/e2e/test_e2e_15_drill.py) run every fault for real; these pin the rules that a fault which
+cannot be put back is named (never raised, so the round still ends with its report), that `stop` is put back
+through connections a cancel does not close, and that a second Ctrl-C during a drill does not interrupt it.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from kbpg_tui import cli
+from kbpg_tui.core import cluster
+from kbpg_tui.core import credentials as creds
+from kbpg_tui.core.engine import Context
+from kbpg_tui.core.events import EventCollector, Level, Message
+from kbpg_tui.core.inventory import load_selection
+from kbpg_tui.core.ops import drill
+from kbpg_tui.core.ops import switchover as so
+from kbpg_tui.core.ops.drill_report import RoundReport
+from kbpg_tui.core.settings import Settings
+from kbpg_tui.core.ssh import Host
+
+from .fakes import FakePool, ScriptedConnection, result
+from .test_cluster import write_servers_tsv
+
+
+def context(tmp_path: Path, pool: FakePool, events: EventCollector, cancel: threading.Event) -> Context:
+    write_servers_tsv(tmp_path)
+    return Context(Settings(), creds.generate()[0], load_selection(tmp_path / "servers.tsv"), tmp_path,
+                   pool=pool, sink=events, cancel=cancel)  # type: ignore[arg-type]
+
+
+def test_stop_is_put_back_after_a_cancel_and_a_failure_to_is_named_not_raised(tmp_path: Path) -> None:
+    commands: list[str] = []
+
+    def patroni(script: str, stdin) -> object:
+        commands.append(script)
+        return result("", 1, "Job for patroni.service failed")
+
+    leader = Host("db-master-01", "198.18.0.120")
+    pool = FakePool({"db-master-01": ScriptedConnection(leader, patroni)})
+    events, cancel = EventCollector(), threading.Event()
+    ctx = context(tmp_path, pool, events, cancel)
+    fault = drill.Fault(ctx, "stop", leader, lambda what, detail: None)
+    fault.restore_pool = pool  # what a cancel-free pool of the run's hosts would be
+    cancel.set()  # the operator pressed Ctrl-C: the run's own commands are being closed
+    report = RoundReport(mode="stop", round=1, started="now")
+    assert drill.put_back(fault, report, leader.name) is False
+    assert commands == ["systemctl start patroni"]
+    assert report.problems == ["could not put the stop back on db-master-01: systemctl start patroni on "
+                               "db-master-01: Job for patroni.service failed"]
+    errors = [e for e in events.of_type(Message) if e.level == Level.ERROR]
+    assert len(errors) == 1 and "could not put the stop back on db-master-01" in errors[0].text
+    # Asked again (the round's finally), it is tried again and named once.
+    assert drill.put_back(fault, report, leader.name) is False
+    assert len(report.problems) == 1 and len(commands) == 2
+
+
+def test_the_restore_pool_is_not_the_runs_own(tmp_path: Path) -> None:
+    from kbpg_tui.core.ssh import ConnectionPool, KnownHosts, SshOptions
+
+    cancel = threading.Event()
+    pool = ConnectionPool(SshOptions(), KnownHosts(tmp_path / "known_hosts"), lambda e: None, None,
+                          lambda host: None, cancel)
+    ctx = context(tmp_path, pool, EventCollector(), cancel)  # type: ignore[arg-type]
+    fault = drill.Fault(ctx, "stop", Host("db-master-01", "198.18.0.120"), lambda what, detail: None)
+    assert fault.restore_pool is not pool and fault.restore_pool.cancel is None
+
+
+def members(*rows: tuple[str, str, str]) -> cluster.ClusterState:
+    return cluster.ClusterState(tuple(cluster.Member(name, "198.18.0.1", role, state, 3, 0) for name, role, state in rows))
+
+
+def test_a_switchover_to_a_replica_patroni_would_refuse_is_refused_first() -> None:
+    names = ["db-master-01", "db-slave-01", "db-slave-02"]
+    state = members(("db-master-01", "leader", "running"), ("db-slave-01", "sync_standby", "streaming"),
+                    ("db-slave-02", "replica", "streaming"))
+    assert so.check_target(state, "db-slave-01", names).name == "db-master-01"
+    with pytest.raises(so.SwitchoverError, match="--to db-slave-02: not a synchronous standby; .* only to one of "
+                                                 "db-slave-01"):
+        so.check_target(state, "db-slave-02", names)
+    with pytest.raises(so.SwitchoverError, match="--to db-master-01: it is the leader already"):
+        so.check_target(state, "db-master-01", names)
+    with pytest.raises(so.SwitchoverError, match="--to db-x: not a member"):
+        so.check_target(state, "db-x", names)
+    unhealthy = members(("db-master-01", "leader", "running"), ("db-slave-01", "replica", "starting"),
+                        ("db-slave-02", "replica", "streaming"))
+    with pytest.raises(so.SwitchoverError, match="not healthy"):
+        so.check_target(unhealthy, None, names)
+
+
+def test_a_second_ctrl_c_does_not_interrupt_a_drill_putting_its_fault_back(capfd) -> None:
+    cancel = threading.Event()
+    held = cli._SigintCancels(cancel, hold="stopping: the fault is put back first")
+    try:
+        held._handle(2, None)
+        assert cancel.is_set() and held.hit
+        held._handle(2, None)  # no KeyboardInterrupt
+        assert "kbpg: stopping: the fault is put back first" in capfd.readouterr().err
+    finally:
+        held.restore()
+    plain = cli._SigintCancels(threading.Event())
+    try:
+        plain._handle(2, None)
+        with pytest.raises(KeyboardInterrupt):  # an install's second Ctrl-C still interrupts
+            plain._handle(2, None)
+    finally:
+        plain.restore()
