@@ -10,12 +10,11 @@ puts it back.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from .. import cluster
 from .base import Check, CheckFailed, CheckWarning, once
-from .probe import ProbeContext
+from .probe import ProbeContext, patroni_config
 
 SYNC_ROLES = ("sync_standby", "quorum_standby")
 
@@ -37,31 +36,8 @@ def _spelled(mode: str, strict: bool) -> str:
     return f"{mode}, strict" if strict and mode != "off" else mode
 
 
-def _read_config(p: ProbeContext) -> tuple[dict, str]:
-    """The dynamic configuration from the first DB node that answers /config, and that node's name."""
-    errors = []
-    for host in p.ctx.db_hosts:
-        try:
-            status, body = p.http(f"http://{host.address}:{p.settings.ports.patroni_rest}/config")
-        except CheckFailed as exc:
-            errors.append(str(exc))
-            continue
-        if status != 200:
-            errors.append(f"{host.name}: /config answered {status}")
-            continue
-        try:
-            config = json.loads(body)
-        except ValueError:
-            config = None
-        if not isinstance(config, dict):
-            errors.append(f"{host.name}: /config is not Patroni's JSON")
-            continue
-        return config, host.name
-    raise CheckFailed("; ".join(errors) or "no DB node to ask")
-
-
 def synchronous(p: ProbeContext) -> str:
-    config, source = _read_config(p)
+    config, source = patroni_config(p)
     mode, strict = running_mode(config), _flag(config.get("synchronous_mode_strict"))
     planned = p.settings.patroni
     differs = ""

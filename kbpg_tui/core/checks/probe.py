@@ -7,6 +7,7 @@ Tests put a fake in its place (tests/fakes.py FakeProbeContext): the checks only
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 import time
@@ -92,3 +93,26 @@ class ProbeContext:
             if key not in self._memo:
                 self._memo[key] = compute()
             return self._memo[key]
+
+
+def patroni_config(p: ProbeContext) -> tuple[dict, str]:
+    """The dynamic configuration from the first DB node that answers /config, and that node's name."""
+    errors = []
+    for host in p.ctx.db_hosts:
+        try:
+            status, body = p.http(f"http://{host.address}:{p.settings.ports.patroni_rest}/config")
+        except CheckFailed as exc:
+            errors.append(str(exc))
+            continue
+        if status != 200:
+            errors.append(f"{host.name}: /config answered {status}")
+            continue
+        try:
+            config = json.loads(body)
+        except ValueError:
+            config = None
+        if not isinstance(config, dict):
+            errors.append(f"{host.name}: /config is not Patroni's JSON")
+            continue
+        return config, host.name
+    raise CheckFailed("; ".join(errors) or "no DB node to ask")
