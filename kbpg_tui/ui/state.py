@@ -51,6 +51,19 @@ class WizardState:
     def inventory_path(self) -> Path:
         return resolve(self.workdir, self.settings.inventory.path)
 
+    def cluster_problems(self) -> list[str]:
+        """Why nothing can be run against the cluster from this work directory ([]: it can)."""
+        problems = []
+        if not self.answers_path.exists():
+            problems.append(f"no kbpg.toml in {self.workdir}")
+        if self.settings_error:
+            problems.append(self.settings_error)
+        if not self.env_path.exists():
+            problems.append("no credentials/postgres.env")
+        if not self.selection:
+            problems.append("servers.tsv has errors")
+        return problems
+
     @classmethod
     def load(cls, workdir: Path) -> "WizardState":
         state = cls(workdir)

@@ -98,16 +98,7 @@ class DiagnosticsScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        state = self.app.state
-        problems = []
-        if not state.answers_path.exists():
-            problems.append(f"no kbpg.toml in {state.workdir}")
-        if state.settings_error:
-            problems.append(state.settings_error)
-        if not state.env_path.exists():
-            problems.append("no credentials/postgres.env")
-        if not state.selection:
-            problems.append("servers.tsv has errors")
+        problems = self.app.state.cluster_problems()
         self.query_one("#check-detail", Static).display = False
         self.query_one("#checks", DataTable).focus()
         if problems:

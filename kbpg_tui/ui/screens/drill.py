@@ -287,17 +287,7 @@ class DrillScreen(Screen):
         self.query_one(RadioSet).focus()
 
     def setup_problems(self) -> list[str]:
-        state = self.app.state
-        problems = []
-        if not state.answers_path.exists():
-            problems.append(f"no kbpg.toml in {state.workdir}")
-        if state.settings_error:
-            problems.append(state.settings_error)
-        if not state.env_path.exists():
-            problems.append("no credentials/postgres.env")
-        if not state.selection:
-            problems.append("servers.tsv has errors")
-        return problems
+        return self.app.state.cluster_problems()
 
     def set_status(self, text: str) -> None:
         self.query_one("#drill-status", Static).update(Text(text))  # literal: reasons quote hosts and files
