@@ -336,3 +336,15 @@ def test_changing_the_synchronous_mode_is_applied_live(real_inventory: Path) -> 
     run.ctx.pool = FakePool({h.name: ScriptedConnection(h, dcs.answer) for h in run.ctx.db_hosts})
     assert patroni.apply_dynamic_config(run).status is Status.CHANGED
     assert dcs.patches[0]["synchronous_mode"] == "quorum" and run.ctx.state["dynamic_config_changed"]
+
+
+@pytest.mark.parametrize("plan, interval", [("fast", "1s"), ("norm", "5s"), ("safe", "5s")])
+def test_replicas_reconnect_to_a_primary_that_is_back_as_the_plan_says(real_inventory: Path, plan: str,
+                                                                        interval: str) -> None:
+    # With synchronous replication a primary that came back (a kill) acknowledges no commit before a replica
+    # reconnects: PostgreSQL's 5 s retry stood between it and the first write.
+    dcs = patroni.dynamic_config(make_run(real_inventory, from_dict({"patroni": {"timing_plan": plan}})))
+    assert dcs["postgresql"]["parameters"]["wal_retrieve_retry_interval"] == interval
+    custom = from_dict({"patroni": {"timing_plan": plan}, "postgresql": {"parameters": {"wal_retrieve_retry_interval": "3s"}}})
+    assert patroni.dynamic_config(make_run(real_inventory, custom))["postgresql"]["parameters"][
+        "wal_retrieve_retry_interval"] == "3s"  # the operator's own value wins

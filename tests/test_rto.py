@@ -96,3 +96,11 @@ def test_plan_for_custom_takes_patroni_from_kbpg_toml_and_the_rest_from_norm() -
 
 def test_plan_for_an_older_standard_plan_is_norm() -> None:
     assert rto.plan_for(from_dict({"patroni": {"timing_plan": "standard"}})) is rto.TIMING_PLANS["norm"]
+
+
+def test_with_synchronous_replication_the_bound_waits_for_a_standby_to_reconnect() -> None:
+    fast = rto.TIMING_PLANS["fast"]
+    plain, synchronous = rto.worst_case_rto(fast), rto.worst_case_rto(fast, synchronous=True)
+    assert synchronous.direct == plain.direct + fast.wal_retry_s == 25.5
+    assert synchronous.pooled == plain.pooled + fast.wal_retry_s
+    assert "standby 1" in synchronous.text() and "standby" not in plain.text()

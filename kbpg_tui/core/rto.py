@@ -22,8 +22,12 @@ is far shorter.
 - writes through PgBouncer may wait ``server_login_retry`` on top: a PgBouncer whose login failed while no node
   was up waits that long before it tries again.
 
-    direct = ttl + RACE_TIMEOUT + PROMOTE_MARGIN + downinter + (rise - 1) * fastinter
+    direct = ttl + RACE_TIMEOUT + PROMOTE_MARGIN [+ wal_retrieve_retry_interval] + downinter + (rise - 1) * fastinter
     pooled = direct + server_login_retry
+
+(the bracketed term with synchronous replication: the new primary acknowledges no commit before a standby has
+reconnected to it, and a replica retries every ``wal_retrieve_retry_interval``: 1 s on the fast plan, PostgreSQL's
+5 s otherwise).
 
 Pigsty's ``pg_rto_plan`` computes such bounds from its timing plans and stops there; kbpg also measures what its
 plans give on the operator's own cluster (``kbpg drill``), and reports the measured figures next to these.
@@ -62,6 +66,7 @@ class TimingPlan:
     fall: int
     check_timeout_ms: int  # HAProxy's `timeout check` (<= inter)
     login_retry: float  # PgBouncer's server_login_retry (seconds; it takes fractions)
+    wal_retry_s: int = 5  # replicas' wal_retrieve_retry_interval: how soon they reconnect to a primary that is back
 
     def haproxy_check(self) -> str:
         """The check timing of HAProxy's ``default-server`` line: "inter 1s fastinter 500ms downinter 500ms rise 2
@@ -83,7 +88,7 @@ TIMING_PLANS: dict[str, TimingPlan] = {
     # (15 typically); HAProxy takes a node up on its first passing check (Patroni's /primary is authoritative).
     # A network that loses Patroni's Raft traffic for more than ~5 s (retry_timeout) can cause a needless failover.
     "fast": TimingPlan("fast", ttl=20, loop_wait=10, retry_timeout=5, inter_ms=1000, fastinter_ms=500,
-                       downinter_ms=500, rise=1, fall=2, check_timeout_ms=1000, login_retry=0.5),
+                       downinter_ms=500, rise=1, fall=2, check_timeout_ms=1000, login_retry=0.5, wal_retry_s=1),
     # Patroni's defaults (kbpg's "standard" before it was renamed).
     "norm": TimingPlan("norm", ttl=30, loop_wait=10, retry_timeout=10, inter_ms=2000, fastinter_ms=1000,
                        downinter_ms=2000, rise=2, fall=2, check_timeout_ms=2000, login_retry=2),
@@ -119,20 +124,24 @@ class RtoBound:
         """One line: "fast: ≤ 24.5 s (LB:5432), ≤ 25 s (LB:6432) = ttl 20 + race 2 + promotion 2 + HAProxy 0.5
         (+ PgBouncer 0.5)"."""
         short = {"leader key expires (ttl)": "ttl", "leader race (the old primary's Patroni does not answer)": "race",
-                 "promotion": "promotion", "HAProxy marks it up": "HAProxy", "PgBouncer's login retry": "PgBouncer"}
+                 "promotion": "promotion", "HAProxy marks it up": "HAProxy", "PgBouncer's login retry": "PgBouncer",
+                 "a synchronous standby reconnects": "standby"}
         terms = [f"{short.get(label, label)} {_seconds(value)}" for label, value in self.parts[:-1]]
         label, value = self.parts[-1]
         return (f"{self.plan}: ≤ {_seconds(self.direct)} s (LB:5432), ≤ {_seconds(self.pooled)} s (LB:6432) = "
                 f"{' + '.join(terms)} (+ {short.get(label, label)} {_seconds(value)})")
 
 
-def worst_case_rto(plan: TimingPlan) -> RtoBound:
-    """The plan's bound: see the module's docstring for the formula."""
+def worst_case_rto(plan: TimingPlan, synchronous: bool = False) -> RtoBound:
+    """The plan's bound: see the module's docstring for the formula. ``synchronous``: with synchronous replication
+    the new primary acknowledges no commit before a standby has reconnected to it, which a replica retries every
+    ``wal_retrieve_retry_interval``: one more term."""
     haproxy = (plan.downinter_ms + (plan.rise - 1) * plan.fastinter_ms) / 1000
     parts: tuple[tuple[str, float], ...] = (
         ("leader key expires (ttl)", float(plan.ttl)),
         ("leader race (the old primary's Patroni does not answer)", RACE_TIMEOUT),
         ("promotion", PROMOTE_MARGIN),
+        *((("a synchronous standby reconnects", float(plan.wal_retry_s)),) if synchronous else ()),
         ("HAProxy marks it up", haproxy),
         ("PgBouncer's login retry", float(plan.login_retry)),
     )

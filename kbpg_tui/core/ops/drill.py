@@ -493,7 +493,7 @@ def _bound(ctx: Context) -> tuple[str, dict[str, float]]:
     from ..rto import plan_for, worst_case_rto
 
     plan = plan_for(ctx.settings)
-    rto = worst_case_rto(plan)
+    rto = worst_case_rto(plan, synchronous=ctx.settings.patroni.synchronous_mode != "off")
     (direct, _), (pooled, _) = _entries(ctx)
     return plan.name, {direct: rto.direct, pooled: rto.pooled}
 

@@ -78,6 +78,9 @@ def postgresql_parameters(run: TaskRun) -> dict:
         "max_replication_slots": 10,
         "wal_keep_size": "256MB",
         "password_encryption": "scram-sha-256",
+        # A replica whose primary went away retries every wal_retrieve_retry_interval: with synchronous replication,
+        # commits on a primary that came back (a crash, a kill) wait for that retry (PostgreSQL's default: 5 s).
+        "wal_retrieve_retry_interval": f"{plan_for(run.settings).wal_retry_s}s",
     }
     parameters.update(pg.parameters)
     return parameters
