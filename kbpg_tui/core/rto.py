@@ -22,12 +22,13 @@ is far shorter.
 - writes through PgBouncer may wait ``server_login_retry`` on top: a PgBouncer whose login failed while no node
   was up waits that long before it tries again.
 
-    direct = ttl + RACE_TIMEOUT + PROMOTE_MARGIN [+ wal_retrieve_retry_interval] + downinter + (rise - 1) * fastinter
+    direct = ttl + RACE_TIMEOUT + PROMOTE_MARGIN [+ loop_wait + wal_retrieve_retry_interval]
+             + downinter + (rise - 1) * fastinter
     pooled = direct + server_login_retry
 
-(the bracketed term with synchronous replication: the new primary acknowledges no commit before a standby has
-reconnected to it, and a replica retries every ``wal_retrieve_retry_interval``: 1 s on the fast plan, PostgreSQL's
-5 s otherwise).
+(the bracketed term with synchronous replication: the new primary acknowledges no commit before a standby streams
+from it; the other standby learns of the new leader at its next loop and reconnects within
+``wal_retrieve_retry_interval``: 1 s on the fast plan, PostgreSQL's 5 s otherwise).
 
 Pigsty's ``pg_rto_plan`` computes such bounds from its timing plans and stops there; kbpg also measures what its
 plans give on the operator's own cluster (``kbpg drill``), and reports the measured figures next to these.
@@ -125,7 +126,7 @@ class RtoBound:
         (+ PgBouncer 0.5)"."""
         short = {"leader key expires (ttl)": "ttl", "leader race (the old primary's Patroni does not answer)": "race",
                  "promotion": "promotion", "HAProxy marks it up": "HAProxy", "PgBouncer's login retry": "PgBouncer",
-                 "a synchronous standby reconnects": "standby"}
+                 "a synchronous standby follows it and reconnects": "standby"}
         terms = [f"{short.get(label, label)} {_seconds(value)}" for label, value in self.parts[:-1]]
         label, value = self.parts[-1]
         return (f"{self.plan}: ≤ {_seconds(self.direct)} s (LB:5432), ≤ {_seconds(self.pooled)} s (LB:6432) = "
@@ -134,14 +135,16 @@ class RtoBound:
 
 def worst_case_rto(plan: TimingPlan, synchronous: bool = False) -> RtoBound:
     """The plan's bound: see the module's docstring for the formula. ``synchronous``: with synchronous replication
-    the new primary acknowledges no commit before a standby has reconnected to it, which a replica retries every
-    ``wal_retrieve_retry_interval``: one more term."""
+    the new primary acknowledges no commit before a standby streams from it; the standby follows the new leader at
+    its next loop (Raft does not wake it for that) and reconnects within ``wal_retrieve_retry_interval``: one more
+    term, loop_wait + that interval."""
     haproxy = (plan.downinter_ms + (plan.rise - 1) * plan.fastinter_ms) / 1000
     parts: tuple[tuple[str, float], ...] = (
         ("leader key expires (ttl)", float(plan.ttl)),
         ("leader race (the old primary's Patroni does not answer)", RACE_TIMEOUT),
         ("promotion", PROMOTE_MARGIN),
-        *((("a synchronous standby reconnects", float(plan.wal_retry_s)),) if synchronous else ()),
+        *((("a synchronous standby follows it and reconnects", float(plan.loop_wait + plan.wal_retry_s)),)
+          if synchronous else ()),
         ("HAProxy marks it up", haproxy),
         ("PgBouncer's login retry", float(plan.login_retry)),
     )
