@@ -56,13 +56,17 @@ def patroni_members(workdir: Path) -> list[dict]:
     return []
 
 
+REPLICA_ROLES = ("Replica", "Sync Standby", "Quorum Standby")
+
+
 def wait_healthy(workdir: Path, timeout: float = 120) -> list[dict]:
     deadline = time.monotonic() + timeout
     members: list[dict] = []
     while time.monotonic() < deadline:
         members = patroni_members(workdir)
         leaders = [m for m in members if m["Role"] == "Leader" and m["State"] == "running"]
-        streaming = [m for m in members if m["Role"] == "Replica" and m["State"] == "streaming"]
+        # patronictl's roles of a replica: "Replica", and with synchronous replication "Sync Standby" / "Quorum Standby"
+        streaming = [m for m in members if m["Role"] in REPLICA_ROLES and m["State"] == "streaming"]
         if len(leaders) == 1 and len(streaming) == 2 and len({m["TL"] for m in leaders + streaming}) == 1:
             return members
         time.sleep(1)
