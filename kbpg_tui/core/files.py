@@ -98,3 +98,15 @@ def atomic_write(path: Path, data: bytes, mode: int) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_report_pair(workdir: Path, name: str, markdown: str, data: dict) -> tuple[Path, Path]:
+    """``workdir/reports/<name>.md`` and ``.json`` (the directory 0700, the files 0644, written atomically)."""
+    import json
+
+    directory = Path(workdir) / "reports"
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    markdown_path, json_path = directory / f"{name}.md", directory / f"{name}.json"
+    atomic_write(markdown_path, markdown.encode("utf-8"), mode=0o644)
+    atomic_write(json_path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"), mode=0o644)
+    return markdown_path, json_path

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import enum
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..files import atomic_write
+from ..files import write_report_pair
 
 
 class Verdict(str, enum.Enum):
@@ -81,12 +80,5 @@ class Report:
 
 def write_reports(workdir: Path, report: Report) -> tuple[Path, Path]:
     """Markdown and JSON reports in ``workdir/reports`` (no secret is ever in a result)."""
-    directory = Path(workdir) / "reports"
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(report.started))
-    markdown_path = directory / f"diagnostics-{stamp}.md"
-    json_path = directory / f"diagnostics-{stamp}.json"
-    atomic_write(markdown_path, report.markdown().encode("utf-8"), mode=0o644)
-    atomic_write(json_path, (json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
-                 mode=0o644)
-    return markdown_path, json_path
+    return write_report_pair(workdir, f"diagnostics-{stamp}", report.markdown(), report.to_dict())

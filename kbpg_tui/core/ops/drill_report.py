@@ -6,14 +6,13 @@ entry point is given by the caller (``kbpg_tui.core.rto``). No secret is ever in
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write
+from ..files import write_report_pair
 from .writers import EntryFigures
 
 
@@ -275,12 +274,4 @@ def _stamp(started: str) -> str:
 
 def write_reports(workdir: Path, report: DrillReport) -> tuple[Path, Path]:
     """Markdown and JSON reports in ``workdir/reports`` (0700), files 0644: drill-<stamp>.md and .json."""
-    directory = Path(workdir) / "reports"
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    stamp = _stamp(report.started)
-    markdown_path = directory / f"drill-{stamp}.md"
-    json_path = directory / f"drill-{stamp}.json"
-    atomic_write(markdown_path, report.markdown().encode("utf-8"), mode=0o644)
-    atomic_write(json_path, (json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
-                 mode=0o644)
-    return markdown_path, json_path
+    return write_report_pair(workdir, f"drill-{_stamp(report.started)}", report.markdown(), report.to_dict())
