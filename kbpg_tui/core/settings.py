@@ -187,7 +187,7 @@ def parameter_problem(name: str, value: str) -> str | None:
     if lowered in OWNED_PARAMETERS:
         return f"set by kbpg ({OWNED_PARAMETERS[lowered]})"
     if lowered.startswith("ssl"):
-        return "set by kbpg (kbpg will manage TLS)"
+        return "set by kbpg (TLS: [tls] in kbpg.toml)"
     if lowered.startswith("recovery_target") or lowered == "promote_trigger_file":
         return "set by kbpg (Patroni manages recovery)"
     if (char := _control_char(value)):
@@ -382,6 +382,16 @@ class PgbouncerSettings:
 
 
 @dataclass
+class TlsSettings:
+    enabled: bool = _opt(True, doc="TLS on every hop with kbpg's own CA (credentials/tls/): PostgreSQL, replication, "
+                                    "PgBouncer, Patroni's REST API, HAProxy's checks and stats; turning it on for a "
+                                    "running cluster is a rolling change (re-run kbpg install)")
+    cert_days: int = _opt(365, min=30, max=3650, doc="validity of the node certificates kbpg issues")
+    renew_days: int = _opt(30, min=1, max=365, doc="kbpg install (or kbpg tls renew) reissues a node certificate "
+                                                   "expiring within this many days; diagnostics warn from then on")
+
+
+@dataclass
 class SshSettings:
     known_hosts: str = _opt("known_hosts", check=_check_text, doc="kbpg's own known_hosts, relative to the work directory")
     key_file: str = _opt("", check=_check_text, doc="private key; empty: the SSH agent and ~/.ssh defaults")
@@ -403,6 +413,7 @@ class Settings:
     patroni: PatroniSettings = field(default_factory=PatroniSettings)
     pgbouncer: PgbouncerSettings = field(default_factory=PgbouncerSettings)
     ssh: SshSettings = field(default_factory=SshSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
     def __post_init__(self) -> None:
         self.notes: list[str] = []  # what reading an older kbpg.toml changed (not written back): settings_notes
