@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from kbpg_tui.core import settings as cfg
+from kbpg_tui.core.rto import plan_for
 
 from .conftest import HAPROXY_HOSTS, LB, Installed, kbpg, on_host, wait_healthy
 
@@ -145,12 +146,21 @@ def test_drill_mode_measures_what_a_writer_feels_and_leaves_the_cluster_whole(in
         assert one["leader_after"] != one["leader_before"]
     if sync_mode == "quorum+strict":
         assert all(figures["lost"] == 0 for figures in one["entries"].values()), one["entries"]
+    # Each connection the LB hands out goes to either HAProxy node, and each node marks the new leader up on its own
+    # checks: two writers on the same entry point can recover up to one HAProxy recovery apart (measured in CI: the
+    # drill's writer 3.6 s, the test's three 1.6 s, its 71 failures all "server closed the connection").
+    plan = plan_for(cfg.load_settings(installed.workdir / "kbpg.toml"))
+    path_skew = (plan.downinter_ms + (plan.rise - 1) * plan.fastinter_ms) / 1000
     for entry, figures in one["entries"].items():
         assert figures["lost"] is not None, f"{entry}: acknowledged rows were not read back"
-        closest = min(abs(figures["longest_stall"] - w.longest_stall()) for w in own[entry])
-        assert closest <= AGREEMENT, (
-            f"{entry}: the drill measured {figures['longest_stall']} s, the test's writers "
-            + ", ".join(f"{w.via} {w.longest_stall():.3f} s" for w in own[entry]))
+        stalls = [w.longest_stall() for w in own[entry]]
+        shown = (f"{entry}: the drill measured {figures['longest_stall']} s ({figures['errors']}), the test's writers "
+                 + ", ".join(f"{w.via} {w.longest_stall():.3f} s" for w in own[entry]))
+        closest = min(abs(figures["longest_stall"] - stall) for stall in stalls)
+        if closest > AGREEMENT:
+            assert min(stalls) - AGREEMENT <= figures["longest_stall"] <= max(stalls) + path_skew + AGREEMENT, shown
+            print(f"  {entry}: not within {AGREEMENT} s of one of the test's writers, within one HAProxy recovery "
+                  f"({path_skew:g} s) of them: {shown}")
 
 
 def test_kbpg_switchover_keeps_pooled_writes_waiting_instead_of_failing(installed: Installed) -> None:
