@@ -422,7 +422,7 @@ def renew_all(ctx: Any, force: bool = False) -> list[tuple[str, bool, str]]:
 
 def ca_path(workdir: str | Path) -> Path:
     """Absolute path of ``credentials/tls/ca.crt`` (what libpq's sslrootcert and POSTGRES_SSL_ROOT_CERT name)."""
-    return (Path(workdir) / CA_CERT).absolute()
+    return (Path(workdir) / CA_CERT).resolve()
 
 
 def client_context(workdir: str | Path) -> ssl.SSLContext:
