@@ -143,6 +143,40 @@ def test_invalid_values_are_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "credentials" / "postgres.env").exists()
 
 
+def test_the_monitoring_role_gets_its_own_names() -> None:
+    values, generated = creds.generate()
+    assert values["POSTGRES_MONITOR_USER"] == "kb_monitor"
+    assert {"POSTGRES_MONITOR_USER", "POSTGRES_MONITOR_PASS"} <= set(generated)
+    assert creds.is_secret_name("POSTGRES_MONITOR_PASS") and not creds.is_secret_name("POSTGRES_SSL_ROOT_CERT")
+    assert "POSTGRES_SSL_ROOT_CERT" not in values  # written by step 00 when TLS is on, not generated
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("Monitor", "POSTGRES_MONITOR_USER must be a lower-case identifier"),
+    ("pg_monitor", "POSTGRES_MONITOR_USER: names starting with pg_ are reserved"),
+    ("kb_monitor; DROP", "POSTGRES_MONITOR_USER must be a lower-case identifier"),
+])
+def test_the_monitoring_role_name_is_checked_like_the_others(value: str, problem: str) -> None:
+    values, _ = creds.generate()
+    values["POSTGRES_MONITOR_USER"] = value
+    assert any(problem in line for line in values.validate())
+
+
+def test_the_monitoring_role_is_not_another_role() -> None:
+    values, _ = creds.generate()
+    values["POSTGRES_MONITOR_USER"] = values["POSTGRES_SUPERUSER"]
+    assert any("must all be different roles" in line for line in values.validate())
+
+
+def test_the_ca_path_must_be_absolute() -> None:
+    values, _ = creds.generate()
+    values["POSTGRES_SSL_ROOT_CERT"] = "credentials/tls/ca.crt"
+    assert values.validate() == ["POSTGRES_SSL_ROOT_CERT must be an absolute path (of credentials/tls/ca.crt), "
+                                 "got 'credentials/tls/ca.crt'"]
+    values["POSTGRES_SSL_ROOT_CERT"] = "/srv/kbpg work/credentials/tls/ca.crt"
+    assert values.validate() == []
+
+
 def bash_reads(env_file: Path, names: list[str]) -> tuple[dict[str, str | None], str]:
     """What bash makes of ``set -a; . FILE`` (None: not set), and what it said on stderr (it goes on after an error).
 

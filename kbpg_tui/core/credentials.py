@@ -46,6 +46,7 @@ USER_NAMES = {
     "HAPROXY_STATS_USER": "kb_stats",
     "PGBOUNCER_ADMIN_USER": "kb_pgbouncer",
     "PGBOUNCER_STATS_USER": "kb_pgbouncer_stats",
+    "POSTGRES_MONITOR_USER": "kb_monitor",  # member of pg_monitor: diagnostics and the live view, never the superuser
 }
 PASSWORD_NAMES = (
     "POSTGRES_SUPERPASS",
@@ -56,7 +57,14 @@ PASSWORD_NAMES = (
     "PGBOUNCER_ADMIN_PASS",
     "PGBOUNCER_STATS_PASS",
     "PATRONI_RAFT_PASSWORD",  # Raft's port lets whoever reaches it rewrite the cluster's config: never open
+    "POSTGRES_MONITOR_PASS",
 )
+# The path of credentials/tls/ca.crt (absolute), for the applications' sslrootcert; not a secret. Step 00 writes it
+# when [tls] is enabled.
+SSL_ROOT_CERT_NAME = "POSTGRES_SSL_ROOT_CERT"
+# Names step 00 may add to the postgres.env of a cluster that already exists: each makes something new (a role, a
+# path) and changes nothing the cluster already holds. Any other missing name is refused on a live cluster.
+ADDITIVE_NAMES = frozenset({"POSTGRES_MONITOR_USER", "POSTGRES_MONITOR_PASS", SSL_ROOT_CERT_NAME})
 REQUIRED_NAMES = (
     "POSTGRES_SUPERUSER",
     "POSTGRES_SUPERPASS",
@@ -168,13 +176,15 @@ def check_value(name: str, value: str) -> str | None:
     if (problem := check_characters(name, value)):
         return problem
     if name in ("POSTGRES_SUPERUSER", "POSTGRES_REPL_USER", "POSTGRES_APP_USER", "POSTGRES_DB",
-                "HAPROXY_STATS_USER", "PGBOUNCER_ADMIN_USER", "PGBOUNCER_STATS_USER"):
+                "HAPROXY_STATS_USER", "PGBOUNCER_ADMIN_USER", "PGBOUNCER_STATS_USER", "POSTGRES_MONITOR_USER"):
         if not _IDENTIFIER_RE.match(value):
             return f"{name} must be a lower-case identifier (a-z, 0-9, _; not starting with a digit), got {value!r}"
         if value.startswith("pg_"):
             return f"{name}: names starting with pg_ are reserved by PostgreSQL"
     if name == "PATRONI_CLUSTER_NAME" and not _CLUSTER_NAME_RE.match(value):
         return f"{name} must be letters, digits, '.', '_' or '-', got {value!r}"
+    if name == SSL_ROOT_CERT_NAME and not os.path.isabs(value):
+        return f"{name} must be an absolute path (of credentials/tls/ca.crt), got {value!r}"
     return None
 
 
@@ -191,7 +201,7 @@ class Credentials(dict):
         problems = [f"{name} is missing" for name in REQUIRED_NAMES if name not in self]
         problems += [problem for name, value in self.items() if (problem := check_value(name, value))]
         role_names = ("POSTGRES_SUPERUSER", "POSTGRES_REPL_USER", "POSTGRES_APP_USER", "PGBOUNCER_ADMIN_USER",
-                      "PGBOUNCER_STATS_USER")
+                      "PGBOUNCER_STATS_USER", "POSTGRES_MONITOR_USER")
         users = [self[name] for name in role_names if name in self]
         if len(set(users)) != len(users):
             problems.append(f"{', '.join(role_names)} must all be different roles")

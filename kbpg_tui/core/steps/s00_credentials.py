@@ -8,6 +8,7 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import credentials as creds
+from .. import tls
 from ..engine import Outcome, Step, Task, TaskError, TaskRun
 from ..ssh import Cancelled, Host, SshError
 from .s02_patroni import CONFIG_PATH, RAFT_DIR
@@ -63,9 +64,12 @@ def ensure_credentials(run: TaskRun) -> Outcome:
         except creds.CredentialsError as exc:
             raise TaskError(f"{exc}; fix the file (kbpg never overwrites credentials it cannot read)") from None
     values, generated = creds.generate(existing)
-    if generated:
-        # A missing file, or one lacking names (a lost line, a hand edit): generate only before any cluster exists.
-        refuse_if_cluster_exists(run, f"{path} is missing" if existing is None else f"{path} lacks {', '.join(generated)}")
+    # A missing file, or one lacking names (a lost line, a hand edit): generate only before any cluster exists.
+    # Names that only make something new (the monitoring role kbpg adds to clusters it installed before) are
+    # exempt: adding them changes nothing the cluster holds.
+    lacking = [name for name in generated if existing is None or name not in creds.ADDITIVE_NAMES]
+    if lacking:
+        refuse_if_cluster_exists(run, f"{path} is missing" if existing is None else f"{path} lacks {', '.join(lacking)}")
     problems = values.validate()
     if problems:
         raise TaskError(f"{path}: " + "; ".join(problems))
@@ -87,4 +91,43 @@ def ensure_credentials(run: TaskRun) -> Outcome:
     return Outcome.of(bool(fixed), "; ".join(fixed) or f"{path} present and valid")
 
 
-STEP = Step("00", "Credentials", [Task("credentials", "local", ensure_credentials)])
+def ensure_certificates(run: TaskRun) -> Outcome:
+    """With [tls] enabled: kbpg's CA and a certificate per selected host in credentials/tls/ (issued, or renewed by
+    tls.renewal_reason's rules), and POSTGRES_SSL_ROOT_CERT (ca.crt's absolute path) in postgres.env. Says what was
+    issued or renewed and why; never shows key material."""
+    if not run.settings.tls.enabled:
+        return Outcome.unchanged("TLS disabled in kbpg.toml ([tls] enabled = false)")
+    workdir = run.ctx.workdir
+    try:
+        done = tls.renew_all(run.ctx)
+    except tls.TlsError as exc:
+        raise TaskError(str(exc)) from None
+    changes = [f"{name}: {detail}" for name, changed, detail in done if changed]
+    run.ctx.state["tls_issued"] = {name for name, changed, _detail in done[1:] if changed}
+    path = env_path(run)
+    try:
+        values = creds.read_env(path)
+    except creds.CredentialsError as exc:
+        raise TaskError(f"{exc}; fix the file (kbpg never overwrites credentials it cannot read)") from None
+    root_cert = str(tls.ca_path(workdir))
+    if values.get(creds.SSL_ROOT_CERT_NAME) != root_cert:
+        if (problem := creds.check_value(creds.SSL_ROOT_CERT_NAME, root_cert)):
+            raise TaskError(f"{problem}: move the work directory to a path without such characters")
+        was = creds.SSL_ROOT_CERT_NAME in values
+        values[creds.SSL_ROOT_CERT_NAME] = root_cert
+        try:
+            creds.write_env(path, values)
+        except creds.CredentialsError as exc:
+            raise TaskError(str(exc)) from None
+        changes.append(f"{'updated' if was else 'added'} {creds.SSL_ROOT_CERT_NAME} in {path}")
+    run.ctx.credentials[creds.SSL_ROOT_CERT_NAME] = root_cert
+    if changes:
+        return Outcome.changed("; ".join(changes))
+    soonest = min((tls.cert_info(tls.node_files(workdir, name)[0]).days_left for name, _c, _d in done[1:]),
+                  default=None)
+    left = f", the first expires in {soonest:.0f} days" if soonest is not None else ""
+    return Outcome.unchanged(f"CA and {len(done) - 1} node certificates valid{left}")
+
+
+STEP = Step("00", "Credentials", [Task("credentials", "local", ensure_credentials),
+                                  Task("tls", "local", ensure_certificates)])
