@@ -10,6 +10,7 @@ import ssl
 import stat
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -289,8 +290,9 @@ class Server:
     """A TLS server on 127.0.0.1 in a thread, with a node certificate of ``workdir``; ``postgres``: answers
     PostgreSQL's SSLRequest first (``answer``: b"S" then TLS, b"N": no TLS)."""
 
-    def __init__(self, workdir: Path, name: str, postgres: bool = False, answer: bytes = b"S"):
+    def __init__(self, workdir: Path, name: str, postgres: bool = False, answer: bytes = b"S", hold: float = 0):
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.hold = hold  # after the handshake, wait this long without reading (a server that ignores the close)
         directory = workdir / tls.TLS_DIR
         self.context.load_cert_chain(directory / f"{name}.crt", directory / f"{name}.key")
         self.postgres, self.answer = postgres, answer
@@ -315,6 +317,7 @@ class Server:
                         if self.answer != b"S":
                             continue
                     with self.context.wrap_socket(conn, server_side=True) as secure:
+                        time.sleep(self.hold)
                         secure.recv(1)
                 except (OSError, ssl.SSLError):
                     pass
@@ -335,6 +338,16 @@ def test_tls_probe_verifies_chain_and_ip(workdir: Path) -> None:
         info = tls.tls_probe("127.0.0.1", server.port, workdir / tls.CA_CERT, "127.0.0.1", timeout=5)
         assert info.subject_cn == "db-1" and info.fingerprint == tls.cert_info(tls.node_files(workdir, "db-1")[0]).fingerprint
         assert tls.tls_probe("127.0.0.1", server.port, workdir / tls.CA_CERT, "localhost", timeout=5).subject_cn == "db-1"
+    finally:
+        server.close()
+
+
+def test_a_server_that_ignores_the_close_costs_at_most_a_second(workdir: Path) -> None:
+    server = Server(workdir, "db-1", hold=8)
+    try:
+        started = time.monotonic()
+        assert tls.tls_probe("127.0.0.1", server.port, workdir / tls.CA_CERT, "127.0.0.1", timeout=5).subject_cn == "db-1"
+        assert time.monotonic() - started < 2
     finally:
         server.close()
 

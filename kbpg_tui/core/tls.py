@@ -461,11 +461,22 @@ def _connect(host: str, port: int, timeout: float) -> socket.socket:
         raise TlsProbeError(f"{host}:{port}: cannot connect: {exc.strerror or exc}", "unreachable") from None
 
 
+def _close_quietly(tls: ssl.SSLSocket) -> None:
+    """End the session with a close_notify and read what the server still sends (TLS 1.3 session tickets): a close
+    with unread data would reset the connection, and PostgreSQL logs every reset ("could not receive data")."""
+    try:
+        tls.settimeout(min(tls.gettimeout() or 1.0, 1.0))  # a server that never answers the close costs 1 s at most
+        tls.unwrap()
+    except (OSError, ValueError):
+        pass
+
+
 def _handshake(sock: socket.socket, host: str, port: int, ca_file: str | Path, server_name: str) -> CertInfo:
     context = _context(ca_file)
     try:
         with context.wrap_socket(sock, server_hostname=server_name) as tls:
             der = tls.getpeercert(binary_form=True)
+            _close_quietly(tls)
     except ssl.SSLCertVerificationError as exc:
         raise TlsProbeError(f"{host}:{port}: certificate does not verify for {server_name}: "
                             f"{exc.verify_message or exc.reason}", "verify") from None
