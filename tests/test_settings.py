@@ -438,3 +438,10 @@ def test_thousands_of_bad_keys_give_a_bounded_answer(tmp_path: Path) -> None:
         cfg.load_settings(path)
     assert len(caught.value.errors) == cfg.MAX_ERRORS + 1 and caught.value.errors[-1] == "... and 4901 more problem(s)"
     assert len(str(caught.value)) < 100 * 300
+
+
+def test_tls_renewal_must_come_before_the_end_of_a_certificate() -> None:
+    # renew_days >= cert_days: every certificate kbpg issues would be "expiring" at once, reissued by every install.
+    with pytest.raises(cfg.SettingsError, match=r"tls.renew_days: must be less than tls.cert_days \(30 >= 30\)"):
+        cfg.from_dict({"tls": {"cert_days": 30}})
+    assert cfg.from_dict({"tls": {"cert_days": 30, "renew_days": 10}}).tls.renew_days == 10

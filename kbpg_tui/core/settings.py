@@ -556,6 +556,9 @@ def _cross_checks(settings: Settings, raw_patroni: dict, errors: list[str]) -> N
     if patroni.synchronous_mode_strict and patroni.synchronous_mode == "off":
         errors.append("patroni.synchronous_mode_strict: true needs patroni.synchronous_mode = \"on\" or \"quorum\" "
                       "(with \"off\" no standby is synchronous); set it to false, or choose a synchronous mode")
+    if settings.tls.renew_days >= settings.tls.cert_days:
+        errors.append(f"tls.renew_days: must be less than tls.cert_days ({settings.tls.renew_days} >= "
+                      f"{settings.tls.cert_days}): a certificate would be renewed by every kbpg install")
     ports = settings.ports
     # The write port shares 5432 with PostgreSQL by design: they live on different hosts.
     db_ports = {"ports.postgresql": ports.postgresql, "ports.patroni_rest": ports.patroni_rest, "ports.raft": ports.raft}
