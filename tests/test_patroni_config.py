@@ -55,20 +55,24 @@ def test_raft_partners_are_the_other_db_nodes(real_inventory: Path) -> None:
     assert "etcd" not in config and "etcd3" not in config
 
 
-def test_hba_allows_replication_from_every_db_node_and_never_trusts(real_inventory: Path) -> None:
-    run = make_run(real_inventory)
+@pytest.mark.parametrize("enabled, remote", [(True, "hostssl"), (False, "host")])
+def test_hba_allows_replication_from_every_db_node_and_never_trusts(real_inventory: Path, enabled: bool,
+                                                                    remote: str) -> None:
+    run = make_run(real_inventory, from_dict({"tls": {"enabled": enabled}}))
     hba = rendered(run)["postgresql"]["pg_hba"]
     for address in ("10.0.0.120", "10.0.0.121", "10.0.0.122"):
-        assert f'host replication "kb_repl" {address}/32 scram-sha-256' in hba
+        assert f'{remote} replication "kb_repl" {address}/32 scram-sha-256' in hba
     for address in ("10.0.0.120", "10.0.0.121", "10.0.0.122", "10.0.0.11", "10.0.0.12"):
-        assert f"host all all {address}/32 scram-sha-256" in hba
+        assert f"{remote} all all {address}/32 scram-sha-256" in hba
     assert not [rule for rule in hba if rule.split()[-1] in ("trust", "md5", "password")]
-    assert not [rule for rule in hba if "0.0.0.0/0" in rule]
+    # The whole Internet appears only to refuse the superuser.
+    assert [rule for rule in hba if "0.0.0.0/0" in rule or "::/0" in rule] == [
+        'host all "kb_admin" 0.0.0.0/0 reject', 'host all "kb_admin" ::/0 reject']
 
 
 def _host_rules_for_all_roles(hba: list[str]) -> list[str]:
     """The networks from which any role (not only the superuser) may connect over TCP."""
-    return [rule.split()[3] for rule in hba if rule.split()[:3] == ["host", "all", "all"]]
+    return [rule.split()[3] for rule in hba if rule.split()[0] in ("host", "hostssl") and rule.split()[1:3] == ["all", "all"]]
 
 
 def test_hba_lets_applications_in_only_through_haproxy_and_db_nodes(real_inventory: Path) -> None:
@@ -76,23 +80,27 @@ def test_hba_lets_applications_in_only_through_haproxy_and_db_nodes(real_invento
     hba = rendered(make_run(real_inventory))["postgresql"]["pg_hba"]
     assert sorted(_host_rules_for_all_roles(hba)) == sorted(
         ["10.0.0.120/32", "10.0.0.121/32", "10.0.0.122/32", "10.0.0.11/32", "10.0.0.12/32", "127.0.0.1/32"])
-    # The private subnet is for administrators: the superuser only.
-    assert 'host all "kb_admin" 10.0.0.0/16 scram-sha-256' in hba
+    # The private subnet is for diagnostics and administrators: the monitoring role only (issue 13: no longer the
+    # superuser, who logs in only from the DB nodes and the local socket).
+    assert 'hostssl all "kb_monitor" 10.0.0.0/16 scram-sha-256' in hba
+    assert not [rule for rule in hba if "10.0.0.0/16" in rule and '"kb_monitor"' not in rule]
 
 
 def test_hba_adds_each_direct_client_network(real_inventory: Path) -> None:
     settings = from_dict({"network": {"direct_clients": ["10.0.5.0/24", "10.0.9.7/32"]}})
     hba = rendered(make_run(real_inventory, settings))["postgresql"]["pg_hba"]
     assert {"10.0.5.0/24", "10.0.9.7/32"} <= set(_host_rules_for_all_roles(hba))
-    assert "host all all 10.0.5.0/24 scram-sha-256" in hba
+    assert "hostssl all all 10.0.5.0/24 scram-sha-256" in hba
 
 
 def test_hba_role_names_are_quoted_so_no_role_becomes_a_keyword(real_inventory: Path) -> None:
     run = make_run(real_inventory)
     run.ctx.credentials["POSTGRES_SUPERUSER"] = "all"  # a valid identifier, and pg_hba's "every role"
+    run.ctx.credentials["POSTGRES_MONITOR_USER"] = "replication"
     hba = rendered(run)["postgresql"]["pg_hba"]
-    assert 'host all "all" 10.0.0.0/16 scram-sha-256' in hba
-    assert "host all all 10.0.0.0/16 scram-sha-256" not in hba
+    assert 'host all "all" 0.0.0.0/0 reject' in hba
+    assert "host all all 0.0.0.0/0 reject" not in hba
+    assert 'hostssl all "replication" 10.0.0.0/16 scram-sha-256' in hba
 
 
 def test_rest_api_requires_auth_and_binds_the_private_address(real_inventory: Path) -> None:

@@ -12,6 +12,8 @@ the leader is whatever Patroni says it is now.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import ipaddress
 import re
 import shlex
@@ -21,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from .. import cluster
+from .. import cluster, tls
 from .. import credentials as creds
 from ..cluster import CONFIG_PATH, PATRONICTL, leader_host, psql
 from ..engine import CLUSTER, Outcome, Step, Task, TaskError, TaskRun
@@ -37,6 +39,9 @@ CREATECLUSTER_PATH = "/etc/postgresql-common/createcluster.d/kbpg.conf"
 PGPASS_PATH = "/var/lib/postgresql/.pgpass_patroni"
 REST_USER = "patroni"
 CLUSTER_WAIT_SECONDS = 300
+# The node's TLS files (step 00 issues them in credentials/tls/): PostgreSQL's ssl_* files, Patroni's REST API
+# certificate, and the CA that replication, pg_rewind and patronictl verify their peers with.
+NODE_CA, NODE_CERT, NODE_KEY = f"{tls.DB_DIR}/ca.crt", f"{tls.DB_DIR}/node.crt", f"{tls.DB_DIR}/node.key"
 
 # PostgreSQL settings Patroni requires to be equal on every node: they live in the DCS.
 DCS_PARAMETERS = ("max_connections", "max_wal_senders", "max_replication_slots", "max_worker_processes",
@@ -117,27 +122,49 @@ def bootstrap_dcs(run: TaskRun) -> dict:
     return {**dynamic_config(run), "synchronous_mode": False, "synchronous_mode_strict": False}
 
 
+def monitor_role(run: TaskRun) -> tuple[str, str]:
+    """(name, password) of the monitoring role; step 00 adds both to postgres.env (an additive name)."""
+    values = run.ctx.credentials
+    missing = [n for n in ("POSTGRES_MONITOR_USER", "POSTGRES_MONITOR_PASS") if not values.get(n)]
+    if missing:
+        raise TaskError(f"{' and '.join(missing)} missing from credentials/postgres.env: run kbpg install without "
+                        "--step (step 00 adds them, changing nothing else)")
+    return values["POSTGRES_MONITOR_USER"], values["POSTGRES_MONITOR_PASS"]
+
+
 def hba_rules(run: TaskRun) -> list[str]:
+    """pg_hba.conf, least privilege: the superuser over the local socket and from the DB nodes only (refused from
+    anywhere else, the LB and HAProxy included), the monitoring role from the private subnet, every other role from
+    the DB and HAProxy nodes and network.direct_clients. With TLS every remote line is ``hostssl``: a plaintext
+    login from another host matches no line and is refused."""
     values = run.ctx.credentials
     # Role names double-quoted: a role named "all" or "replication" must not turn into pg_hba's keyword.
     admin, repl = f'"{values["POSTGRES_SUPERUSER"]}"', f'"{values["POSTGRES_REPL_USER"]}"'
+    monitor = f'"{monitor_role(run)[0]}"'
+    remote = "hostssl" if run.settings.tls.enabled else "host"
     rules = [
         f"local all {admin} peer map=kbpg",  # the postgres OS user (Patroni, kbpg's psql) acts as the superuser
         "local all all scram-sha-256",
     ]
     for host in run.ctx.db_hosts:
-        rules.append(f"host replication {repl} {host.address}/32 scram-sha-256")
+        rules.append(f"{remote} replication {repl} {host.address}/32 scram-sha-256")
+    # The superuser: pg_rewind and a DBA on a DB node; nowhere else, whatever the lines below admit ("host" matches
+    # TLS and plaintext alike).
+    for host in run.ctx.db_hosts:
+        rules.append(f"{remote} all {admin} {host.address}/32 scram-sha-256")
+    rules.append(f"host all {admin} 0.0.0.0/0 reject")
+    rules.append(f"host all {admin} ::/0 reject")
     # Field failure 12: applications pointed at a node's address work until the next failover. Roles other than
     # the superuser come only from the HAProxy nodes (HAProxy, PgBouncer), the DB nodes, and the networks the
     # operator lists in network.direct_clients.
     for host in run.ctx.db_hosts + run.ctx.haproxy_hosts:
-        rules.append(f"host all all {host.address}/32 scram-sha-256")
+        rules.append(f"{remote} all all {host.address}/32 scram-sha-256")
     network = run.settings.network
     for cidr in network.direct_clients:
-        rules.append(f"host all all {ipaddress.ip_network(cidr, strict=False)} scram-sha-256")
-    # network.private_subnet is where administrators reach a node directly: the superuser only (a DBA on one node,
-    # kbpg's diagnostics reading each replica). Patroni and pg_rewind need only the DB nodes and the socket.
-    rules.append(f"host all {admin} {ipaddress.ip_network(network.private_subnet, strict=False)} scram-sha-256")
+        rules.append(f"{remote} all all {ipaddress.ip_network(cidr, strict=False)} scram-sha-256")
+    # network.private_subnet is where administrators and kbpg's diagnostics reach a node directly: the monitoring
+    # role only (read-only, pg_monitor). Patroni and pg_rewind need only the DB nodes and the socket.
+    rules.append(f"{remote} all {monitor} {ipaddress.ip_network(network.private_subnet, strict=False)} scram-sha-256")
     rules.append("host all all 127.0.0.1/32 scram-sha-256")
     return rules
 
@@ -149,17 +176,32 @@ def render_config(run: TaskRun, host: Host) -> dict:
     version = settings.postgresql.version
     bind = host.address if settings.network.bind == "private" else "0.0.0.0"
     partners = [f"{h.address}:{ports.raft}" for h in run.ctx.db_hosts if h.name != host.name]
+    restapi: dict = {
+        "listen": f"{bind}:{ports.patroni_rest}",
+        "connect_address": f"{host.address}:{ports.patroni_rest}",
+        # Unsafe endpoints (restart, switchover, config changes) need these; reads stay open for HAProxy checks.
+        "authentication": {"username": REST_USER, "password": values["PATRONI_API_PASSWORD"]},
+    }
+    ctl: dict = {"authentication": {"username": REST_USER, "password": values["PATRONI_API_PASSWORD"]}}
+    replication = {"username": values["POSTGRES_REPL_USER"], "password": values["POSTGRES_REPL_PASS"]}
+    rewind = {"username": values["POSTGRES_SUPERUSER"], "password": values["POSTGRES_SUPERPASS"]}
+    # Local parameters (this node's files; not in the DCS): PostgreSQL reloads them on SIGHUP, ssl included.
+    parameters: dict = {"unix_socket_directories": "/var/run/postgresql"}
+    if settings.tls.enabled:
+        # HTTPS (Patroni's api_url turns https:// by itself); no client certificate asked (Basic auth stays).
+        restapi.update(certfile=NODE_CERT, keyfile=NODE_KEY, cafile=NODE_CA, verify_client="none")
+        ctl["cacert"] = NODE_CA  # patronictl on the node verifies the members' certificates with kbpg's CA
+        parameters.update(ssl="on", ssl_cert_file=NODE_CERT, ssl_key_file=NODE_KEY, ssl_ca_file=NODE_CA,
+                          ssl_min_protocol_version="TLSv1.2")
+        # Replicas (primary_conninfo, pg_basebackup) and pg_rewind check the primary's certificate and address.
+        for connection in (replication, rewind):
+            connection.update(sslmode="verify-full", sslrootcert=NODE_CA)
     return {
         "scope": values["PATRONI_CLUSTER_NAME"],
         "namespace": "/kbpg/",
         "name": host.name,
-        "restapi": {
-            "listen": f"{bind}:{ports.patroni_rest}",
-            "connect_address": f"{host.address}:{ports.patroni_rest}",
-            # Unsafe endpoints (restart, switchover, config changes) need these; reads stay open for HAProxy checks.
-            "authentication": {"username": REST_USER, "password": values["PATRONI_API_PASSWORD"]},
-        },
-        "ctl": {"authentication": {"username": REST_USER, "password": values["PATRONI_API_PASSWORD"]}},
+        "restapi": restapi,
+        "ctl": ctl,
         "raft": {
             "data_dir": RAFT_DIR,
             "self_addr": f"{host.address}:{ports.raft}",
@@ -182,10 +224,10 @@ def render_config(run: TaskRun, host: Host) -> dict:
             "use_unix_socket": True,
             "authentication": {
                 "superuser": {"username": values["POSTGRES_SUPERUSER"], "password": values["POSTGRES_SUPERPASS"]},
-                "replication": {"username": values["POSTGRES_REPL_USER"], "password": values["POSTGRES_REPL_PASS"]},
-                "rewind": {"username": values["POSTGRES_SUPERUSER"], "password": values["POSTGRES_SUPERPASS"]},
+                "replication": replication,
+                "rewind": rewind,
             },
-            "parameters": {"unix_socket_directories": "/var/run/postgresql"},
+            "parameters": parameters,
             "pg_hba": hba_rules(run),
             "pg_ident": [f"kbpg postgres {values['POSTGRES_SUPERUSER']}"],
         },
@@ -279,6 +321,38 @@ def check_versions(run: TaskRun) -> Outcome:
     return Outcome.unchanged(", ".join(f"{name} {first[name]}" for name in names[:1] + names[2:3]))
 
 
+def upload_tls_files(run: TaskRun) -> Outcome:
+    """kbpg's CA and this node's certificate and key (step 00 issued them) in /etc/patroni/tls, for PostgreSQL and
+    Patroni's REST API; nodes whose files changed are reloaded by the "start" task (no restart)."""
+    host = run.host
+    assert host is not None
+    if not run.settings.tls.enabled:
+        return Outcome.unchanged("TLS disabled in kbpg.toml")
+    try:
+        cert, key = tls.node_files(run.ctx.workdir, host.name)
+        ca = tls.ca_pem(run.ctx.workdir)
+    except tls.TlsError as exc:
+        raise TaskError(f"{host.name}: {exc}") from None
+    directory = shlex.quote(tls.DB_DIR)
+    changes = []
+    fixed = run.run(
+        "if [ ! -d /etc/patroni ]; then install -d -o root -g postgres -m 0750 /etc/patroni; fi; "
+        f"if [ \"$(stat -c '%a %U %G' {directory} 2>/dev/null)\" != '750 root postgres' ]; then "
+        f"install -d -o root -g postgres -m 0750 {directory}; echo fixed; fi",
+        what=f"making {tls.DB_DIR}").stdout.strip()
+    if fixed:
+        changes.append(f"{tls.DB_DIR} (0750 root:postgres)")
+    connection = run.connection()
+    # The key before its certificate: Patroni reloads its REST certificate when the certificate's serial changes.
+    written = [path for path, data, mode, owner in ((NODE_CA, ca, 0o644, "root"), (NODE_KEY, key, 0o600, "postgres"),
+                                                    (NODE_CERT, cert, 0o644, "root"))
+               if connection.upload(path, data, mode=mode, owner=owner)]
+    if written:
+        run.ctx.state.setdefault("tls_files_changed", set()).add(host.name)  # the "start" task reloads the node
+        changes.append(", ".join(written) + " written")
+    return Outcome.of(bool(changes), "; ".join(changes) or "TLS files up to date")
+
+
 # Keys of patroni.yml that must never change under a live node: they would point it at another (empty) data
 # directory, other binaries or another cluster. Changing them is an upgrade or a migration, not a re-run.
 PINNED_KEYS = (("postgresql", "data_dir"), ("postgresql", "bin_dir"), ("scope",), ("raft", "password"))
@@ -364,14 +438,169 @@ def start_cluster(run: TaskRun) -> Outcome:
             run.run("systemctl enable patroni", host=hosts[name])
         if enabled:
             details.append("enabled on " + ", ".join(enabled))
-    to_reload = [n for n in run.ctx.state.get("patroni_config_changed", set()) if n not in stopped]
+    # A changed patroni.yml, or changed certificate files (a renewal): reloaded, never restarted.
+    changed = run.ctx.state.get("patroni_config_changed", set()) | run.ctx.state.get("tls_files_changed", set())
+    to_reload = [name for name in hosts if name in changed and name not in stopped]
     if to_reload:
-        leaders = {m.name for m in cluster.read_patronictl(run).members if m.is_leader}
-        # Replicas first, the leader last: a config change must not cause a needless failover.
-        for name in sorted(to_reload, key=lambda n: n in leaders):
-            run.run("systemctl reload patroni", host=hosts[name], what="reloading patroni")
-        details.append("reloaded " + ", ".join(sorted(to_reload, key=lambda n: n in leaders)))
+        details.append(reload_members(run, to_reload))
     return Outcome.of(bool(details), "; ".join(details) or "patroni active on every DB node")
+
+
+# Run on a DB node with python3 (Patroni's own interpreter): what its REST API and its PostgreSQL serve now, and the
+# certificate on disk. "plain" (no TLS), "down" (nothing answers), or "tls:<sha256 of the certificate>". Nothing is
+# verified here: only which certificate is served (kbpg's checks verify the chain and the names).
+SERVED_SCRIPT = r"""
+import hashlib, re, socket, ssl, struct, sys
+address, pg_port, rest_port, cert_path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+
+def handshake(sock):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with context.wrap_socket(sock) as wrapped:
+        return "tls:" + hashlib.sha256(wrapped.getpeercert(binary_form=True)).hexdigest()
+
+def connect(port):
+    return socket.create_connection((address, port), timeout=5)
+
+def rest():
+    try:
+        sock = connect(rest_port)
+    except OSError:
+        return "down"
+    try:
+        return handshake(sock)
+    except (ssl.SSLError, OSError):
+        return "plain"  # an HTTP server answers a TLS hello with "400 Bad request"
+    finally:
+        sock.close()
+
+def pg():
+    try:
+        sock = connect(pg_port)
+    except OSError:
+        return "down"
+    try:
+        sock.sendall(struct.pack("!II", 8, 80877103))  # SSLRequest
+        answer = sock.recv(1)
+        if answer != b"S":
+            return "plain" if answer == b"N" else "down"
+        return handshake(sock)
+    except (ssl.SSLError, OSError):
+        return "down"
+    finally:
+        sock.close()
+
+try:
+    with open(cert_path) as f:
+        pem = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", f.read(), re.S)
+    disk = "tls:" + hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem.group(0))).hexdigest() if pem else "none"
+except (OSError, ValueError):
+    disk = "none"
+print("rest", rest())
+print("pg", pg())
+print("disk", disk)
+"""
+
+
+def served(run: TaskRun, host: Host) -> dict[str, str]:
+    """{"rest": ..., "pg": ..., "disk": ...} on ``host`` (see SERVED_SCRIPT)."""
+    ports = run.settings.ports
+    args = " ".join(shlex.quote(str(a)) for a in (host.address, ports.postgresql, ports.patroni_rest, NODE_CERT))
+    output = run.run(f"python3 - {args}", host=host, stdin=SERVED_SCRIPT, on_line=None,
+                     what="reading what PostgreSQL and Patroni serve").stdout
+    found = dict(line.split(" ", 1) for line in output.splitlines() if line.count(" ") == 1)
+    return {key: found.get(key, "down") for key in ("rest", "pg", "disk")}
+
+
+def _serves_wanted(run: TaskRun, state: dict[str, str]) -> bool:
+    if run.settings.tls.enabled:
+        return state["disk"].startswith("tls:") and state["rest"] == state["disk"] and state["pg"] == state["disk"]
+    # Without TLS only the REST API's scheme matters (HAProxy's checks follow it); a PostgreSQL that is not up at
+    # this moment is wait_for_cluster's business, as before TLS existed.
+    return state["rest"] == "plain" and state["pg"] in ("plain", "down")
+
+
+def _shown_state(state: dict[str, str]) -> str:
+    def short(value: str) -> str:
+        if value == state["disk"] and value.startswith("tls:"):
+            return "TLS with /etc/patroni/tls/node.crt"
+        return f"TLS with another certificate ({value[4:16]}...)" if value.startswith("tls:") else value
+    return f"REST API {short(state['rest'])}, PostgreSQL {short(state['pg'])}"
+
+
+def wait_served(run: TaskRun, names: list[str]) -> None:
+    """Until every node of ``names`` serves what kbpg.toml wants: with TLS, node.crt as it is on disk now on the REST
+    API and on PostgreSQL; without, plaintext on both.
+
+    Patroni applies a SIGHUP at its next loop (up to loop_wait later). A SIGHUP re-reads the REST certificate only
+    when patroni.yml did not change at the same time (Patroni 4.0.7: ``local or sighup and
+    api.reload_local_certificate()``), so a node still serving an older certificate is sent another one each loop.
+    """
+    loop_wait = plan_for(run.settings).loop_wait
+    deadline = time.monotonic() + 3 * loop_wait + 10
+    next_hup = {name: time.monotonic() + loop_wait + 2 for name in names}
+    waiting = list(names)
+    while True:
+        run.check_cancel()
+        with ThreadPoolExecutor(max_workers=len(waiting)) as pool:
+            states = dict(zip(waiting, pool.map(lambda n: served(run, run.ctx.host(n)), waiting), strict=True))
+        waiting = [name for name in waiting if not _serves_wanted(run, states[name])]
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise TaskError("after reloading Patroni, " + "; ".join(f"{n} serves {_shown_state(states[n])}"
+                                                                  for n in waiting)
+                            + (" (wanted: TLS with /etc/patroni/tls/node.crt on both)" if run.settings.tls.enabled
+                               else " (wanted: plaintext on both, [tls] enabled = false)")
+                            + ". Look at `journalctl -u patroni` on " + ", ".join(waiting))
+        for name in waiting:
+            if time.monotonic() >= next_hup[name]:
+                run.run("systemctl reload patroni", host=run.ctx.host(name), what="reloading patroni")
+                next_hup[name] = time.monotonic() + loop_wait + 2
+        time.sleep(1)
+
+
+def _rest_scheme_change(run: TaskRun, names: list[str]) -> contextlib.AbstractContextManager:
+    """steps.rest_tls.rest_scheme_change: keeps HAProxy's checks right while the REST API's scheme changes."""
+    try:
+        rest_tls = importlib.import_module(".rest_tls", __package__)
+    except ModuleNotFoundError:  # not there yet (issue 13 is built in parts): nothing to keep
+        return contextlib.nullcontext()
+    return rest_tls.rest_scheme_change(run, names)
+
+
+def reload_members(run: TaskRun, names: list[str]) -> str:
+    """``systemctl reload patroni`` on ``names`` (no restart), then wait until each serves what kbpg.toml wants.
+
+    Replicas first and the leader last, except when TLS is being turned on: then the leader first, and waited for.
+    A replica reloaded before it would reconnect with sslmode=verify-full to a primary that does not speak TLS yet
+    (replication stops until the leader's turn); the leader's hostssl lines leave the replicas' live connections
+    alone, and their reconnections (sslmode=prefer until their own reload) use TLS.
+    Nodes with new certificate files also get ``SELECT pg_reload_conf()`` at once (PostgreSQL re-reads its ssl_*
+    files on reload); Patroni's own SIGHUP reloads PostgreSQL again at its next loop.
+    """
+    hosts = {name: run.ctx.host(name) for name in names}
+    leaders = {m.name for m in cluster.read_patronictl(run).members if m.is_leader}
+    tls_changed = run.ctx.state.get("tls_files_changed", set())
+    leader_first = False
+    if run.settings.tls.enabled and leaders & set(names):
+        leader_first = any(served(run, hosts[name])["pg"] == "plain" for name in names if name in leaders)
+    order = sorted(names, key=lambda n: (n not in leaders) if leader_first else (n in leaders))
+    with _rest_scheme_change(run, order):
+        for name in order:
+            run.check_cancel()
+            run.run("systemctl reload patroni", host=hosts[name], what="reloading patroni")
+            if name in tls_changed:
+                command = cluster.PSQL.format(port=run.settings.ports.postgresql,
+                                              user=shlex.quote(run.ctx.credentials["POSTGRES_SUPERUSER"]),
+                                              database="postgres")
+                run.run(command, host=hosts[name], stdin="SELECT pg_reload_conf();", on_line=None, check=False,
+                        what="reloading PostgreSQL's certificate")
+            if leader_first and name in leaders:
+                wait_served(run, [name])
+        wait_served(run, order)
+    return "reloaded " + ", ".join(order) + (" (the leader first: TLS turned on)" if leader_first else "")
 
 
 def _judge(run: TaskRun) -> tuple[cluster.ClusterState | None, cluster.Health]:
@@ -499,23 +728,48 @@ def _literal(text: str) -> str:
 
 
 def ensure_roles(run: TaskRun) -> Outcome:
-    """kb_app and the keybuzz database exist; each role's stored verifier matches postgres.env."""
+    """The roles and the database, least privilege, each role's stored verifier matching postgres.env:
+
+    - the app role logs in and is neither superuser nor createrole (taken away, and reported, when it is), and owns
+      the database (given back, and reported, when another role does);
+    - the monitoring role logs in and is a member of pg_monitor (statistics, read only), nothing more;
+    - the superuser and the replication role keep what they are.
+    """
     leader = leader_host(run)
     values = run.ctx.credentials
+    app = values["POSTGRES_APP_USER"]
+    monitor, monitor_password = monitor_role(run)
     roles = {
         values["POSTGRES_SUPERUSER"]: values["POSTGRES_SUPERPASS"],
         values["POSTGRES_REPL_USER"]: values["POSTGRES_REPL_PASS"],
-        values["POSTGRES_APP_USER"]: values["POSTGRES_APP_PASS"],
+        app: values["POSTGRES_APP_PASS"],
+        monitor: monitor_password,
     }
+    if len(roles) != 4:  # postgres.env's own check refuses this; a superuser must never be "least privileged"
+        raise TaskError("POSTGRES_SUPERUSER, POSTGRES_REPL_USER, POSTGRES_APP_USER and POSTGRES_MONITOR_USER must be "
+                        "four different roles")
     names = ", ".join(_literal(name) for name in roles)
-    current = psql(run, leader, f"SELECT rolname, coalesce(rolpassword, '') FROM pg_authid WHERE rolname IN ({names});",
-                   "reading roles").stdout
-    stored = dict(line.split("|", 1) for line in current.splitlines() if "|" in line)
+    current = psql(run, leader,
+                   "SELECT r.rolname, r.rolsuper, r.rolcreaterole, r.rolcanlogin, EXISTS (SELECT 1 FROM pg_auth_members m "
+                   "WHERE m.member = r.oid AND m.roleid = 'pg_monitor'::regrole), coalesce(r.rolpassword, '') "
+                   f"FROM pg_authid r WHERE r.rolname IN ({names});", "reading roles").stdout
+    found = {fields[0]: fields[1:] for line in current.splitlines() if len(fields := line.split("|", 5)) == 6}
+    stored = {name: fields[4] for name, fields in found.items()}
     statements, changes = [], []
-    app = values["POSTGRES_APP_USER"]
-    if app not in stored:
-        statements.append(f'CREATE ROLE "{app}" LOGIN;')
-        changes.append(f"role {app} created")
+    for role, extra in ((app, ""), (monitor, " IN ROLE pg_monitor")):
+        if role not in found:
+            statements.append(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOCREATEROLE{extra};')
+            changes.append(f"role {role} created" + (" (member of pg_monitor)" if extra else ""))
+            continue
+        superuser, createrole, login, in_monitor = (flag == "t" for flag in found[role][:4])
+        wrong = [word for word, bad in (("SUPERUSER", superuser), ("CREATEROLE", createrole)) if bad]
+        if wrong or not login:
+            statements.append(f'ALTER ROLE "{role}" LOGIN NOSUPERUSER NOCREATEROLE;')
+            changes.append(f"role {role}: " + ", ".join([f"{word} taken away" for word in wrong]
+                                                         + ([] if login else ["LOGIN given"])))
+        if extra and not in_monitor:
+            statements.append(f'GRANT pg_monitor TO "{role}";')
+            changes.append(f"role {role} made a member of pg_monitor")
     for role, password in roles.items():
         if not creds.scram_matches(stored.get(role, ""), password):
             # The verifier is computed here: the plain password never reaches the server.
@@ -525,10 +779,14 @@ def ensure_roles(run: TaskRun) -> Outcome:
     if statements:
         psql(run, leader, "\n".join(statements), "creating roles")
     database = values["POSTGRES_DB"]
-    exists = psql(run, leader, f"SELECT 1 FROM pg_database WHERE datname = {_literal(database)};", "reading databases").stdout.strip()
-    if exists != "1":
+    owner = psql(run, leader, f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = {_literal(database)};",
+                 "reading databases").stdout.strip()
+    if not owner:
         psql(run, leader, f'CREATE DATABASE "{database}" OWNER "{app}";', "creating the database")
         changes.append(f"database {database} created (owner {app})")
+    elif owner != app:
+        psql(run, leader, f'ALTER DATABASE "{database}" OWNER TO "{app}";', "giving the database to the app role")
+        changes.append(f"database {database}: owner {owner} -> {app}")
     return Outcome.of(bool(changes), "; ".join(changes) or f"roles and database {database} in place")
 
 
@@ -567,6 +825,7 @@ def validate_config(run: TaskRun) -> Outcome:
 STEP = Step("02", "Patroni cluster", [
     Task("packages", "db", install_packages),
     Task("versions", "cluster", check_versions),
+    Task("tls files", "db", upload_tls_files),
     Task("config", "db", write_config),
     Task("start", "cluster", start_cluster),
     Task("cluster", "cluster", wait_for_cluster),
