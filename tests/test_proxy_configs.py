@@ -25,8 +25,11 @@ def sections(text: str) -> dict[str, list[str]]:
     return found
 
 
+PLAINTEXT = {"tls": {"enabled": False}}
+
+
 def test_write_port_follows_the_primary_through_patroni(real_inventory: Path) -> None:
-    run = make_run(real_inventory)
+    run = make_run(real_inventory, from_dict(PLAINTEXT))
     config = sections(haproxy.render(run, "10.0.0.11"))
     write = config["listen postgres_write"]
     assert "bind 10.0.0.11:5432" in write and "bind 127.0.0.1:5432" in write
@@ -52,7 +55,7 @@ def test_read_port_balances_over_replicas(real_inventory: Path) -> None:
 
 
 def test_stats_need_a_password(real_inventory: Path) -> None:
-    run = make_run(real_inventory)
+    run = make_run(real_inventory, from_dict(PLAINTEXT))
     run.ctx.credentials["HAPROXY_STATS_PASSWORD"] = 'with "quote" and \\ backslash'
     stats = sections(haproxy.render(run, "10.0.0.11"))["listen stats"]
     assert "bind 10.0.0.11:8404" in stats
@@ -60,7 +63,7 @@ def test_stats_need_a_password(real_inventory: Path) -> None:
 
 
 def test_pgbouncer_uses_scram_transaction_pooling_and_the_local_haproxy(real_inventory: Path) -> None:
-    run = make_run(real_inventory)
+    run = make_run(real_inventory, from_dict(PLAINTEXT))
     ini = pgbouncer.render_ini(run, "10.0.0.11")
     assert "* = host=127.0.0.1 port=5432" in ini
     assert "auth_type = scram-sha-256" in ini

@@ -6,16 +6,25 @@ secret is byte-identical), read from the primary. The file is readable by the
 PgBouncer service user alone. Transaction pooling; pool sizes such that all
 PgBouncers together stay under ``max_connections``. Backend: the local HAProxy
 write port by default (no hairpin through the cloud LB), the LB as an option.
+
+With TLS: clients must use it (PgBouncer's certificate names the node and the LB),
+and server connections verify PostgreSQL's certificate and address (``verify-full``
+with kbpg's CA); the local backend is then the node's own address, which every DB
+node's certificate carries (HAProxy passes TCP through), not 127.0.0.1. Turning it
+on is a RELOAD: connected clients stay, new ones must speak TLS.
 """
 
 from __future__ import annotations
 
 import shlex
 import time
+from typing import Any
 
 import psycopg
 
+from .. import bouncer as console
 from .. import credentials as creds
+from .. import tls
 from ..cluster import on_leader
 from ..engine import Outcome, Step, Task, TaskError, TaskRun
 from ..rto import plan_for
@@ -24,6 +33,7 @@ from .packages import ensure_installed, ensure_source
 CONFIG_PATH = "/etc/pgbouncer/pgbouncer.ini"
 USERLIST_PATH = "/etc/pgbouncer/userlist.txt"
 DROPIN_PATH = "/etc/systemd/system/pgbouncer.service.d/kbpg.conf"
+TLS_CA, TLS_CERT, TLS_KEY = (f"{tls.PGBOUNCER_DIR}/{name}" for name in ("ca.crt", "node.crt", "node.key"))
 # Connections kept free on the server for Patroni, replication, superuser work and monitoring.
 SERVER_RESERVE = 20
 # What stands between a new primary and the first pooled write after a failover (PgBouncer 1.24): see render_ini.
@@ -61,7 +71,9 @@ def render_ini(run: TaskRun, address: str) -> str:
     settings, values = run.settings, run.ctx.credentials
     ports, bouncer = settings.ports, settings.pgbouncer
     if bouncer.backend == "local":
-        backend = f"host=127.0.0.1 port={ports.haproxy_write}"
+        # With TLS the address PostgreSQL's certificate names (verify-full): this node's own, never 127.0.0.1.
+        local = address if settings.tls.enabled else "127.0.0.1"
+        backend = f"host={local} port={ports.haproxy_write}"
     else:
         backend = f"host={settings.network.lb_address} port={ports.haproxy_write}"
     listen = f"{address},127.0.0.1" if settings.network.bind == "private" else "*"
@@ -107,11 +119,47 @@ def render_ini(run: TaskRun, address: str) -> str:
         f"tcp_keepcnt = {TCP_KEEPCNT}",
         f"tcp_user_timeout = {plan.ttl * 1000}",
         "ignore_startup_parameters = extra_float_digits,options",
+        *tls_lines(run),
         "logfile = /var/log/postgresql/pgbouncer.log",
         "pidfile = /var/run/postgresql/pgbouncer.pid",
         "",
     ]
     return "\n".join(lines)
+
+
+def tls_lines(run: TaskRun) -> list[str]:
+    """pgbouncer.ini's TLS settings: none with TLS off (PgBouncer's defaults: clients in plaintext, servers
+    ``prefer``)."""
+    if not run.settings.tls.enabled:
+        return []
+    return [
+        "; TLS with kbpg's CA (credentials/tls/): clients must use it (a plaintext login is refused), server",
+        "; connections verify PostgreSQL's certificate and the address they connect to. TLS 1.2 or newer both ways.",
+        "client_tls_sslmode = require",
+        f"client_tls_cert_file = {TLS_CERT}",
+        f"client_tls_key_file = {TLS_KEY}",
+        "client_tls_protocols = secure",
+        "server_tls_sslmode = verify-full",
+        f"server_tls_ca_file = {TLS_CA}",
+        "server_tls_protocols = secure",
+    ]
+
+
+def _server_side(ini: str) -> tuple[list[str], list[str]]:
+    """(the [databases] lines, the server_tls_* lines) of a pgbouncer.ini."""
+    lines = [line.strip() for line in ini.splitlines()]
+    return [line for line in lines if line.startswith("* =")], [line for line in lines if line.startswith("server_tls_")]
+
+
+def needs_reconnect(before: str, after: str, haproxy_reloaded: bool) -> bool:
+    """Whether the server connections opened under pgbouncer.ini ``before`` must be renewed (RECONNECT) once
+    PgBouncer has ``after``: when the server TLS settings changed (a RELOAD applies them to new connections only),
+    or HAProxy was reloaded (its old process, which runs no checks, keeps them). Never when the backend changed:
+    the RELOAD itself closes every server connection as obsolete, and a RECONNECT right after it cuts the new ones
+    in their login, which PgBouncer counts as a failed login and retries only after server_login_retry (measured:
+    a 0.65 s stall of the pooled clients)."""
+    (backend_before, tls_before), (backend_after, tls_after) = _server_side(before), _server_side(after)
+    return backend_before == backend_after and (tls_before != tls_after or haproxy_reloaded)
 
 
 def _parse_userlist(text: str) -> dict[str, str]:
@@ -164,11 +212,42 @@ def install_pgbouncer(run: TaskRun) -> Outcome:
     return Outcome.of(changed or bool(installed), "installed pgbouncer" if installed else "pgbouncer present")
 
 
+def _service_user(run: TaskRun) -> str:
+    return run.run("systemctl show -p User --value pgbouncer").stdout.strip() or "postgres"
+
+
+def tls_files(run: TaskRun) -> Outcome:
+    """kbpg's CA (what server connections verify PostgreSQL with), this node's certificate and its key (readable
+    by the service user alone) in /etc/pgbouncer/tls. Changed files are picked up by the RELOAD of the "config"
+    task: no restart, no client dropped."""
+    host = run.host
+    assert host is not None
+    if not run.settings.tls.enabled:
+        return Outcome.unchanged("TLS disabled in kbpg.toml")
+    try:
+        ca = tls.ca_pem(run.ctx.workdir)
+        cert, key = tls.node_files(run.ctx.workdir, host.name)
+    except tls.TlsError as exc:
+        raise TaskError(f"{host.name}: {exc}") from None
+    user = _service_user(run)
+    directory = tls.PGBOUNCER_DIR
+    run.run(f"if [ \"$(stat -c '%a %U %G' {directory} 2>/dev/null)\" != '750 root {user}' ]; then "
+            f"install -d -o root -g {user} -m 0750 {directory}; fi", what=f"making {directory}")
+    connection = run.connection()
+    # The key before its certificate: a RELOAD in between would pair the old certificate with the new key.
+    written = [path for path, data, mode, owner in ((TLS_CA, ca, 0o644, "root"), (TLS_KEY, key, 0o600, user),
+                                                    (TLS_CERT, cert, 0o644, "root"))
+               if connection.upload(path, data, mode=mode, owner=owner)]
+    if written:
+        run.ctx.state.setdefault("pgbouncer_tls_changed", set()).add(host.name)
+    return Outcome.of(bool(written), (", ".join(written) + " written") if written else "TLS files up to date")
+
+
 def configure_pgbouncer(run: TaskRun) -> Outcome:
     host = run.host
     assert host is not None
     connection = run.connection()
-    service_user = run.run("systemctl show -p User --value pgbouncer").stdout.strip() or "postgres"
+    service_user = _service_user(run)
     current_text = connection.read_file(USERLIST_PATH)
     current = _parse_userlist(current_text.decode("utf-8", "replace")) if current_text else {}
     details = []
@@ -178,8 +257,9 @@ def configure_pgbouncer(run: TaskRun) -> Outcome:
     # The auth file: the service user alone can read it.
     userlist_changed = connection.upload(USERLIST_PATH, render_userlist(run, current), mode=0o600,
                                          owner=service_user, group=service_user)
-    ini_changed = connection.upload(CONFIG_PATH, render_ini(run, host.address), mode=0o640, owner="root",
-                                    group=service_user)
+    before = (connection.read_file(CONFIG_PATH) or b"").decode("utf-8", "replace")
+    ini = render_ini(run, host.address)
+    ini_changed = connection.upload(CONFIG_PATH, ini, mode=0o640, owner="root", group=service_user)
     if userlist_changed:
         details.append(f"{USERLIST_PATH} written (0600 {service_user})")
     if ini_changed:
@@ -188,9 +268,21 @@ def configure_pgbouncer(run: TaskRun) -> Outcome:
     if state != "active" or any("drop-in" in d for d in details):
         run.run("systemctl enable pgbouncer >/dev/null 2>&1; systemctl restart pgbouncer", what="starting pgbouncer")
         details.append("started" if state != "active" else "restarted for the new limits")
-    elif userlist_changed or ini_changed:
-        run.run("systemctl reload pgbouncer", what="reloading pgbouncer")  # SIGHUP: clients stay connected
-        details.append("reloaded")
+    else:
+        files_changed = host.name in run.ctx.state.get("pgbouncer_tls_changed", set())
+        if userlist_changed or ini_changed or files_changed:
+            # SIGHUP: clients stay connected (those already in plaintext too when TLS turns on; new ones need TLS),
+            # the TLS files are read again.
+            run.run("systemctl reload pgbouncer", what="reloading pgbouncer")
+            details.append("reloaded")
+        if needs_reconnect(before, ini, host.name in run.ctx.state.get("pgbouncer_reconnect", set())):
+            # Server connections opened before (no verified TLS, an HAProxy process that was replaced) are closed
+            # as their clients release them, and opened again as configured now.
+            problem = console.reconnect(run.ctx, host)
+            if problem:
+                return Outcome.changed("; ".join(details), [f"PgBouncer's RECONNECT failed ({problem}): its server "
+                                                            "connections opened before stay until they end"])
+            details.append("server connections renewed (RECONNECT)")
     return Outcome.of(bool(details), "; ".join(details) or "configuration up to date, pgbouncer active")
 
 
@@ -209,12 +301,13 @@ def verify_through_lb(run: TaskRun) -> Outcome:
     deadline = time.monotonic() + LB_WAIT_SECONDS
     pending = {settings.ports.haproxy_write: "HAProxy write port", settings.ports.pgbouncer: "PgBouncer"}
     errors: dict[int, str] = {}
+    tls_params: dict[str, Any] = dict(tls.libpq_params(run.ctx.workdir, settings))  # verify-full with TLS on
     while pending and time.monotonic() < deadline:
         run.check_cancel()
         for port in list(pending):
             try:
                 with psycopg.connect(host=lb, port=port, user=values["POSTGRES_APP_USER"], password=values["POSTGRES_APP_PASS"],
-                                     dbname=values["POSTGRES_DB"], connect_timeout=3) as conn:
+                                     dbname=values["POSTGRES_DB"], connect_timeout=3, **tls_params) as conn:
                     row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
                     if row and row[0]:
                         raise psycopg.OperationalError("reached a replica")
@@ -233,6 +326,7 @@ def verify_through_lb(run: TaskRun) -> Outcome:
 
 STEP = Step("04", "PgBouncer", [
     Task("packages", "haproxy", install_pgbouncer),
+    Task("tls files", "haproxy", tls_files),
     Task("config", "haproxy", configure_pgbouncer),
     Task("through the LB", "cluster", verify_through_lb),
 ])
