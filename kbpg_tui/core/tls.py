@@ -443,7 +443,7 @@ def _context(ca_file: str | Path) -> ssl.SSLContext:
     return context
 
 
-def libpq_params(workdir: str | Path, settings: Settings) -> dict[str, str]:
+def libpq_params(workdir: str | Path, settings: Settings) -> dict[str, Any]:
     """psycopg/libpq keywords for kbpg's own connections: verify-full with ca.crt when TLS is on, else nothing."""
     if not settings.tls.enabled:
         return {}
