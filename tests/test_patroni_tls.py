@@ -14,7 +14,7 @@ import re
 import socket
 import ssl
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterator
@@ -510,16 +510,14 @@ def test_start_reloads_nodes_whose_files_or_config_changed_but_not_those_it_star
     assert reloaded == [["db-master-01", "db-slave-01"]]
 
 
-def test_rest_scheme_change_is_a_no_op_until_steps_rest_tls_exists(real_inventory: Path) -> None:
-    import importlib.util
+def test_reloads_go_through_rest_tls_scheme_change(real_inventory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kbpg_tui.core.steps import rest_tls
 
-    run = make_run(real_inventory)
-    manager = patroni._rest_scheme_change(run, ["db-master-01"])
-    if importlib.util.find_spec("kbpg_tui.core.steps.rest_tls") is None:
-        with manager:
-            pass
-    else:
-        assert type(manager).__name__ != "nullcontext"
+    calls: list[list[str]] = []
+    monkeypatch.setattr(rest_tls, "rest_scheme_change", lambda run_, names: calls.append(names) or nullcontext())
+    with patroni._rest_scheme_change(make_run(real_inventory), ["db-master-01"]):
+        pass
+    assert calls == [["db-master-01"]]
 
 
 # --- roles (the SQL itself runs against a real PostgreSQL in test_patroni_roles_pg.py) -----------------------------

@@ -13,7 +13,6 @@ the leader is whatever Patroni says it is now.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import ipaddress
 import re
 import shlex
@@ -30,7 +29,7 @@ from ..engine import CLUSTER, Outcome, Step, Task, TaskError, TaskRun
 from ..events import Progress
 from ..rto import plan_for
 from ..ssh import Cancelled, Host, SshError
-from . import host_guards
+from . import host_guards, rest_tls
 from .host_guards import RAFT_DIR
 from .packages import ensure_installed, ensure_source, installed_versions
 
@@ -458,7 +457,13 @@ def handshake(sock):
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     with context.wrap_socket(sock) as wrapped:
-        return "tls:" + hashlib.sha256(wrapped.getpeercert(binary_form=True)).hexdigest()
+        served = "tls:" + hashlib.sha256(wrapped.getpeercert(binary_form=True)).hexdigest()
+        try:  # a close_notify, and what the server still sends read: else PostgreSQL logs a reset
+            wrapped.settimeout(1)
+            wrapped.unwrap()
+        except (OSError, ValueError):
+            pass
+        return served
 
 def connect(port):
     return socket.create_connection((address, port), timeout=5)
@@ -563,10 +568,6 @@ def wait_served(run: TaskRun, names: list[str]) -> None:
 
 def _rest_scheme_change(run: TaskRun, names: list[str]) -> contextlib.AbstractContextManager:
     """steps.rest_tls.rest_scheme_change: keeps HAProxy's checks right while the REST API's scheme changes."""
-    try:
-        rest_tls = importlib.import_module(".rest_tls", __package__)
-    except ModuleNotFoundError:  # not there yet (issue 13 is built in parts): nothing to keep
-        return contextlib.nullcontext()
     return rest_tls.rest_scheme_change(run, names)
 
 
