@@ -250,20 +250,33 @@ def _no_database(host: str, port: int, user: str, password: str, dbname: str) ->
     raise psycopg.OperationalError(f'connection to server at "{host}", port {port} failed: Connection refused')
 
 
+def hostssl_only(host: str, port: int, user: str, password: str, dbname: str) -> FakePgConnection:
+    """What a server whose remote pg_hba lines are all hostssl answers a plaintext login."""
+    raise psycopg.OperationalError(f'connection to server at "{host}", port {port} failed: FATAL:  no pg_hba.conf '
+                                   f'entry for host "198.18.0.1", user "{user}", database "{dbname}", no encryption')
+
+
 class FakeProbeContext(ProbeContext):
     """A ProbeContext whose REST answers come from ``rest`` ({url: answer} or {(method, url): answer}: a
     (status, body) pair, the body bytes/str or JSON-able; an exception to raise; or a function of the basic
     auth sent), unknown URLs not answering (NoAnswer); whose connections come from ``databases(host, port,
-    user, password, dbname)``. ``requests`` records (method, url, auth), ``connections`` (host, port, user,
-    dbname)."""
+    user, password, dbname)``, those without TLS (``sslmode="disable"``) from ``plaintext`` (default: refused as
+    by hostssl lines); whose TLS certificates come from ``certs`` ({(address, port): CertInfo or the exception
+    to raise}, nothing answering elsewhere). ``requests`` records (method, url, auth), ``connections`` (host, port,
+    user, dbname), ``plaintext_logins`` the same for the connections without TLS, ``cert_probes`` (address, port,
+    postgres)."""
 
     def __init__(self, ctx, rest: Mapping | None = None, databases: Databases | None = None,
-                 timeout: float = 1.0):
+                 timeout: float = 1.0, plaintext: Databases | None = None, certs: Mapping | None = None):
         super().__init__(ctx, timeout)
+        self.certs = dict(certs or {})
+        self.cert_probes: list[tuple[str, int, bool]] = []
         self.rest = dict(rest or {})
         self.databases = databases or _no_database
+        self.plaintext = plaintext or hostssl_only
         self.requests: list[tuple[str, str, tuple[str, str] | None]] = []
         self.connections: list[tuple[str, int, str, str]] = []
+        self.plaintext_logins: list[tuple[str, int, str, str]] = []
 
     def request(self, url: str, auth: tuple[str, str] | None = None, method: str = "GET") -> tuple[int, bytes]:
         self.requests.append((method, url, auth))
@@ -279,18 +292,34 @@ class FakeProbeContext(ProbeContext):
             body = json.dumps(body)
         return status, body.encode() if isinstance(body, str) else body
 
-    def pg(self, host: str, port: int, user: str, password: str, dbname: str | None = None):
+    def pg(self, host: str, port: int, user: str, password: str, dbname: str | None = None,
+           sslmode: str | None = None):
         database = dbname or self.values["POSTGRES_DB"]
+        if sslmode == "disable":
+            self.plaintext_logins.append((host, port, user, database))
+            return self.plaintext(host, port, user, password, database)
         self.connections.append((host, port, user, database))
         return self.databases(host, port, user, password, database)
 
     def sudo_mode(self, host: Host) -> str | None:
         return getattr(self.ctx.pool.get(host), "sudo_mode", "root")
 
+    def certificate(self, address: str, port: int, postgres: bool):
+        from kbpg_tui.core import tls
+
+        self.cert_probes.append((address, port, postgres))
+        answer = self.certs.get((address, port))
+        if answer is None:
+            raise tls.TlsProbeError(f"{address}:{port}: cannot connect: Connection refused", "unreachable")
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
 
 def lab_probe_context(workdir: Path, pool: FakePool | None = None, rest: Mapping | None = None,
                       databases: Databases | None = None, values: Mapping[str, str] | None = None,
-                      timeout: float = 1.0) -> FakeProbeContext:
+                      timeout: float = 1.0, plaintext: Databases | None = None,
+                      certs: Mapping | None = None) -> FakeProbeContext:
     """A FakeProbeContext on the lab's inventory and addresses (servers.tsv written to ``workdir``), the lab's
     network settings, and freshly generated credentials (or ``values``)."""
     from kbpg_tui.core import credentials as creds
@@ -308,4 +337,22 @@ def lab_probe_context(workdir: Path, pool: FakePool | None = None, rest: Mapping
     credentials = creds.Credentials(dict(values)) if values is not None else creds.generate()[0]
     ctx = Context(settings, credentials, load_selection(workdir / "servers.tsv"), workdir,
                   pool=pool or FakePool(), sink=lambda event: None, cancel=threading.Event())  # type: ignore[arg-type]
-    return FakeProbeContext(ctx, rest=rest, databases=databases, timeout=timeout)
+    return FakeProbeContext(ctx, rest=rest, databases=databases, timeout=timeout, plaintext=plaintext, certs=certs)
+
+
+# --- HTTPS: a local server with a certificate of kbpg's own CA ---------------------------------------------------
+
+def serve_tls(server, workdir: Path, name: str = "db-local", ips: tuple[str, ...] = ("127.0.0.1",)) -> None:
+    """Make ``server`` (an http.server on 127.0.0.1, not yet serving) speak HTTPS with a certificate for ``ips``
+    issued by the CA kbpg makes in ``workdir`` (credentials/tls/), as a node's Patroni REST API does."""
+    import ssl
+
+    from kbpg_tui.core import tls
+    from kbpg_tui.core.settings import Settings
+
+    tls.ensure_ca(workdir)
+    tls.ensure_node_cert(workdir, name, [name], list(ips), Settings())
+    cert, key = tls.node_paths(workdir, name)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import copy
 import json
+import ssl
 import threading
 from pathlib import Path
 
 import pytest
 
-from kbpg_tui.core import cluster
+from kbpg_tui.core import cluster, tls
 from kbpg_tui.core import credentials as creds
 from kbpg_tui.core.engine import Context, TaskError, TaskRun
 from kbpg_tui.core.inventory import load_selection
@@ -269,7 +270,67 @@ def test_read_rest_asks_the_next_node_and_names_each_that_did_not_answer() -> No
 def test_the_live_view_shows_the_leader_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     data = rest()
     data["members"].reverse()
-    monkeypatch.setattr(cluster, "http_request", lambda url, timeout: (200, json.dumps(data).encode()))
+    seen: list[tuple[str, object]] = []
+
+    def request(url: str, timeout: float, context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
+        seen.append((url, context))
+        return 200, json.dumps(data).encode()
+
+    monkeypatch.setattr(cluster, "http_request", request)
     run = lab_run(tmp_path, FakePool())
+    tls.ensure_ca(tmp_path)
     members = cluster.cluster_view(run.ctx)
     assert [m.name for m in members] == NAMES and members[0].is_leader
+    # TLS on (the default): HTTPS, verified with kbpg's CA
+    assert seen[0][0] == "https://198.18.0.120:8008/cluster" and isinstance(seen[0][1], ssl.SSLContext)
+    run.ctx.settings.tls.enabled = False
+    cluster.cluster_view(run.ctx)
+    assert seen[1] == ("http://198.18.0.120:8008/cluster", None)
+
+
+def test_without_its_ca_the_live_view_says_which_file_is_missing(tmp_path: Path) -> None:
+    run = lab_run(tmp_path, FakePool())
+    with pytest.raises(cluster.ClusterUnreadable, match=r"credentials/tls/ca.crt is missing; run kbpg install"):
+        cluster.cluster_view(run.ctx)
+
+
+def test_rest_urls_follow_tls(tmp_path: Path) -> None:
+    settings = Settings()
+    host = Host("db-master-01", "198.18.0.120")
+    assert cluster.rest_url(settings, host, "/primary") == "https://198.18.0.120:8008/primary"
+    settings.tls.enabled, settings.ports.patroni_rest = False, 8009
+    assert cluster.rest_url(settings, "198.18.0.121", "cluster") == "http://198.18.0.121:8009/cluster"
+    run = lab_run(tmp_path, FakePool())
+    assert cluster.rest_url(run.ctx, host, "/switchover") == "https://198.18.0.120:8008/switchover"  # a Context too
+
+
+def test_the_rest_context_verifies_with_kbpgs_ca_and_is_made_once_per_ca(tmp_path: Path) -> None:
+    run = lab_run(tmp_path, FakePool())
+    tls.ensure_ca(tmp_path)
+    first = cluster.rest_context(run.ctx)
+    assert first is not None and first.verify_mode == ssl.CERT_REQUIRED and first.check_hostname
+    assert first.minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert cluster.rest_context(run.ctx) is first
+    (tmp_path / tls.CA_CERT).unlink()
+    (tmp_path / tls.CA_KEY).unlink()
+    tls.ensure_ca(tmp_path)  # a new CA: a new context
+    assert cluster.rest_context(run.ctx) is not first
+    run.ctx.settings.tls.enabled = False
+    assert cluster.rest_context(run.ctx) is None
+
+
+def test_kbpgs_logins_are_verify_full_with_its_ca_and_never_the_superuser(tmp_path: Path) -> None:
+    run = lab_run(tmp_path, FakePool())
+    values = run.ctx.credentials
+    monitor = cluster.login(run.ctx, "monitor")
+    assert monitor == {"user": values["POSTGRES_MONITOR_USER"], "password": values["POSTGRES_MONITOR_PASS"],
+                       "sslmode": "verify-full", "sslrootcert": str((tmp_path / tls.CA_CERT).absolute())}
+    assert cluster.login(run.ctx, "app")["user"] == values["POSTGRES_APP_USER"]
+    assert cluster.login(run.ctx, "pgbouncer")["user"] == values["PGBOUNCER_ADMIN_USER"]
+    with pytest.raises(KeyError):
+        cluster.login(run.ctx, "superuser")
+    run.ctx.settings.tls.enabled = False
+    assert "sslmode" not in cluster.login(run.ctx, "app")
+    del values["POSTGRES_MONITOR_PASS"]
+    with pytest.raises(TaskError, match=r"^POSTGRES_MONITOR_PASS not in credentials/postgres.env: run `kbpg install`"):
+        cluster.login(run.ctx, "monitor")

@@ -25,23 +25,26 @@ from kbpg_tui.core.engine import Context
 from kbpg_tui.core.settings import Settings
 from kbpg_tui.core.ssh import Host, SshError
 
-from .fakes import FakePool
+from .fakes import FakePool, serve_tls
 
 
-def _diagnostics(real_inventory: Path, values: creds.Credentials | None = None, timeout: float = 8.0) -> Diagnostics:
-    ctx = Context(Settings(), values or creds.generate()[0], inv.load_selection(real_inventory), Path("/nonexistent"),
+def _diagnostics(real_inventory: Path, values: creds.Credentials | None = None, timeout: float = 8.0,
+                 workdir: Path = Path("/nonexistent"), tls: bool = True) -> Diagnostics:
+    settings = Settings()
+    settings.tls.enabled = tls
+    ctx = Context(settings, values or creds.generate()[0], inv.load_selection(real_inventory), workdir,
                   pool=FakePool(), sink=lambda e: None, cancel=threading.Event())  # type: ignore[arg-type]
     return Diagnostics(ctx, timeout=timeout)
 
 
 # --- one list of checks ------------------------------------------------------------------------------------
 
-def test_every_check_is_in_the_one_list_numbered_1_to_15() -> None:
-    assert [c.number for c in ALL_CHECKS] == list(range(1, 16))
+def test_every_check_is_in_the_one_list_numbered_1_to_16() -> None:
+    assert [c.number for c in ALL_CHECKS] == list(range(1, 17))
     assert CHECK_NAMES == {1: "inventory", 2: "ssh and sudo", 3: "services", 4: "patroni cluster",
                            5: "patroni timing", 6: "writes through the LB", 7: "read-only port", 8: "pgbouncer",
                            9: "roles and database", 10: "pgvector", 11: "haproxy", 12: "secret files",
-                           13: "patroni rest auth", 14: "client sessions", 15: "synchronous replication"}
+                           13: "patroni rest auth", 14: "client sessions", 15: "synchronous replication", 16: "tls"}
     assert diag.CHECK_NAMES is CHECK_NAMES and diag.Diagnostics is Diagnostics  # the names the CLI and UI import
 
 
@@ -72,16 +75,18 @@ def test_the_probes_of_the_company_inventory(real_inventory: Path) -> None:
         8: ["LB 10.0.0.10:6432", "haproxy-01:6432", "haproxy-02:6432"],
         9: ["LB 10.0.0.10:5432"], 10: ["LB 10.0.0.10:6432"], 11: proxies,
         12: db + proxies + ["credentials/postgres.env"], 13: db, 14: ["LB 10.0.0.10:5432"], 15: ["cluster"],
+        16: ["CA"] + [f"{n}:5432" for n in db] + ["LB 10.0.0.10:5432", "LB 10.0.0.10:5433", "LB 10.0.0.10:6432"]
+            + [f"{n}:6432" for n in proxies] + [f"{n} REST :8008" for n in db] + [f"{n} stats :8404" for n in proxies],
     }
 
 
 def test_a_new_check_is_one_declaration() -> None:
-    extra = Check(16, "made up", once("here", lambda p: "fine"))
+    extra = Check(17, "made up", once("here", lambda p: "fine"))
     diagnostics = Diagnostics(Context(Settings(), creds.Credentials(), None, Path("/nonexistent"),  # type: ignore
                                       pool=FakePool(), sink=lambda e: None), checks=[extra])
     report = diagnostics.run()
     assert [(r.number, r.check, r.target, r.verdict, r.reason) for r in report.results] == [
-        (16, "made up", "here", Verdict.PASS, "fine")]
+        (17, "made up", "here", Verdict.PASS, "fine")]
 
 
 # --- the runner ------------------------------------------------------------------------------------------------
@@ -132,7 +137,7 @@ def test_a_probe_that_hangs_is_failed_at_the_backstop_and_the_others_finish() ->
 
 def test_only_runs_the_checks_asked_for(real_inventory: Path) -> None:
     diagnostics = _diagnostics(real_inventory)
-    assert {p.number for p in diagnostics.probes()} == set(range(1, 16))
+    assert {p.number for p in diagnostics.probes()} == set(range(1, 17))
     diagnostics.probes = lambda: [_probe(1, "servers.tsv", lambda: "one"),  # type: ignore[method-assign]
                                   _probe(2, "db-master-01", lambda: pytest.fail("not asked for"))]
     assert [r.number for r in diagnostics.run(only={1}).results] == [1]
@@ -176,11 +181,16 @@ class _Patroni(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def fake_patroni(monkeypatch: pytest.MonkeyPatch):
+@pytest.fixture(params=["https", "http"])
+def fake_patroni(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """Patroni's REST API on loopback: over HTTPS with a certificate of the CA kbpg made in ``tmp_path`` (TLS on), or
+    plain HTTP (TLS off)."""
     for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Patroni)
+    server.workdir, server.tls = tmp_path, request.param == "https"  # type: ignore[attr-defined]
+    if server.tls:  # type: ignore[attr-defined]
+        serve_tls(server, tmp_path)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     _Patroni.seen = []
@@ -191,7 +201,7 @@ def fake_patroni(monkeypatch: pytest.MonkeyPatch):
 
 def _rest_auth(real_inventory: Path, server, status: int) -> str:
     _Patroni.status = status
-    diagnostics = _diagnostics(real_inventory)
+    diagnostics = _diagnostics(real_inventory, workdir=server.workdir, tls=server.tls)
     diagnostics.settings.ports.patroni_rest = server.server_address[1]
     return c13_rest_auth.rest_auth(diagnostics, Host("db-local", "127.0.0.1", "root"))
 
@@ -210,9 +220,41 @@ def test_rest_auth_fails_on_anything_but_401_naming_the_node(real_inventory: Pat
 
 
 def test_no_answer_is_a_failure_naming_the_url(real_inventory: Path) -> None:
-    diagnostics = _diagnostics(real_inventory, timeout=1)
+    diagnostics = _diagnostics(real_inventory, timeout=1, tls=False)
     diagnostics.settings.ports.patroni_rest = 9  # discard: nothing listens on loopback there
     with pytest.raises(CheckFailed, match=r"^http://127.0.0.1:9/config: no answer \("):
+        c13_rest_auth.rest_auth(diagnostics, Host("db-local", "127.0.0.1", "root"))
+
+
+@pytest.fixture
+def https_patroni(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Patroni)
+    serve_tls(server, tmp_path_factory.mktemp("server-ca"))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Patroni.seen, _Patroni.status = [], 401
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_with_tls_a_rest_api_whose_certificate_is_not_of_kbpgs_ca_is_no_answer(real_inventory: Path, https_patroni,
+                                                                                tmp_path: Path) -> None:
+    from kbpg_tui.core import tls
+    tls.ensure_ca(tmp_path)  # kbpg's CA: not the one that issued the server's certificate
+    diagnostics = _diagnostics(real_inventory, timeout=2, workdir=tmp_path)
+    diagnostics.settings.ports.patroni_rest = https_patroni.server_address[1]
+    with pytest.raises(CheckFailed, match=r"^https://127.0.0.1:\d+/config: no answer \(.*certificate verify failed"):
+        c13_rest_auth.rest_auth(diagnostics, Host("db-local", "127.0.0.1", "root"))
+    assert _Patroni.seen == []  # nothing was sent to it
+
+
+def test_with_tls_and_no_ca_the_rest_probe_fails_naming_ca_crt(real_inventory: Path, https_patroni,
+                                                               tmp_path: Path) -> None:
+    diagnostics = _diagnostics(real_inventory, timeout=2, workdir=tmp_path)
+    diagnostics.settings.ports.patroni_rest = https_patroni.server_address[1]
+    with pytest.raises(CheckFailed, match=r"credentials/tls/ca.crt is missing; run kbpg install"):
         c13_rest_auth.rest_auth(diagnostics, Host("db-local", "127.0.0.1", "root"))
 
 
@@ -227,15 +269,17 @@ NODES = ["10.0.0.120", "10.0.0.121", "10.0.0.122", "10.0.0.11", "10.0.0.12"]
     (("127.0.0.1", "kb_app", 1), True),
     (("::1", "kb_app", 1), True),
     (("10.0.5.7", "kb_app", 1), True),           # network.direct_clients
-    (("10.0.0.50", "kb_admin", 1), True),        # the superuser from the private subnet (administrators)
+    (("10.0.0.50", "kb_monitor", 1), True),      # the monitor role from the private subnet (diagnostics)
+    (("10.0.0.50", "kb_admin", 1), False),       # the superuser logs in from the DB nodes only
     (("10.0.0.50", "kb_app", 2), False),         # an application pointed at the node
     (("::ffff:10.0.0.50", "kb_app", 1), False),
     (("::ffff:10.0.0.11", "kb_app", 1), True),   # IPv4-mapped: the HAProxy node
     (("10.0.0.120", "kb_app", 1), True),
-    (("192.168.1.9", "kb_admin", 1), False),     # the superuser from outside the private subnet
+    (("192.168.1.9", "kb_monitor", 1), False),   # the monitor role from outside the private subnet
+    (("10.0.0.121", "kb_admin", 1), True),       # the superuser from a DB node
     (("10.0.6.1", "kb_app", 1), False),
     (("not-an-address", "kb_app", 1), False),
 ])
 def test_session_classification(session: tuple[str, str, int], expected: bool) -> None:
-    strays = diag.stray_sessions([session], NODES + ["10.0.5.0/24"], "kb_admin", "10.0.0.0/16")
+    strays = diag.stray_sessions([session], NODES + ["10.0.5.0/24"], "kb_monitor", "10.0.0.0/16")
     assert (strays == []) is expected

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
+from .cluster import login
 from .logs import redact
 from .ssh import Host
 
@@ -18,10 +19,10 @@ if TYPE_CHECKING:
 
 
 def console(ctx: Context, host: Host, timeout: float = 5) -> psycopg.Connection:
-    values = ctx.credentials
-    return psycopg.connect(host=host.address, port=ctx.settings.ports.pgbouncer, user=values["PGBOUNCER_ADMIN_USER"],
-                           password=values["PGBOUNCER_ADMIN_PASS"], dbname="pgbouncer", autocommit=True,
-                           connect_timeout=max(1, int(timeout)), application_name="kbpg")
+    """The admin console of ``host``'s PgBouncer (over TLS, its certificate verified, when TLS is on)."""
+    return psycopg.connect(host=host.address, port=ctx.settings.ports.pgbouncer, **login(ctx, "pgbouncer"),
+                           dbname="pgbouncer", autocommit=True, connect_timeout=max(1, int(timeout)),
+                           application_name="kbpg")
 
 
 def command(conn: psycopg.Connection, text: str) -> None:

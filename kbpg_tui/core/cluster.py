@@ -4,8 +4,10 @@
 - :func:`health`: the one rule for a healthy cluster, used by step 02 (waiting for the cluster, after each restart)
   and by diagnostics check 4.
 - Two readers that map onto the same model: :func:`read_patronictl` (``patronictl list -f json`` over SSH, what the
-  install steps use) and :func:`read_rest` (Patroni's REST ``/cluster`` over HTTP, what the diagnostics and the
-  wizard's live view use; never through a proxy, see :func:`direct_opener`).
+  install steps use) and :func:`read_rest` (Patroni's REST ``/cluster``, what the diagnostics and the wizard's live
+  view use; never through a proxy, see :func:`direct_opener`). Patroni's REST API is HTTPS when ``[tls] enabled``
+  (:func:`rest_url`), verified with kbpg's own CA (:func:`rest_context`); :func:`read_cluster` does both.
+- :func:`login`: kbpg's own logins (app, monitor, PgBouncer console) with TLS verify-full when it is on.
 - :func:`leader_host` and :func:`psql`: SQL run as the superuser on the leader, over SSH.
 
 Roles are kept in the REST API's spelling (``leader``, ``replica``, ``sync_standby``...); patronictl's
@@ -17,16 +19,21 @@ from __future__ import annotations
 import base64
 import json
 import shlex
+import ssl
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 
+from . import tls
 from .engine import TaskError
 from .ssh import Cancelled, Host, Result, SshError
 
 if TYPE_CHECKING:
     from .engine import Context, TaskRun
+    from .settings import Settings
 
 CONFIG_PATH = "/etc/patroni/config.yml"
 PATRONICTL = f"patronictl -c {CONFIG_PATH}"
@@ -266,17 +273,23 @@ class ClusterUnreadable(Exception):
         self.errors = errors
 
 
-def direct_opener() -> urllib.request.OpenerDirector:
+def direct_opener(context: ssl.SSLContext | None = None) -> urllib.request.OpenerDirector:
     """An opener that goes straight to the hosts, never through a proxy named in the environment (http_proxy,
-    https_proxy, all_proxy...): the HAProxy stats and Patroni passwords travel in these requests."""
-    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    https_proxy, all_proxy...): the HAProxy stats and Patroni passwords travel in these requests. ``context``:
+    what verifies an https:// server (kbpg's CA, see :func:`rest_context`)."""
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if context is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    return urllib.request.build_opener(*handlers)
 
 
 def http_request(url: str, timeout: float, auth: tuple[str, str] | None = None,
-                 method: str = "GET", body: dict | None = None) -> tuple[int, bytes]:
+                 method: str = "GET", body: dict | None = None,
+                 context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
     """(status, body) of one request straight to a host; an HTTP error status is an answer, no answer is NoAnswer.
 
-    ``body``: sent as JSON (Patroni's unsafe endpoints: /switchover, /config ...).
+    ``body``: sent as JSON (Patroni's unsafe endpoints: /switchover, /config ...). ``context``: how an https://
+    server is verified (:func:`rest_context`); a certificate that does not verify is no answer, naming why.
     """
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, method=method, data=data)
@@ -286,7 +299,7 @@ def http_request(url: str, timeout: float, auth: tuple[str, str] | None = None,
         token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     try:
-        with direct_opener().open(request, timeout=timeout) as response:
+        with direct_opener(context).open(request, timeout=timeout) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read() if exc.fp else b""
@@ -298,13 +311,57 @@ def http_request(url: str, timeout: float, auth: tuple[str, str] | None = None,
 Request = Callable[[str], tuple[int, bytes]]  # url -> (status, body), raising NoAnswer
 
 
-def read_rest(hosts: Sequence[Host], port: int, timeout: float = 3.0, request: Request | None = None) -> ClusterState:
-    """REST ``/cluster`` of the first of ``hosts`` that answers; ClusterUnreadable naming each node otherwise."""
-    get: Request = request or (lambda url: http_request(url, timeout))
+def rest_scheme(settings: Settings) -> str:
+    """"https" when ``[tls] enabled`` (Patroni's REST API speaks only TLS then), else "http"."""
+    return "https" if settings.tls.enabled else "http"
+
+
+def rest_url(where: Context | Settings, host: Host | str, path: str) -> str:
+    """The URL of ``path`` on the REST API of ``host`` (a Host or an address): https:// when TLS is on."""
+    settings = cast("Settings", getattr(where, "settings", where))
+    address = host.address if isinstance(host, Host) else host
+    return f"{rest_scheme(settings)}://{address}:{settings.ports.patroni_rest}/{path.lstrip('/')}"
+
+
+_contexts: dict[tuple[str, int, int], ssl.SSLContext] = {}
+_contexts_lock = threading.Lock()
+
+
+def rest_context(ctx: Context) -> ssl.SSLContext | None:
+    """What verifies Patroni's REST API and HAProxy's stats page over HTTPS: kbpg's CA (``credentials/tls/ca.crt``),
+    the host's address checked; None when TLS is off. Made once per version of ca.crt (the drill asks often).
+    A CA that cannot be read is NoAnswer naming the file (nothing can be asked without it)."""
+    if not ctx.settings.tls.enabled:
+        return None
+    path = Path(tls.ca_path(ctx.workdir))
+    try:
+        found = path.stat()
+        key = (str(path), found.st_mtime_ns, found.st_size)
+    except OSError:
+        key = (str(path), 0, -1)
+    with _contexts_lock:
+        if key in _contexts:
+            return _contexts[key]
+    try:
+        context = tls.client_context(ctx.workdir)
+    except tls.TlsError as exc:
+        raise NoAnswer(f"no HTTPS request without the CA: {exc}") from None
+    with _contexts_lock:
+        _contexts.clear()  # one ca.crt at a time
+        _contexts[key] = context
+    return context
+
+
+def read_rest(hosts: Sequence[Host], port: int, timeout: float = 3.0, request: Request | None = None,
+              scheme: str = "http", context: ssl.SSLContext | None = None) -> ClusterState:
+    """REST ``/cluster`` of the first of ``hosts`` that answers; ClusterUnreadable naming each node otherwise.
+
+    ``scheme`` and ``context``: see :func:`rest_url` and :func:`rest_context` (:func:`read_cluster` passes both)."""
+    get: Request = request or (lambda url: http_request(url, timeout, context=context))
     errors = []
     for host in hosts:
         try:
-            status, body = get(f"http://{host.address}:{port}/cluster")
+            status, body = get(f"{scheme}://{host.address}:{port}/cluster")
         except NoAnswer as exc:
             errors.append(f"{host.name}: {exc}")
             continue
@@ -322,9 +379,47 @@ def read_rest(hosts: Sequence[Host], port: int, timeout: float = 3.0, request: R
     raise ClusterUnreadable(errors or ["no DB node to ask"])
 
 
+def read_cluster(ctx: Context, hosts: Sequence[Host] | None = None, timeout: float = 3.0) -> ClusterState:
+    """:func:`read_rest` on ``hosts`` (default: the DB nodes) with the run's scheme and CA (HTTPS when TLS is on)."""
+    try:
+        context = rest_context(ctx)
+    except NoAnswer as exc:
+        raise ClusterUnreadable([str(exc)]) from None
+    return read_rest(ctx.db_hosts if hosts is None else hosts, ctx.settings.ports.patroni_rest, timeout,
+                     scheme=rest_scheme(ctx.settings), context=context)
+
+
 def cluster_view(ctx: Context, timeout: float = 3.0) -> list[Member]:
     """The cluster as Patroni sees it now, leader first (the wizard's live view). Raises ClusterUnreadable."""
-    return read_rest(ctx.db_hosts, ctx.settings.ports.patroni_rest, timeout).leader_first()
+    return read_cluster(ctx, timeout=timeout).leader_first()
+
+
+# --- kbpg's own logins to PostgreSQL and PgBouncer --------------------------------------------------
+
+LOGINS = {  # role -> (user name, password) in postgres.env
+    "app": ("POSTGRES_APP_USER", "POSTGRES_APP_PASS"),
+    "monitor": ("POSTGRES_MONITOR_USER", "POSTGRES_MONITOR_PASS"),
+    "pgbouncer": ("PGBOUNCER_ADMIN_USER", "PGBOUNCER_ADMIN_PASS"),
+}
+
+
+def tls_params(ctx: Context) -> dict[str, str]:
+    """libpq's TLS keywords for every connection kbpg opens: verify-full with kbpg's CA when TLS is on."""
+    return tls.libpq_params(ctx.workdir, ctx.settings)
+
+
+def login(ctx: Context, role: str) -> dict[str, Any]:
+    """psycopg keywords (user, password, TLS) for kbpg's own login as ``role``: "app" (writes through the LB),
+    "monitor" (everything read-only: diagnostics, the drill's and the switchover's watchers) or "pgbouncer" (the
+    admin console). Never the superuser: it logs in only on the DB nodes themselves (:func:`psql`). A name missing
+    from postgres.env is a TaskError saying how to add it."""
+    user, password = LOGINS[role]
+    values = ctx.credentials
+    missing = [name for name in (user, password) if not values.get(name)]
+    if missing:
+        raise TaskError(f"{', '.join(missing)} not in credentials/postgres.env: run `kbpg install` (step 00 adds "
+                        "it to an existing cluster's file)")
+    return {"user": values[user], "password": values[password], **tls_params(ctx)}
 
 
 # --- the leader, and SQL on it -----------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Diagnostics: the 12 checks of design.md, those of the field failures (13, 14) and synchronous replication (15), as
-small, independent probes.
+"""Diagnostics: the 12 checks of design.md, those of the field failures (13, 14), synchronous replication (15) and
+TLS (16), as small, independent probes.
 
 Each probe checks one thing on one target (a host, a port through the LB, the
 cluster) and returns pass / warn / fail with a one-line reason naming the host,

@@ -134,7 +134,7 @@ def _stats(make, up: list[str], open_stats: bool = False):
             return 200, stats_csv(up)
         return 401, ""
 
-    p = make(rest={"http://198.18.0.11:8404/;csv": answer})
+    p = make(rest={"https://198.18.0.11:8404/;csv": answer})
     holder["p"] = p
     return p
 
@@ -155,7 +155,7 @@ def test_haproxy_fails_with_three_servers_up_or_open_stats(make) -> None:
     with pytest.raises(CheckFailed, match=r"haproxy-01: stats answered 200 without a password \(expected 401\)"):
         c11_haproxy.haproxy(p, p.ctx.haproxy_hosts[0])
     p = make()
-    with pytest.raises(CheckFailed, match=r"http://198.18.0.12:8404/;csv: no answer"):
+    with pytest.raises(CheckFailed, match=r"https://198.18.0.12:8404/;csv: no answer"):
         c11_haproxy.haproxy(p, p.ctx.haproxy_hosts[1])
 
 
@@ -200,14 +200,14 @@ def test_local_secrets_need_0600_in_0700(make, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("status, handler_reached", [(200, True), (400, True), (403, False), (500, False)])
 def test_rest_auth_fails_on_anything_but_401(make, status: int, handler_reached: bool) -> None:
-    p = make(rest={("PATCH", "http://198.18.0.121:8008/config"): (status, "")})
+    p = make(rest={("PATCH", "https://198.18.0.121:8008/config"): (status, "")})
     with pytest.raises(CheckFailed, match=f"^db-slave-01: PATCH /config without credentials answered {status}, "
                                           "expected 401") as failure:
         c13_rest_auth.rest_auth(p, p.ctx.db_hosts[1])
     assert ("it reached the handler" in str(failure.value)) is handler_reached
-    assert p.requests == [("PATCH", "http://198.18.0.121:8008/config", None)]
+    assert p.requests == [("PATCH", "https://198.18.0.121:8008/config", None)]
 
 
 def test_rest_auth_passes_on_401(make) -> None:
-    p = make(rest={("PATCH", "http://198.18.0.121:8008/config"): (401, "")})
+    p = make(rest={("PATCH", "https://198.18.0.121:8008/config"): (401, "")})
     assert "refuse requests without credentials (401)" in c13_rest_auth.rest_auth(p, p.ctx.db_hosts[1])

@@ -26,8 +26,8 @@ def patroni(primary: set[str], cluster: dict | None = None, down: set[str] = fro
     for name, address in DB.items():
         if name in down:
             continue
-        answers[("OPTIONS", f"http://{address}:8008/primary")] = (200 if name in primary else 503, "")
-        answers[f"http://{address}:8008/cluster"] = (cluster_status, recorded() if cluster is None else cluster)
+        answers[("OPTIONS", f"https://{address}:8008/primary")] = (200 if name in primary else 503, "")
+        answers[f"https://{address}:8008/cluster"] = (cluster_status, recorded() if cluster is None else cluster)
     return answers
 
 
@@ -69,16 +69,16 @@ def test_a_node_that_does_not_answer_fails_naming_it_while_the_others_are_read(m
     with pytest.raises(CheckFailed) as failure:
         c04_patroni_cluster.patroni_cluster(p)
     assert str(failure.value) == ("db-master-01 not in the cluster; "
-                                  "db-master-01: http://198.18.0.120:8008/primary: no answer "
+                                  "db-master-01: https://198.18.0.120:8008/primary: no answer "
                                   "([Errno 111] Connection refused)")
-    assert ("GET", "http://198.18.0.121:8008/cluster", None) in p.requests  # read from the next node
+    assert ("GET", "https://198.18.0.121:8008/cluster", None) in p.requests  # read from the next node
 
 
 def test_no_node_answering_cluster_fails_naming_each(make) -> None:
     p = make(rest=patroni({"db-master-01"}, cluster_status=503, down={"db-slave-02"}))
     with pytest.raises(CheckFailed) as failure:
         c04_patroni_cluster.patroni_cluster(p)
-    assert str(failure.value) == ("no DB node answered /cluster: db-slave-02: http://198.18.0.122:8008/primary: no "
+    assert str(failure.value) == ("no DB node answered /cluster: db-slave-02: https://198.18.0.122:8008/primary: no "
                                   "answer ([Errno 111] Connection refused); db-master-01: /cluster answered 503; "
                                   "db-slave-01: /cluster answered 503")
 
@@ -86,7 +86,7 @@ def test_no_node_answering_cluster_fails_naming_each(make) -> None:
 # --- 5 patroni timing --------------------------------------------------------------------------------------
 
 def timing(config: dict | None, status: int = 200, down: set[str] = frozenset()) -> dict:
-    return {f"http://{address}:8008/config": (status, config or {}) for name, address in DB.items()
+    return {f"https://{address}:8008/config": (status, config or {}) for name, address in DB.items()
             if name not in down}
 
 
@@ -118,7 +118,7 @@ def test_timing_with_no_node_answering_fails_naming_each(make) -> None:
     with pytest.raises(CheckFailed) as failure:
         c05_patroni_timing.timing(p)
     assert str(failure.value) == ("db-master-01: /config answered 401; db-slave-01: /config answered 401; "
-                                  "http://198.18.0.122:8008/config: no answer ([Errno 111] Connection refused)")
+                                  "https://198.18.0.122:8008/config: no answer ([Errno 111] Connection refused)")
 
 
 # --- 15 synchronous replication ------------------------------------------------------------------------------
@@ -136,8 +136,8 @@ def sync_cluster(mode: object = False, strict: object = None, roles: tuple[str, 
     answers: dict = {}
     for name, address in DB.items():
         if name not in down:
-            answers[f"http://{address}:8008/config"] = (200, config)
-            answers[f"http://{address}:8008/cluster"] = (200, cluster)
+            answers[f"https://{address}:8008/config"] = (200, config)
+            answers[f"https://{address}:8008/cluster"] = (200, cluster)
     return answers
 
 
@@ -149,7 +149,7 @@ def planned(p, mode: str, strict: bool = False):
 def test_asynchronous_as_planned_passes(make) -> None:
     p = make(rest=sync_cluster(False))
     assert c15_sync.synchronous(p) == "asynchronous (synchronous_mode off, from db-master-01), as planned"
-    assert [url for _, url, _ in p.requests] == ["http://198.18.0.120:8008/config"]  # /cluster not needed
+    assert [url for _, url, _ in p.requests] == ["https://198.18.0.120:8008/config"]  # /cluster not needed
 
 
 @pytest.mark.parametrize("mode, strict, role, shown", [
@@ -215,11 +215,11 @@ def test_sync_with_no_node_answering_fails_naming_each(make) -> None:
     p = make(rest=sync_cluster(True, down={"db-master-01", "db-slave-01", "db-slave-02"}))
     with pytest.raises(CheckFailed) as failure:
         c15_sync.synchronous(p)
-    assert str(failure.value) == "; ".join(f"http://{address}:8008/config: no answer ([Errno 111] Connection refused)"
+    assert str(failure.value) == "; ".join(f"https://{address}:8008/config: no answer ([Errno 111] Connection refused)"
                                            for address in DB.values())
 
 
 def test_sync_reads_the_next_node_when_one_is_down(make) -> None:
     p = planned(make(rest=sync_cluster(True, roles=("sync_standby", "replica")), ), "on")
-    del p.rest["http://198.18.0.120:8008/config"], p.rest["http://198.18.0.120:8008/cluster"]
+    del p.rest["https://198.18.0.120:8008/config"], p.rest["https://198.18.0.120:8008/cluster"]
     assert c15_sync.synchronous(p) == "synchronous_mode on: synchronous standby(s) db-slave-01, as planned"

@@ -1,5 +1,5 @@
 """4. The Patroni cluster is healthy (kbpg_tui.core.cluster's rule, read from REST /cluster), and /primary
-answers 200 on exactly one node."""
+answers 200 on exactly one node (over HTTPS, verified with kbpg's CA, when TLS is on)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def patroni_cluster(p: ProbeContext) -> str:
     errors, primaries, answering = [], [], []
     for host in p.ctx.db_hosts:
         try:
-            status, _ = p.http(f"http://{host.address}:{port}/primary", method="OPTIONS")
+            status, _ = p.http(p.rest_url(host, "/primary"), method="OPTIONS")
         except CheckFailed as exc:
             errors.append(f"{host.name}: {exc}")
             continue
@@ -21,7 +21,7 @@ def patroni_cluster(p: ProbeContext) -> str:
         if status == 200:
             primaries.append(host.name)
     try:
-        state = cluster.read_rest(answering, port, request=lambda url: p.request(url))
+        state = cluster.read_rest(answering, port, request=lambda url: p.request(url), scheme=p.scheme)
     except cluster.ClusterUnreadable as exc:
         raise CheckFailed("no DB node answered /cluster: " + "; ".join(errors + exc.errors)) from None
     expected = [h.name for h in p.ctx.db_hosts]

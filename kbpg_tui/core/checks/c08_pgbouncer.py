@@ -7,9 +7,9 @@ import secrets
 
 import psycopg
 
-from ..ssh import Host
+from ..ssh import Host, SshError
 from .base import Check, CheckFailed, through_lb_and_haproxy
-from .probe import ProbeContext, scalar
+from .probe import ProbeContext
 
 
 def pgbouncer(p: ProbeContext, address: str, name: str) -> str:
@@ -44,13 +44,17 @@ def pgbouncer(p: ProbeContext, address: str, name: str) -> str:
 
 
 def server_verifier(p: ProbeContext) -> str:
-    """The app role's SCRAM verifier as the primary stores it (read once per run)."""
+    """The app role's SCRAM verifier as the server stores it (read once per run), as the superuser on a DB node
+    itself (pg_authid is the superuser's only; the catalog is the same on every node)."""
     def read() -> str:
-        lb, port = p.settings.network.lb_address, p.settings.ports.haproxy_write
-        with p.admin(lb, port, dbname="postgres") as conn:
-            verifier = scalar(conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
-                                           (p.values["POSTGRES_APP_USER"],)))
-        return verifier if isinstance(verifier, str) else ""
+        app = p.values["POSTGRES_APP_USER"].replace("'", "''")
+        errors = []
+        for host in p.ctx.db_hosts:
+            try:
+                return p.local_sql(host, f"SELECT rolpassword FROM pg_authid WHERE rolname = '{app}';").strip()
+            except SshError as exc:
+                errors.append(str(exc).splitlines()[0])
+        raise SshError("; ".join(errors) or "no DB node to ask")
     return p.once("app verifier", read)
 
 
@@ -62,8 +66,8 @@ def pgbouncer_secret(p: ProbeContext, host: Host) -> None:
                   if line.startswith(f'"{app}" "')), "")
     try:
         server = server_verifier(p)
-    except psycopg.Error as exc:
-        raise CheckFailed(f"{host.name}: cannot read {app}'s verifier on the primary: {p.pg_error(exc)}") from None
+    except SshError as exc:
+        raise CheckFailed(f"{host.name}: cannot read {app}'s verifier on a DB node: {exc}") from None
     if not entry:
         raise CheckFailed(f"{host.name}: {app} is missing from PgBouncer's auth file")
     if entry != server:

@@ -1,4 +1,5 @@
-"""11. HAProxy's stats need a password, and its write backend has exactly one server UP (the primary)."""
+"""11. HAProxy's stats need a password (and are served over HTTPS, verified with kbpg's CA, when TLS is on), and its
+write backend has exactly one server UP (the primary)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from .probe import ProbeContext
 
 def haproxy(p: ProbeContext, host: Host) -> str:
     ports, values = p.settings.ports, p.values
-    url = f"http://{host.address}:{ports.haproxy_stats}/;csv"
+    url = f"{p.scheme}://{host.address}:{ports.haproxy_stats}/;csv"
     status, _ = p.http(url)
     if status != 401:
         raise CheckFailed(f"{host.name}: stats answered {status} without a password (expected 401)")

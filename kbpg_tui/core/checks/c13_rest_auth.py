@@ -1,4 +1,5 @@
-"""13 (field failure 14). Patroni's unsafe REST endpoints refuse a request without credentials, on every DB node."""
+"""13 (field failure 14). Patroni's unsafe REST endpoints refuse a request without credentials, on every DB node
+(over HTTPS when TLS is on: the credentials of the requests that have them never travel in clear text)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ def rest_auth(p: ProbeContext, host: Host) -> str:
     one to knock on: Patroni checks the credentials first (401), and even without them it would answer 400 to
     an empty body before touching the DCS. ``POST /reload`` or ``/restart`` would act if they were open.
     """
-    url = f"http://{host.address}:{p.settings.ports.patroni_rest}/config"
+    url = p.rest_url(host, "/config")
     status, _ = p.http(url, method="PATCH")
     if status != 401:
         accepted = (" (it reached the handler: unsafe endpoints take requests from anyone)"

@@ -50,7 +50,8 @@ def synchronous(p: ProbeContext) -> str:
             raise CheckWarning(f"asynchronous; {differs}")
         return f"asynchronous (synchronous_mode off, from {source}), as planned"
     try:
-        state = cluster.read_rest(p.ctx.db_hosts, p.settings.ports.patroni_rest, request=lambda url: p.request(url))
+        state = cluster.read_rest(p.ctx.db_hosts, p.settings.ports.patroni_rest, request=lambda url: p.request(url),
+                                  scheme=p.scheme)
     except cluster.ClusterUnreadable as exc:
         raise CheckFailed(f"no DB node answered /cluster: {'; '.join(exc.errors)}") from None
     # A synchronous standby that does not stream (Patroni has not dropped it yet) confirms no commit.

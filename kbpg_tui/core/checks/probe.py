@@ -3,19 +3,26 @@
 psycopg to PostgreSQL and PgBouncer (through the LB, an HAProxy node or a DB node), HTTP to Patroni's REST API
 and HAProxy's stats (never through a proxy), SSH to the hosts. Each helper bounds its own I/O by ``timeout``.
 Tests put a fake in its place (tests/fakes.py FakeProbeContext): the checks only talk through these.
+
+With ``[tls] enabled`` every psycopg connection is ``sslmode=verify-full`` with kbpg's CA and every https:// request
+verifies the server with it. Logins are the app role and the monitor role (member of pg_monitor); the superuser
+logs in only on the DB nodes themselves (:meth:`ProbeContext.local_sql`, over SSH and the local socket).
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+import shlex
+import ssl
 import threading
 import time
 from typing import Any, Callable, TypeVar
 
 import psycopg
 
-from ..cluster import NoAnswer, http_request
+from .. import cluster, tls
+from ..cluster import PSQL, NoAnswer, http_request
 from ..engine import Context
 from ..logs import redact
 from ..ssh import Host
@@ -44,16 +51,35 @@ class ProbeContext:
 
     # PostgreSQL and PgBouncer
 
-    def pg(self, host: str, port: int, user: str, password: str, dbname: str | None = None) -> psycopg.Connection:
+    def pg(self, host: str, port: int, user: str, password: str, dbname: str | None = None,
+           sslmode: str | None = None) -> psycopg.Connection:
+        """A connection, over TLS verified with kbpg's CA when TLS is on (``sslmode`` overrides it: "disable" to
+        prove a plaintext login is refused)."""
+        params: dict[str, Any] = dict(cluster.tls_params(self.ctx))
+        if sslmode is not None:
+            params["sslmode"] = sslmode
         return psycopg.connect(host=host, port=port, user=user, password=password,
                                dbname=dbname or self.values["POSTGRES_DB"], connect_timeout=max(1, int(self.timeout)),
-                               autocommit=True, application_name="kbpg-diagnose")
+                               autocommit=True, application_name="kbpg-diagnose", **params)
 
     def app(self, host: str, port: int) -> psycopg.Connection:
         return self.pg(host, port, self.values["POSTGRES_APP_USER"], self.values["POSTGRES_APP_PASS"])
 
-    def admin(self, host: str, port: int, dbname: str | None = None) -> psycopg.Connection:
-        return self.pg(host, port, self.values["POSTGRES_SUPERUSER"], self.values["POSTGRES_SUPERPASS"], dbname)
+    def monitor(self, host: str, port: int, dbname: str | None = "postgres") -> psycopg.Connection:
+        """The monitor role (member of pg_monitor): everything read-only, on the nodes and through the LB."""
+        user, password = cluster.LOGINS["monitor"]
+        missing = [name for name in (user, password) if not self.values.get(name)]
+        if missing:
+            raise CheckFailed(f"{', '.join(missing)} not in credentials/postgres.env: run `kbpg install` (step 00 "
+                              "adds the monitor role's names)")
+        return self.pg(host, port, self.values[user], self.values[password], dbname)
+
+    def local_sql(self, host: Host, sql: str, database: str = "postgres") -> str:
+        """SQL as the superuser on a DB node itself (SSH, then psql over the local socket: the only place the
+        superuser logs in); the SQL goes on stdin. Its output, unaligned and tuples only."""
+        command = PSQL.format(port=self.settings.ports.postgresql, user=shlex.quote(self.values["POSTGRES_SUPERUSER"]),
+                              database=shlex.quote(database))
+        return self.ssh(host, command, stdin=sql)
 
     @staticmethod
     def pg_error(exc: Exception) -> str:
@@ -64,9 +90,24 @@ class ProbeContext:
 
     # HTTP
 
+    def rest_url(self, host: Host | str, path: str) -> str:
+        """``path`` on the Patroni REST API of ``host``: https:// when TLS is on."""
+        return cluster.rest_url(self.settings, host, path)
+
+    @property
+    def scheme(self) -> str:
+        """"https" when TLS is on (Patroni's REST API and HAProxy's stats page), else "http"."""
+        return cluster.rest_scheme(self.settings)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """What verifies an https:// server: kbpg's CA (NoAnswer naming ca.crt when it cannot be read)."""
+        return cluster.rest_context(self.ctx)
+
     def request(self, url: str, auth: tuple[str, str] | None = None, method: str = "GET") -> tuple[int, bytes]:
-        """(status, body); no answer at all raises NoAnswer naming the URL."""
-        return http_request(url, self.timeout, auth, method)
+        """(status, body); no answer at all raises NoAnswer naming the URL. An https:// server is verified with
+        kbpg's CA (its address checked against the certificate)."""
+        context = self.tls_context() if url.startswith("https://") else None
+        return http_request(url, self.timeout, auth, method, context=context)
 
     def http(self, url: str, auth: tuple[str, str] | None = None, method: str = "GET") -> tuple[int, bytes]:
         """:meth:`request`, with no answer a CheckFailed (the probe's failure, naming the URL)."""
@@ -74,6 +115,15 @@ class ProbeContext:
             return self.request(url, auth, method)
         except NoAnswer as exc:
             raise CheckFailed(str(exc)) from None
+
+    # TLS
+
+    def certificate(self, address: str, port: int, postgres: bool) -> tls.CertInfo:
+        """The certificate served at ``address:port``, verified with kbpg's CA for ``address`` (PostgreSQL's
+        SSLRequest first when ``postgres``: PostgreSQL and PgBouncer). Raises tls.TlsProbeError when it does not
+        verify or nothing answers, tls.TlsError when the CA cannot be read."""
+        probe = tls.pg_tls_probe if postgres else tls.tls_probe
+        return probe(address, port, tls.ca_path(self.ctx.workdir), address, self.timeout)
 
     # SSH
 
@@ -100,7 +150,7 @@ def patroni_config(p: ProbeContext) -> tuple[dict, str]:
     errors = []
     for host in p.ctx.db_hosts:
         try:
-            status, body = p.http(f"http://{host.address}:{p.settings.ports.patroni_rest}/config")
+            status, body = p.http(p.rest_url(host, "/config"))
         except CheckFailed as exc:
             errors.append(str(exc))
             continue

@@ -119,6 +119,7 @@ class LeaderWatch(threading.Thread):
     def __init__(self, ctx: Context):
         super().__init__(daemon=True, name="kbpg-drill-watch")
         self.ctx = ctx
+        self.login = cluster.login(ctx, "monitor")  # read-only: never the superuser from outside the DB nodes
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
         self.states: dict[str, str] = {}  # name -> "primary" | "replica" | "down"
@@ -129,14 +130,13 @@ class LeaderWatch(threading.Thread):
             list(pool.map(self._watch, self.ctx.db_hosts))
 
     def _watch(self, host: Host) -> None:
-        values, port = self.ctx.credentials, self.ctx.settings.ports.postgresql
+        port, monitor = self.ctx.settings.ports.postgresql, self.login
         conn: psycopg.Connection | None = None
         while not self.stop_event.is_set():
             state = "down"
             try:
                 if conn is None or conn.closed:
-                    conn = psycopg.connect(host=host.address, port=port, user=values["POSTGRES_SUPERUSER"],
-                                           password=values["POSTGRES_SUPERPASS"], dbname="postgres", autocommit=True,
+                    conn = psycopg.connect(host=host.address, port=port, **monitor, dbname="postgres", autocommit=True,
                                            connect_timeout=2, application_name="kbpg-drill-watch",
                                            keepalives=1, keepalives_idle=1, keepalives_interval=1, keepalives_count=2,
                                            tcp_user_timeout=2000)
@@ -302,17 +302,18 @@ def _entries(ctx: Context) -> list[tuple[str, int]]:
 
 def _connector(ctx: Context, port: int) -> Callable[[], psycopg.Connection]:
     values, lb = ctx.credentials, ctx.settings.network.lb_address
+    app = cluster.login(ctx, "app")  # over TLS, verify-full, when it is on
 
     def connect() -> psycopg.Connection:
-        return psycopg.connect(host=lb, port=port, user=values["POSTGRES_APP_USER"], password=values["POSTGRES_APP_PASS"],
-                               dbname=values["POSTGRES_DB"], connect_timeout=2, application_name="kbpg-drill",
+        return psycopg.connect(host=lb, port=port, **app, dbname=values["POSTGRES_DB"], connect_timeout=2,
+                               application_name="kbpg-drill",
                                keepalives=1, keepalives_idle=2, keepalives_interval=1, keepalives_count=3)
     return connect
 
 
 def _state(ctx: Context, first: str | None = None, avoid: str | None = None) -> cluster.ClusterState:
     hosts = sorted(ctx.db_hosts, key=lambda h: (h.name == avoid, h.name != first))
-    return cluster.read_rest(hosts, ctx.settings.ports.patroni_rest, timeout=1.5)
+    return cluster.read_cluster(ctx, hosts, timeout=1.5)
 
 
 def wait_healthy(ctx: Context, timeout: float) -> tuple[cluster.ClusterState | None, cluster.Health]:

@@ -87,7 +87,7 @@ def _rest_auth(ctx: Context) -> tuple[str, str]:
 def read_state(ctx: Context, first: str | None = None, timeout: float = 2.0) -> cluster.ClusterState:
     """REST /cluster, asking ``first`` first (a node known to answer), the node named last never first."""
     hosts = sorted(ctx.db_hosts, key=lambda h: h.name != first) if first else ctx.db_hosts
-    return cluster.read_rest(hosts, ctx.settings.ports.patroni_rest, timeout)
+    return cluster.read_cluster(ctx, hosts, timeout)
 
 
 def check_target(state: cluster.ClusterState, to: str | None, expected: list[str]) -> cluster.Member:
@@ -255,7 +255,8 @@ def wait_for(condition: Callable[[], bool], timeout: float, cancel, poll: float 
 class PromotionWatch:
     """Which candidate takes writes first, seen from PostgreSQL itself (``pg_is_in_recovery()`` every 20 ms on a
     connection opened before the switchover): Patroni's ``/primary`` turns 200 only on its next loop, about a
-    second after the promoted server accepts writes. A candidate whose connection fails is asked ``/primary``."""
+    second after the promoted server accepts writes. A candidate whose connection fails is asked ``/primary``.
+    It logs in as the monitor role (never the superuser, who logs in only on the DB nodes themselves)."""
 
     def __init__(self, ctx: Context, candidates: list[Host]):
         self.ctx = ctx
@@ -263,12 +264,13 @@ class PromotionWatch:
         self.conns: dict[str, psycopg.Connection | None] = {}
 
     def __enter__(self) -> PromotionWatch:
-        values, port = self.ctx.credentials, self.ctx.settings.ports.postgresql
+        port = self.ctx.settings.ports.postgresql
+        monitor = cluster.login(self.ctx, "monitor")
         for host in self.candidates:
             try:
                 self.conns[host.name] = psycopg.connect(
-                    host=host.address, port=port, user=values["POSTGRES_SUPERUSER"], password=values["POSTGRES_SUPERPASS"],
-                    dbname="postgres", autocommit=True, connect_timeout=3, application_name="kbpg-switchover")
+                    host=host.address, port=port, **monitor, dbname="postgres", autocommit=True, connect_timeout=3,
+                    application_name="kbpg-switchover")
             except psycopg.Error:
                 self.conns[host.name] = None
         return self
@@ -301,7 +303,7 @@ class PromotionWatch:
 
 
 def is_primary(ctx: Context, host: Host) -> bool:
-    status, _ = http_request(f"http://{host.address}:{ctx.settings.ports.patroni_rest}/primary", 1.0)
+    status, _ = http_request(cluster.rest_url(ctx, host, "/primary"), 1.0, context=cluster.rest_context(ctx))
     return status == 200
 
 
@@ -325,6 +327,11 @@ def switchover(ctx: Context, to: str | None = None, *, wait_streaming: bool = Tr
         if mark is not None:
             mark(what, detail)
 
+    try:
+        rest_context = cluster.rest_context(ctx)
+    except NoAnswer as exc:
+        raise SwitchoverError(f"{exc}: no switchover") from None
+    cluster.login(ctx, "monitor")  # the promotion's watch logs in as it: a name missing stops here, before any PAUSE
     bouncers = Bouncers(ctx)
     bouncers.open()
     prepare(ctx)
@@ -356,12 +363,13 @@ def switchover(ctx: Context, to: str | None = None, *, wait_streaming: bool = Tr
         if to:
             body["candidate"] = to
         say(Progress(f"switching over from {leader.name}" + (f" to {to}" if to else "")))
-        url = f"http://{hosts[leader.name].address}:{ctx.settings.ports.patroni_rest}/switchover"
+        url = cluster.rest_url(ctx, hosts[leader.name], "/switchover")
         # Patroni answers once the new leader holds the key; its promotion is watched meanwhile, so that HAProxy
         # is told the moment the new primary takes writes.
         watch = PromotionWatch(ctx, [hosts[n] for n in ([to] if to else hosts) if n != leader.name])
         with watch, ThreadPoolExecutor(max_workers=2) as pool:
-            asked = pool.submit(http_request, url, SWITCHOVER_TIMEOUT, _rest_auth(ctx), method="POST", body=body)
+            asked = pool.submit(http_request, url, SWITCHOVER_TIMEOUT, _rest_auth(ctx), method="POST", body=body,
+                                context=rest_context)
             # The old primary stops within milliseconds: HAProxy refuses new sessions at once instead of retrying a
             # server that is shutting down (a client would hang in its connect timeout).
             drained = pool.submit(tell_haproxy, ctx, None, leader.name)
