@@ -290,8 +290,9 @@ def cmd_install(args: argparse.Namespace) -> int:
         run = inst.prepare(args.workdir, settings, printer, _terminal_prompt if interactive else None)
     except (inv.InventoryError, creds.CredentialsError) as exc:
         raise BadInput(str(exc)) from None
+    run.ctx.state.update(getattr(args, "initial_state", None) or {})  # kbpg tls renew --all: every certificate
     selection = run.ctx.selection
-    print(f"kbpg install: {len(selection.db_nodes)} DB nodes ({', '.join(s.hostname for s in selection.db_nodes)}), "
+    print(f"kbpg {getattr(args, 'verb', 'install')}: {len(selection.db_nodes)} DB nodes ({', '.join(s.hostname for s in selection.db_nodes)}), "
           f"{len(selection.haproxy_nodes)} HAProxy nodes ({', '.join(s.hostname for s in selection.haproxy_nodes)}); log: {log_path}")
     if interactive and input("Go on? [y/N] ").strip().lower() not in ("y", "yes"):
         print("Nothing done.")
@@ -391,7 +392,7 @@ def install_warnings(reports: list, selection: inv.Selection) -> list[str]:
 
 def _install_command(args: argparse.Namespace) -> str:
     """The command a run lock names as its holder's (never a secret: kbpg takes none in argv)."""
-    parts = ["kbpg", "install"]
+    parts = ["kbpg", *getattr(args, "verb", "install").split()]
     if getattr(args, "answers", None):
         parts += ["--answers", str(args.answers)]
     parts += ["--yes"] if args.yes else []
@@ -494,8 +495,10 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     needed = dict.fromkeys((*creds.REQUIRED_NAMES, *creds.USER_NAMES, *creds.PASSWORD_NAMES))
     missing = [name for name in needed if values is None or name not in values]
     if missing:
+        added = [name for name in missing if name in creds.ADDITIVE_NAMES]
         raise BadInput(f"{env_path}: lacks {', '.join(missing)}; diagnostics need the values the cluster was "
-                       "installed with")
+                       "installed with" + ("" if len(added) < len(missing) else
+                                           " (names a newer kbpg adds: run `kbpg install` once to add them)"))
     if not args.no_tui and not args.json:
         return cmd_wizard(args, start="diagnostics")
     setup_file_logging(args.workdir, "diagnose")

@@ -1,4 +1,4 @@
-"""Day-2 commands of the ``kbpg`` command line: ``kbpg switchover`` and ``kbpg drill``.
+"""Day-2 commands of the ``kbpg`` command line: ``kbpg switchover``, ``kbpg drill`` and ``kbpg tls``.
 
 They share the install's conventions (exit 0/1/2/3/130, plain lines, ``--yes`` for scripts, the cluster's run
 lock) and run the core's operations (``kbpg_tui.core.ops``).
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .cli import (
     EXIT_BUSY,
@@ -39,8 +40,10 @@ def _prepared(args: argparse.Namespace, log_name: str, sink: ev.EventSink):
     missing = [name for name in (*creds.REQUIRED_NAMES, *creds.USER_NAMES, *creds.PASSWORD_NAMES)
                if values is None or name not in values]
     if missing:
+        added = values is not None and all(name in creds.ADDITIVE_NAMES for name in missing)
         raise BadInput(f"{env_path}: {'not found' if values is None else 'lacks ' + ', '.join(dict.fromkeys(missing))}; "
-                       "it needs the values the cluster was installed with")
+                       "it needs the values the cluster was installed with"
+                       + (" (names a newer kbpg adds: run `kbpg install` once to add them)" if added else ""))
     interactive = sys.stdin.isatty() and not args.yes
     if not args.yes and not interactive:
         raise BadInput(f"not a terminal: pass --yes to run `kbpg {args.command}` without a question")
@@ -160,6 +163,57 @@ def cmd_drill(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+# --- kbpg tls -----------------------------------------------------------------------------------
+
+def cmd_tls_status(args: argparse.Namespace) -> int:
+    """kbpg's CA and node certificates in credentials/tls/, read locally (nothing is connected to)."""
+    from .core import tls
+
+    settings = load_answers(args, required=True)
+    directory = args.workdir / tls.TLS_DIR
+    rows = []
+    for path in sorted(directory.glob("*.crt")) if directory.is_dir() else []:
+        try:
+            info = tls.cert_info(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            rows.append({"file": str(path), "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__})
+            continue
+        due = info.days_left <= settings.tls.renew_days
+        rows.append({"file": str(path), "subject": info.subject_cn, "issuer": info.issuer_cn,
+                     "not_after": info.not_after.isoformat(), "days_left": round(info.days_left, 1),
+                     "dns": list(info.sans_dns), "ip": list(info.sans_ip), "renew_due": due})
+    if args.json:
+        print(json.dumps({"enabled": settings.tls.enabled, "renew_days": settings.tls.renew_days,
+                          "certificates": rows}, indent=2))
+    elif not rows:
+        print(f"No certificate in {directory}" + ("" if settings.tls.enabled else " (TLS is off in kbpg.toml)")
+              + ": `kbpg install` makes them.")
+    else:
+        for row in rows:
+            if "error" in row:
+                print(f"{row['file']}: unreadable ({row['error']})")
+                continue
+            sans = ", ".join(row["dns"] + row["ip"])
+            print(f"{Path(row['file']).name:<28} {row['days_left']:>7.1f} days left (until {row['not_after'][:10]})"
+                  f"{'  RENEWAL DUE' if row['renew_due'] else ''}  {sans}")
+    return EXIT_FAILED if any("error" in row or row.get("renew_due") for row in rows) else EXIT_OK
+
+
+def cmd_tls_renew(args: argparse.Namespace) -> int:
+    """The install, whose step 00 renews the certificates due (or every one with --all) and whose later steps put
+    the new files on the hosts and reload what reads them: PostgreSQL, Patroni, PgBouncer, HAProxy (no restart)."""
+    from .cli import cmd_install
+
+    settings = load_answers(args, required=True)
+    if not settings.tls.enabled:
+        raise BadInput("kbpg.toml: tls.enabled is false: there is no certificate to renew (set it to true and run "
+                       "`kbpg install` to turn TLS on)")
+    args.step, args.strict, args.verbose, args.allow_wide_subnet = None, False, False, False
+    args.verb = "tls renew" + (" --all" if args.all else "")
+    args.initial_state = {"tls_renew_all": True} if args.all else {}
+    return cmd_install(args)
+
+
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     from .core.ops.drill import MODE_HELP, MODES
 
@@ -180,5 +234,19 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON (progress goes to stderr)")
     p.set_defaults(handler=cmd_drill)
 
+    p = commands.add_parser("tls", help="kbpg's CA and node certificates: status, renew")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = actions.add_parser("status", help="each certificate in credentials/tls/: days left, names; exit 1 when one "
+                                          "is due for renewal")
+    a.add_argument("--answers", help="kbpg.toml (default: WORKDIR/kbpg.toml)")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(handler=cmd_tls_status)
+    a = actions.add_parser("renew", help="renew the certificates expiring within tls.renew_days (every one with "
+                                         "--all) and reload what uses them, without a restart")
+    a.add_argument("--all", action="store_true", help="reissue every node certificate (the CA is kept)")
+    a.add_argument("--answers", help="kbpg.toml (default: WORKDIR/kbpg.toml)")
+    a.add_argument("--yes", action="store_true", help="no question (scripts)")
+    a.set_defaults(handler=cmd_tls_renew)
 
-__all__ = ["add_parsers", "cmd_drill", "cmd_switchover", "EXIT_BAD_INPUT"]
+
+__all__ = ["add_parsers", "cmd_drill", "cmd_switchover", "cmd_tls_renew", "cmd_tls_status", "EXIT_BAD_INPUT"]

@@ -99,7 +99,7 @@ def ensure_certificates(run: TaskRun) -> Outcome:
         return Outcome.unchanged("TLS disabled in kbpg.toml ([tls] enabled = false)")
     workdir = run.ctx.workdir
     try:
-        done = tls.renew_all(run.ctx)
+        done = tls.renew_all(run.ctx, force=bool(run.ctx.state.get("tls_renew_all")))  # kbpg tls renew --all
     except tls.TlsError as exc:
         raise TaskError(str(exc)) from None
     changes = [f"{name}: {detail}" for name, changed, detail in done if changed]
