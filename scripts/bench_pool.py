@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Benchmark of the application path on an installed lab, in one run:
 
-- pgbench (-S read-only, and the default TPC-B-like mix) through LB:6432 (LB → PgBouncer → HAProxy
-  → primary) as the app role against direct to the primary on 5432 as the superuser (pg_hba admits the
-  app role only from the HAProxy and DB nodes): TPS and the ratio;
+- pgbench (-S read-only, and the default TPC-B-like mix) as the app role through LB:6432 (LB → PgBouncer →
+  HAProxy → primary) against LB:5432 (LB → HAProxy → primary, no pool; pg_hba admits no role straight to a DB
+  node from this machine, and the superuser only from the DB nodes): TPS and the ratio (libpq's default
+  sslmode=prefer: TLS when the cluster has it, see scripts/bench_tls.py for its cost);
 - 1,000 client connections held open through LB:6432 at once, with the server-side connections
   counted on the primary (they must stay within PgBouncer's pool sizes);
 - a Patroni switchover with writes going on through LB:5432 and LB:6432: seconds writes were refused.
@@ -32,6 +33,7 @@ import psycopg  # noqa: E402
 
 from kbpg_tui.core import credentials as creds  # noqa: E402
 from kbpg_tui.core import install as inst  # noqa: E402
+from kbpg_tui.core import tls  # noqa: E402
 from kbpg_tui.core.engine import TaskRun  # noqa: E402
 from kbpg_tui.core.settings import load_settings  # noqa: E402
 from kbpg_tui.core.steps.s04_pgbouncer import pool_size  # noqa: E402
@@ -45,12 +47,10 @@ def pgbench_binary() -> str:
 
 
 def pgbench(binary: str, host: str, port: int, values: dict, seconds: int, extra: list[str],
-            role: str = "APP") -> float:
-    """pgbench as the app role (``role="APP"``) or the superuser (``role="SUPER"``: pg_hba lets only the superuser
-    reach a DB node directly from outside the HAProxy and DB nodes, see network.direct_clients)."""
-    user, password = (values["POSTGRES_APP_USER"], values["POSTGRES_APP_PASS"]) if role == "APP" else (
-        values["POSTGRES_SUPERUSER"], values["POSTGRES_SUPERPASS"])
-    env = {**os.environ, "PGPASSWORD": password}  # a local child's environment, never argv
+            ssl: dict | None = None) -> float:
+    """TPS of pgbench as the app role (8 clients, 2 threads); ``ssl``: libpq's PGSSLMODE/PGSSLROOTCERT for it."""
+    user, password = values["POSTGRES_APP_USER"], values["POSTGRES_APP_PASS"]
+    env = {**os.environ, "PGPASSWORD": password, **(ssl or {})}  # a local child's environment, never argv
     command = [binary, "-h", host, "-p", str(port), "-U", user, "-T", str(seconds),
                "-c", "8", "-j", "2", "-n", *extra, values["POSTGRES_DB"]]
     out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=seconds + 120)
@@ -100,8 +100,10 @@ def hold_connections(ctx, clients: int) -> None:
     took = time.monotonic() - started
     primary = primary_address(ctx)
     haproxy_addresses = [h.address for h in ctx.haproxy_hosts]
-    with psycopg.connect(host=primary, port=settings.ports.postgresql, user=values["POSTGRES_SUPERUSER"],
-                         password=values["POSTGRES_SUPERPASS"], dbname="postgres", connect_timeout=5) as conn:
+    # The monitoring role (pg_monitor: every session's address) from this machine; the superuser may not.
+    with psycopg.connect(host=primary, port=settings.ports.postgresql, user=values["POSTGRES_MONITOR_USER"],
+                         password=values["POSTGRES_MONITOR_PASS"], dbname="postgres", connect_timeout=5,
+                         **tls.libpq_params(ctx.workdir, settings)) as conn:
         # Connections from PgBouncer reach the primary through the local HAProxy: their client address is a HAProxy node.
         server_side = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND host(client_addr) = ANY(%s)",
@@ -179,9 +181,9 @@ def main() -> int:
                         "-U", values["POSTGRES_APP_USER"], values["POSTGRES_DB"]], check=True, capture_output=True, env=env)
         print(f"pgbench, 8 clients, {args.seconds} s each (primary {primary}):")
         for label, extra in (("select-only (-S)", ["-S"]), ("default mix (TPC-B-like)", [])):
-            direct = pgbench(binary, primary, ctx.settings.ports.postgresql, values, args.seconds, extra, role="SUPER")
+            direct = pgbench(binary, lb, ctx.settings.ports.haproxy_write, values, args.seconds, extra)
             pooled = pgbench(binary, lb, ctx.settings.ports.pgbouncer, values, args.seconds, extra)
-            print(f"  {label:<26} direct {direct:8.0f} tps   via LB:6432 {pooled:8.0f} tps   ratio {pooled / direct:.2f}")
+            print(f"  {label:<26} LB:5432 {direct:8.0f} tps   LB:6432 {pooled:8.0f} tps   ratio {pooled / direct:.2f}")
         hold_connections(ctx, args.clients)
         switchover_refusal(ctx)
     finally:
