@@ -197,12 +197,14 @@ def test_a_drill_refuses_a_cluster_whose_diagnostics_fail(installed: Installed) 
 
 
 def pooled_sessions(installed: Installed, address: str) -> dict[str, int]:
-    """HAProxy's sessions that PgBouncer opened through 127.0.0.1:5432 on a node, counted per HAProxy process id."""
+    """HAProxy's sessions that PgBouncer opened through its local HAProxy on a node (127.0.0.1:5432, or with TLS the
+    node's own address, which the DB nodes' certificates name), counted per HAProxy process id."""
     _code, out, _ = on_host(installed.workdir, address, "ss -Htnp state established")
     counts: dict[str, int] = {}
     for line in out.splitlines():
         fields = line.split()
-        if len(fields) >= 3 and fields[2] == "127.0.0.1:5432" and '"haproxy"' in line:
+        if len(fields) >= 4 and fields[2] in ("127.0.0.1:5432", f"{address}:5432") and '"haproxy"' in line \
+                and fields[3].split(":")[0] in ("127.0.0.1", address):
             pid = line.split("pid=", 1)[1].split(",", 1)[0]
             counts[pid] = counts.get(pid, 0) + 1
     return counts
