@@ -17,11 +17,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from kbpg_tui.core import credentials as creds
+from kbpg_tui.core import tls
 from kbpg_tui.core.lab import ssh as lab_ssh
 from kbpg_tui.core.lab.topology import HOSTS
+from kbpg_tui.core.settings import load_settings
 
 CLUSTER_HOSTS = [h for h in HOSTS if h.kind in ("db", "haproxy")]
 DB_HOSTS = [h for h in HOSTS if h.kind == "db"]
@@ -57,6 +60,48 @@ def patroni_members(workdir: Path) -> list[dict]:
 
 
 REPLICA_ROLES = ("Replica", "Sync Standby", "Quorum Standby")
+
+
+# --- connecting as kbpg's clients do: TLS verify-full with kbpg's CA, never the superuser over TCP ----------------
+
+def tls_params(workdir: Path) -> dict:
+    """libpq's TLS keywords for a client of the cluster in ``workdir``: verify-full with credentials/tls/ca.crt when
+    its kbpg.toml has TLS on (the default), nothing when it is off."""
+    path = workdir / "kbpg.toml"
+    settings = load_settings(path) if path.exists() else None
+    if settings is not None and not settings.tls.enabled:
+        return {}
+    return {"sslmode": "verify-full", "sslrootcert": str(tls.ca_path(workdir))}
+
+
+def connect(workdir: Path, role: str = "app", host: str | None = None, port: int = 5432, dbname: str | None = None,
+            **kwargs) -> psycopg.Connection:
+    """A session as ``role``: "app" (the application's) or "monitor" (pg_monitor: read-only). The superuser logs in
+    only on the DB nodes themselves: use :func:`superuser_sql`."""
+    values = creds.read_env(workdir / creds.ENV_FILE)
+    prefix = {"app": "POSTGRES_APP", "monitor": "POSTGRES_MONITOR"}[role]
+    options = {"connect_timeout": 10, "autocommit": True, **tls_params(workdir), **kwargs}
+    return psycopg.connect(host=host or LB.address, port=port, user=values[f"{prefix}_USER"],
+                           password=values[f"{prefix}_PASS"],
+                           dbname=dbname or (values["POSTGRES_DB"] if role == "app" else "postgres"), **options)
+
+
+def leader_host(workdir: Path):
+    members = wait_healthy(workdir)
+    name = next(m["Member"] for m in members if m["Role"] == "Leader")
+    return next(h for h in DB_HOSTS if h.name == name)
+
+
+def superuser_sql(workdir: Path, sql: str, database: str = "postgres", host=None) -> str:
+    """SQL as the superuser where it may log in: on a DB node itself (the leader by default), psql over the local
+    socket; the SQL on stdin. Its output (unaligned, tuples only); AssertionError on failure."""
+    target = host or leader_host(workdir)
+    superuser = creds.read_env(workdir / creds.ENV_FILE)["POSTGRES_SUPERUSER"]
+    code, out, err = on_host(workdir, target.address,
+                             "runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 -h /var/run/postgresql "
+                             f"-p 5432 -U {superuser} -d {database}", stdin_text=sql)
+    assert code == 0, f"{target.name}: {err or out}"
+    return out
 
 
 def wait_healthy(workdir: Path, timeout: float = 120) -> list[dict]:

@@ -21,13 +21,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import psycopg
 import pytest
 
+from kbpg_tui.core import cluster, tls
 from kbpg_tui.core import credentials as creds
 from kbpg_tui.core import settings as cfg
 
-from .conftest import DB_HOSTS, LB, REPO, Installed, kbpg, on_host, wait_healthy
+from .conftest import DB_HOSTS, LB, REPO, Installed, connect, kbpg, on_host, wait_healthy
 
 pytestmark = [pytest.mark.lab, pytest.mark.e2e]
 
@@ -147,23 +147,21 @@ def test_step_00_generates_nothing_once_a_cluster_exists(installed: Installed, t
 
 # --- 14: unsafe REST endpoints need credentials -----------------------------------------------------------------
 
-DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def unauthenticated_patch(address: str) -> int:
-    request = urllib.request.Request(f"http://{address}:8008/config", method="PATCH")
+def unauthenticated_patch(workdir: Path, address: str) -> int:
+    """PATCH /config without credentials, over HTTPS verified with kbpg's CA (TLS is on in the lab's kbpg.toml)."""
+    request = urllib.request.Request(f"https://{address}:8008/config", method="PATCH")
     try:
-        with DIRECT.open(request, timeout=10) as response:
+        with cluster.direct_opener(tls.client_context(workdir)).open(request, timeout=10) as response:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
 
 
-def wait_for_status(address: str, wanted: int, timeout: float = 60) -> None:
+def wait_for_status(workdir: Path, address: str, wanted: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     status = None
     while time.monotonic() < deadline:
-        status = unauthenticated_patch(address)
+        status = unauthenticated_patch(workdir, address)
         if status == wanted:
             return
         time.sleep(1)
@@ -192,7 +190,7 @@ def test_unsafe_rest_endpoints_refuse_requests_without_credentials(installed: In
     code, out, err = on_host(installed.workdir, host.address, DROP_REST_AUTH)
     assert code == 0, out + err
     try:
-        wait_for_status(host.address, 400)  # reached the handler: an empty body is refused, nothing applied
+        wait_for_status(installed.workdir, host.address, 400)  # reached the handler: an empty body, nothing applied
         checks = {r["target"]: r for r in results_of(diagnose(installed.workdir), 13)}
         assert checks[host.name]["verdict"] == "fail"
         assert checks[host.name]["reason"].startswith(f"{host.name}: PATCH /config without credentials answered 400")
@@ -200,7 +198,7 @@ def test_unsafe_rest_endpoints_refuse_requests_without_credentials(installed: In
     finally:
         restored = kbpg(installed.workdir, "install", "--yes", timeout=600)
         assert restored.returncode == 0, restored.stdout
-        wait_for_status(host.address, 401)
+        wait_for_status(installed.workdir, host.address, 401)
 
 
 # --- 12: applications only through HAProxy (or from network.direct_clients) -------------------------------------
@@ -272,9 +270,7 @@ def primary(installed: Installed):
 
 
 def postmaster_started(installed: Installed) -> str:
-    values = installed.credentials
-    with psycopg.connect(host=LB.address, port=5432, user=values["POSTGRES_SUPERUSER"], password=values["POSTGRES_SUPERPASS"],
-                         dbname="postgres", connect_timeout=10) as conn:
+    with connect(installed.workdir, "monitor", LB.address, 5432) as conn:  # never the superuser through the LB
         return str(conn.execute("SELECT pg_postmaster_start_time()").fetchone()[0])
 
 
@@ -286,8 +282,9 @@ def test_applications_reach_the_nodes_only_through_haproxy_or_from_direct_client
     refused = try_from_lb(installed, node.address)
     assert refused.startswith("refused:") and 'no pg_hba.conf entry for host "198.18.0.10"' in refused, refused
     assert f'user "{values["POSTGRES_APP_USER"]}"' in refused
-    # ... the superuser, an administrator in the private subnet, is not.
-    assert try_from_lb(installed, node.address, admin=True) == "connected"
+    # ... and so is the superuser: it logs in only over the local socket and from the DB nodes.
+    refused = try_from_lb(installed, node.address, admin=True)
+    assert refused.startswith("refused:") and 'pg_hba.conf rejects connection for host "198.18.0.10"' in refused, refused
 
     workdir = copy_workdir(installed, tmp_path)
     settings = cfg.load_settings(workdir / "kbpg.toml")

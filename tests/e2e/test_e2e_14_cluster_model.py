@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kbpg_tui.core import cluster
+from kbpg_tui.core import cluster, tls
 from kbpg_tui.core import install as inst
 from kbpg_tui.core.engine import TaskRun
 from kbpg_tui.core.settings import load_settings
@@ -37,7 +37,8 @@ def _raw(installed: Installed, via: str) -> tuple[list[dict], dict]:
     host = next(h for h in DB_HOSTS if h.name == via)
     code, out, err = on_host(installed.workdir, host.address, PATRONICTL)
     assert code == 0, err
-    with cluster.direct_opener().open(f"http://{host.address}:8008/cluster", timeout=10) as response:
+    context = tls.client_context(installed.workdir)  # Patroni's REST API is HTTPS with TLS on (the lab's default)
+    with cluster.direct_opener(context).open(f"https://{host.address}:8008/cluster", timeout=10) as response:
         rest = response.read().decode()
     return json.loads(out), json.loads(rest)
 
@@ -56,11 +57,11 @@ def test_patronictl_and_rest_give_the_same_healthy_cluster(installed: Installed)
     assert _shape(by_ctl) == _shape(by_rest)
     assert all(m.lag is not None for m in by_rest.replicas)
     assert cluster.health(by_ctl, names).ok and cluster.health(by_rest, names).ok
-    # The readers themselves: patronictl over kbpg's own SSH, REST over HTTP from here.
+    # The readers themselves: patronictl over kbpg's own SSH, REST over HTTPS (kbpg's CA) from here.
     run = inst.prepare(installed.workdir, load_settings(installed.workdir / "kbpg.toml"), lambda event: None)
     try:
         read_ctl = cluster.read_patronictl(TaskRun(run.ctx, "02", None))
-        read_rest = cluster.read_rest(run.ctx.db_hosts, run.ctx.settings.ports.patroni_rest)
+        read_rest = cluster.read_cluster(run.ctx)
     finally:
         run.close()
     assert _shape(read_ctl) == _shape(read_rest) == _shape(by_rest)

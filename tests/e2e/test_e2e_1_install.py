@@ -5,12 +5,11 @@ from __future__ import annotations
 import re
 import stat
 
-import psycopg
 import pytest
 
 from kbpg_tui.core import credentials as creds
 
-from .conftest import DB_HOSTS, HAPROXY_HOSTS, LB, Installed, on_host, wait_healthy
+from .conftest import DB_HOSTS, HAPROXY_HOSTS, LB, Installed, connect, on_host, wait_healthy
 
 pytestmark = [pytest.mark.lab, pytest.mark.e2e]
 
@@ -27,9 +26,8 @@ def test_killed_install_resumes_to_a_healthy_cluster(installed: Installed) -> No
 
 
 def test_roles_and_database_exist_through_the_lb(installed: Installed) -> None:
-    values = installed.credentials
-    with psycopg.connect(host=LB.address, port=5432, user=values["POSTGRES_SUPERUSER"], password=values["POSTGRES_SUPERPASS"],
-                         dbname="postgres", connect_timeout=10) as conn:
+    # As the app role (the superuser is refused through the LB), over TLS verified with kbpg's CA.
+    with connect(installed.workdir, "app", LB.address, 5432) as conn:
         roles = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles")}
         databases = {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
         owner = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'keybuzz'").fetchone()[0]

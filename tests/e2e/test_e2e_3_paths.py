@@ -8,6 +8,8 @@ import urllib.request
 import psycopg
 import pytest
 
+from kbpg_tui.core import cluster, tls
+
 from .conftest import HAPROXY_HOSTS, LB, Installed
 
 pytestmark = [pytest.mark.lab, pytest.mark.e2e]
@@ -74,14 +76,16 @@ def test_pgvector_distance_and_hnsw_index_through_pgbouncer(installed: Installed
 
 @pytest.mark.parametrize("host", HAPROXY_HOSTS, ids=[h.name for h in HAPROXY_HOSTS])
 def test_haproxy_stats_need_the_password(installed: Installed, host) -> None:
-    url = f"http://{host.address}:8404/;csv"
+    url = f"https://{host.address}:8404/;csv"  # over HTTPS, its certificate verified with kbpg's CA
+    context = tls.client_context(installed.workdir)
     with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(url, timeout=10)
+        cluster.direct_opener(context).open(url, timeout=10)
     assert refused.value.code == 401
     values = installed.credentials
     manager = urllib.request.HTTPPasswordMgrWithDefaultRealm()
     manager.add_password(None, url, values["HAPROXY_STATS_USER"], values["HAPROXY_STATS_PASSWORD"])
-    opener = urllib.request.build_opener(urllib.request.HTTPBasicAuthHandler(manager))
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context),
+                                         urllib.request.HTTPBasicAuthHandler(manager))
     body = opener.open(url, timeout=10).read().decode()
     up = [line.split(",")[1] for line in body.splitlines() if line.startswith("postgres_write,") and ",UP" in line
           and line.split(",")[1] not in ("FRONTEND", "BACKEND")]

@@ -6,7 +6,6 @@ import json
 import re
 import time
 
-import psycopg
 import pytest
 
 from kbpg_tui.core import credentials as creds
@@ -15,7 +14,7 @@ from kbpg_tui.core import lab
 from kbpg_tui.core.diagnostics import CHECK_NAMES, Diagnostics
 from kbpg_tui.core.settings import load_settings
 
-from .conftest import DB_HOSTS, HAPROXY_HOSTS, LB, Installed, kbpg, on_host, wait_healthy
+from .conftest import DB_HOSTS, HAPROXY_HOSTS, Installed, kbpg, on_host, superuser_sql, wait_healthy
 
 pytestmark = [pytest.mark.lab, pytest.mark.e2e]
 
@@ -74,10 +73,9 @@ def test_stopped_patroni_on_a_replica_fails_naming_it(installed: Installed) -> N
 
 def test_app_password_changed_in_the_database_only(installed: Installed) -> None:
     values = installed.credentials
-    admin = dict(host=LB.address, port=5432, user=values["POSTGRES_SUPERUSER"], password=values["POSTGRES_SUPERPASS"],
-                 dbname="postgres", connect_timeout=10, autocommit=True)
-    with psycopg.connect(**admin) as conn:
-        conn.execute(f"ALTER ROLE {values['POSTGRES_APP_USER']} PASSWORD '{creds.scram_sha256_verifier('drifted')}'")
+    # As the superuser on the leader itself: it is refused through the LB.
+    superuser_sql(installed.workdir, f"ALTER ROLE {values['POSTGRES_APP_USER']} PASSWORD "
+                                     f"'{creds.scram_sha256_verifier('drifted')}';")
     try:
         code, report = diagnose(installed)
         failed = failures(report)
@@ -90,9 +88,7 @@ def test_app_password_changed_in_the_database_only(installed: Installed) -> None
 
 def test_dropped_pgvector_fails_check_10(installed: Installed) -> None:
     values = installed.credentials
-    with psycopg.connect(host=LB.address, port=5432, user=values["POSTGRES_SUPERUSER"], password=values["POSTGRES_SUPERPASS"],
-                         dbname=values["POSTGRES_DB"], connect_timeout=10, autocommit=True) as conn:
-        conn.execute("DROP EXTENSION vector CASCADE")
+    superuser_sql(installed.workdir, "DROP EXTENSION vector CASCADE;", database=values["POSTGRES_DB"])
     try:
         code, report = diagnose(installed)
         assert code == 1
@@ -213,17 +209,13 @@ def test_a_tcp_checked_write_backend_fails_check_11(installed: Installed) -> Non
 
 
 def test_a_missing_role_fails_check_9(installed: Installed) -> None:
-    values = installed.credentials
-    admin = dict(host=LB.address, port=5432, user=values["POSTGRES_SUPERUSER"], password=values["POSTGRES_SUPERPASS"],
-                 dbname="postgres", connect_timeout=10, autocommit=True)
-    with psycopg.connect(**admin) as conn:
-        conn.execute("ALTER ROLE kb_repl RENAME TO kb_repl_gone")  # SCRAM secrets survive a rename (MD5 ones would not)
+    # SCRAM secrets survive a rename (MD5 ones would not)
+    superuser_sql(installed.workdir, "ALTER ROLE kb_repl RENAME TO kb_repl_gone;")
     try:
         code, report = diagnose(installed)
         assert code == 1
         assert any("missing: kb_repl" in reason for reason in failures(report).get(9, []))
     finally:
-        with psycopg.connect(**admin) as conn:
-            conn.execute("ALTER ROLE kb_repl_gone RENAME TO kb_repl")
+        superuser_sql(installed.workdir, "ALTER ROLE kb_repl_gone RENAME TO kb_repl;")
     code, report = diagnose(installed)
     assert code == 0, failures(report)
