@@ -225,6 +225,8 @@ def rest_scheme_change(run: TaskRun, names: list[str]) -> Iterator[SchemeChange]
     ``kbpg install`` resumes them); a failure to follow is a TaskError (when the block itself succeeded) naming it.
     """
     change = SchemeChange()
+    if not run.settings.tls.enabled:
+        _pgbouncers_stop_requiring_tls(run, change)
     wanted = wanted_scheme(run.settings)
     now = rest_schemes(run.ctx, names)
     changing = [name for name in names if now.get(name) not in (None, wanted)]
@@ -253,6 +255,22 @@ def rest_scheme_change(run: TaskRun, names: list[str]) -> Iterator[SchemeChange]
             run.say(text, Level.WARNING)
         else:
             _follow(run, proxies, s03_haproxy, change, raise_errors=failed is None)
+
+
+def _pgbouncers_stop_requiring_tls(run: TaskRun, change: SchemeChange) -> None:
+    """TLS turned off: PostgreSQL stops offering it at this reload; PgBouncer must stop requiring it first."""
+    from . import s04_pgbouncer
+
+    hosts = run.ctx.haproxy_hosts
+    if not hosts:
+        return
+    with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+        done = list(pool.map(lambda host: s04_pgbouncer.stop_requiring_server_tls(TaskRun(run.ctx, run.step, host)),
+                             hosts))
+    for detail in done:
+        if detail:
+            change.details.append(detail)
+            run.say(detail)
 
 
 def _follow(run: TaskRun, proxies: list[Host], s03: Any, change: SchemeChange, raise_errors: bool) -> None:

@@ -34,6 +34,8 @@ CONFIG_PATH = "/etc/pgbouncer/pgbouncer.ini"
 USERLIST_PATH = "/etc/pgbouncer/userlist.txt"
 DROPIN_PATH = "/etc/systemd/system/pgbouncer.service.d/kbpg.conf"
 TLS_CA, TLS_CERT, TLS_KEY = (f"{tls.PGBOUNCER_DIR}/{name}" for name in ("ca.crt", "node.crt", "node.key"))
+CLIENT_TLS_REQUIRED = "client_tls_sslmode = require"
+TLS_OFFERED_SECONDS = 1.0  # TLS turned on: offered to clients this long before it is required
 # Connections kept free on the server for Patroni, replication, superuser work and monitoring.
 SERVER_RESERVE = 20
 # What stands between a new primary and the first pooled write after a failover (PgBouncer 1.24): see render_ini.
@@ -135,7 +137,7 @@ def tls_lines(run: TaskRun) -> list[str]:
     return [
         "; TLS with kbpg's CA (credentials/tls/): clients must use it (a plaintext login is refused), server",
         "; connections verify PostgreSQL's certificate and the address they connect to. TLS 1.2 or newer both ways.",
-        "client_tls_sslmode = require",
+        CLIENT_TLS_REQUIRED,
         f"client_tls_cert_file = {TLS_CERT}",
         f"client_tls_key_file = {TLS_KEY}",
         "client_tls_protocols = secure",
@@ -259,13 +261,26 @@ def configure_pgbouncer(run: TaskRun) -> Outcome:
                                          owner=service_user, group=service_user)
     before = (connection.read_file(CONFIG_PATH) or b"").decode("utf-8", "replace")
     ini = render_ini(run, host.address)
-    ini_changed = connection.upload(CONFIG_PATH, ini, mode=0o640, owner="root", group=service_user)
+    state = run.run("systemctl is-active pgbouncer || true").stdout.strip()
+    restart = state != "active" or any("drop-in" in d for d in details)
+    staged = False
+    if not restart and CLIENT_TLS_REQUIRED in ini.splitlines() and CLIENT_TLS_REQUIRED not in before.splitlines():
+        # TLS turned on for clients: offered first, required a moment later. A client between its SSLRequest (still
+        # answered "no TLS") and its login when the RELOAD makes TLS required is refused ("SSL required"; measured
+        # with a connection per write); offered first, new clients are in TLS by the time it is required.
+        connection.upload(CONFIG_PATH, ini.replace(CLIENT_TLS_REQUIRED, "client_tls_sslmode = prefer"), mode=0o640,
+                          owner="root", group=service_user)
+        run.run("systemctl reload pgbouncer", what="reloading pgbouncer (TLS offered to clients)")
+        time.sleep(TLS_OFFERED_SECONDS)
+        staged = True
+    ini_changed = connection.upload(CONFIG_PATH, ini, mode=0o640, owner="root", group=service_user) or staged
     if userlist_changed:
         details.append(f"{USERLIST_PATH} written (0600 {service_user})")
     if ini_changed:
         details.append(f"{CONFIG_PATH} written (pool {pool_size(run)} per node)")
-    state = run.run("systemctl is-active pgbouncer || true").stdout.strip()
-    if state != "active" or any("drop-in" in d for d in details):
+    if staged:
+        details.append(f"TLS offered to clients, required {TLS_OFFERED_SECONDS:g} s later")
+    if restart:
         run.run("systemctl enable pgbouncer >/dev/null 2>&1; systemctl restart pgbouncer", what="starting pgbouncer")
         details.append("started" if state != "active" else "restarted for the new limits")
     else:
@@ -284,6 +299,24 @@ def configure_pgbouncer(run: TaskRun) -> Outcome:
                                                             "connections opened before stay until they end"])
             details.append("server connections renewed (RECONNECT)")
     return Outcome.of(bool(details), "; ".join(details) or "configuration up to date, pgbouncer active")
+
+
+def stop_requiring_server_tls(run: TaskRun) -> str | None:
+    """TLS being turned off (kbpg.toml) while this node's PgBouncer still verifies PostgreSQL's TLS: pgbouncer.ini as
+    wanted now (no TLS: servers ``prefer``) and a RELOAD, before PostgreSQL stops offering TLS (step 02 calls this
+    through :func:`rest_tls.rest_scheme_change`); else its new server logins would be refused until this step runs
+    (measured: 14 s of failed pooled writes). Returns what was done, or None."""
+    host = run.host
+    assert host is not None
+    if run.settings.tls.enabled or run.run("systemctl is-active pgbouncer || true").stdout.strip() != "active":
+        return None
+    connection = run.connection()
+    current = (connection.read_file(CONFIG_PATH) or b"").decode("utf-8", "replace")
+    if not any(line.replace(" ", "") == "server_tls_sslmode=verify-full" for line in current.splitlines()):
+        return None
+    connection.upload(CONFIG_PATH, render_ini(run, host.address), mode=0o640, owner="root", group=_service_user(run))
+    run.run("systemctl reload pgbouncer", what="reloading pgbouncer")
+    return f"PgBouncer on {host.name} stopped requiring TLS from PostgreSQL (reloaded)"
 
 
 LB_WAIT_SECONDS = 30
