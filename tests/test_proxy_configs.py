@@ -172,3 +172,52 @@ def test_pgbouncer_failover_timing_follows_the_timing_plan(real_inventory: Path,
         at = ini.index(f"\n{key} =")
         assert ini[:at].rstrip().splitlines()[-1].startswith(";"), f"{key} comes with its reason"
 
+
+
+# --- TLS (the default) -----------------------------------------------------------------------------------------
+
+def test_haproxy_checks_verify_each_nodes_certificate_and_name(real_inventory: Path) -> None:
+    text = haproxy.render(make_run(real_inventory), "10.0.0.11")
+    for backend in ("listen postgres_write", "listen postgres_read"):
+        servers = [line for line in sections(text)[backend] if line.startswith("server ")]
+        assert servers == [
+            f"server {name} {address}:5432 check port 8008 check-ssl verify required ca-file /etc/haproxy/tls/ca.crt "
+            f"check-sni {name} verifyhost {name}"
+            for name, address in (("db-master-01", "10.0.0.120"), ("db-slave-01", "10.0.0.121"),
+                                  ("db-slave-02", "10.0.0.122"))]
+    assert "verify none" not in text
+
+
+def test_haproxy_checks_each_node_in_the_scheme_it_speaks(real_inventory: Path) -> None:
+    config = sections(haproxy.render(make_run(real_inventory), "10.0.0.11", {"db-slave-01": "http"}))
+    servers = {line.split()[1]: line for line in config["listen postgres_write"] if line.startswith("server ")}
+    assert servers["db-slave-01"] == "server db-slave-01 10.0.0.121:5432 check port 8008"
+    assert "check-ssl" in servers["db-master-01"] and "check-ssl" in servers["db-slave-02"]
+
+
+def test_stats_over_https_with_a_password(real_inventory: Path) -> None:
+    stats = sections(haproxy.render(make_run(real_inventory), "10.0.0.11"))["listen stats"]
+    assert "bind 10.0.0.11:8404 ssl crt /etc/haproxy/tls/stats.pem ssl-min-ver TLSv1.2" in stats
+    assert any(line.startswith("stats auth ") for line in stats)
+
+
+def test_pgbouncer_requires_tls_from_clients_and_verifies_postgresql(real_inventory: Path) -> None:
+    ini = pgbouncer.render_ini(make_run(real_inventory), "10.0.0.11").splitlines()
+    for line in ("client_tls_sslmode = require", "client_tls_cert_file = /etc/pgbouncer/tls/node.crt",
+                 "client_tls_key_file = /etc/pgbouncer/tls/node.key", "client_tls_protocols = secure",
+                 "server_tls_sslmode = verify-full", "server_tls_ca_file = /etc/pgbouncer/tls/ca.crt",
+                 "server_tls_protocols = secure"):
+        assert line in ini
+    # verify-full checks the address PgBouncer connects to: its own, which every DB certificate names; not 127.0.0.1.
+    assert "* = host=10.0.0.11 port=5432" in ini
+
+
+def test_pgbouncer_through_the_lb_verifies_the_lb_address(real_inventory: Path) -> None:
+    run = make_run(real_inventory, from_dict({"pgbouncer": {"backend": "lb"}}))
+    ini = pgbouncer.render_ini(run, "10.0.0.11")
+    assert "* = host=10.0.0.10 port=5432" in ini and "server_tls_sslmode = verify-full" in ini
+
+
+def test_without_tls_pgbouncer_has_no_tls_setting(real_inventory: Path) -> None:
+    ini = pgbouncer.render_ini(make_run(real_inventory, from_dict(PLAINTEXT)), "10.0.0.11")
+    assert "_tls_" not in ini
