@@ -15,6 +15,7 @@ import shlex
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -195,6 +196,51 @@ def test_a_tls_rest_api_is_https(http_server: http.server.HTTPServer, workdir: P
     http_server.socket = context.wrap_socket(http_server.socket, server_side=True)
     _serve(http_server)
     assert rest_tls.probe_scheme("127.0.0.1", http_server.server_address[1]) == "https"
+
+
+def on_node(port: int) -> str:
+    """The probe step 03 runs on a DB node when this machine gets no answer, run here with this Python."""
+    done = subprocess.run([sys.executable, "-", "127.0.0.1", str(port)], input=rest_tls.PROBE_ON_NODE,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_the_probe_on_the_node_tells_http_https_and_nothing(http_server: http.server.HTTPServer,
+                                                             workdir: Path) -> None:
+    _serve(http_server)
+    assert on_node(http_server.server_address[1]) == "http"
+    tls.ensure_node_cert(workdir, "local", ["local"], ["127.0.0.1"], from_dict({}))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*tls.node_paths(workdir, "local"))
+    secure = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Quiet)
+    secure.socket = context.wrap_socket(secure.socket, server_side=True)
+    _serve(secure)
+    try:
+        assert on_node(secure.server_address[1]) == "https"
+    finally:
+        secure.shutdown()
+        secure.server_close()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert on_node(port) == "none"
+
+
+def test_a_rest_port_this_machine_cannot_reach_is_asked_on_the_node(real_inventory: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    run = make_run(real_inventory)
+    asked = []
+
+    def node(script: str, stdin: bytes) -> Result:
+        asked.append(script)
+        return result("https\n")
+
+    monkeypatch.setattr(rest_tls, "probe_scheme", lambda address, port: None)  # a firewall: no answer from here
+    host = run.ctx.host("db-slave-01")
+    run.ctx.pool = FakePool({"db-slave-01": ScriptedConnection(host, node)})  # type: ignore[assignment]
+    assert rest_tls.rest_scheme(run.ctx, host) == "https"
+    assert asked == ["python3 - 10.0.0.121 8008"]
 
 
 def test_nothing_listening_is_no_scheme() -> None:

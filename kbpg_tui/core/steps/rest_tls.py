@@ -22,6 +22,7 @@ followed); the next ``kbpg install`` renders HAProxy for what each node serves a
 from __future__ import annotations
 
 import contextlib
+import shlex
 import socket
 import ssl
 import time
@@ -73,9 +74,43 @@ def probe_scheme(address: str, port: int, timeout: float = PROBE_TIMEOUT) -> str
         return None
 
 
+# The same probe, run on the DB node itself (python3: Patroni's own interpreter) when this machine gets no answer from
+# the REST port (a firewall between them): argv address, port; prints http, https or none.
+PROBE_ON_NODE = r"""
+import socket, ssl, sys
+address, port = sys.argv[1], int(sys.argv[2])
+try:
+    with socket.create_connection((address, port), timeout=2) as sock:
+        sock.sendall(b"OPTIONS /liveness HTTP/1.0\r\n\r\n")
+        if sock.recv(5) == b"HTTP/":
+            print("http")
+            sys.exit()
+except OSError:
+    pass
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+try:
+    with socket.create_connection((address, port), timeout=2) as sock, context.wrap_socket(sock):
+        print("https")
+except (OSError, ssl.SSLError):
+    print("none")
+"""
+
+
 def rest_scheme(ctx: Context, host: Host) -> str | None:
-    """What ``host``'s Patroni REST API speaks now: "https", "http", or None (no answer)."""
-    return probe_scheme(host.address, ctx.settings.ports.patroni_rest)
+    """What ``host``'s Patroni REST API speaks now: "https", "http", or None (no answer). Asked from this machine,
+    else from the node itself over SSH (what matters is what HAProxy sees; this machine may not reach the port)."""
+    port = ctx.settings.ports.patroni_rest
+    scheme = probe_scheme(host.address, port)
+    if scheme is not None:
+        return scheme
+    try:
+        answer = ctx.pool.get(host).run(f"python3 - {shlex.quote(host.address)} {port}", stdin=PROBE_ON_NODE,
+                                        check=False, timeout=20, what="asking the REST API's scheme").stdout.strip()
+    except (SshError, Cancelled):
+        return None
+    return answer if answer in ("http", "https") else None
 
 
 def rest_schemes(ctx: Context, names: list[str] | None = None) -> dict[str, str | None]:
