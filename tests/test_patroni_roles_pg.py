@@ -9,6 +9,7 @@ import pwd
 import re
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -106,8 +107,11 @@ def test_roles_least_privilege_on_a_cluster_installed_before(real_inventory: Pat
     assert outcome.status is Status.CHANGED and f"role {monitor} made a member of pg_monitor" in outcome.detail
 
 
-def _ssl_on(server: LocalPostgres, workdir: Path) -> None:
-    """The local server with ssl = on (kbpg's CA, a node certificate), so that hostssl lines are valid there."""
+@pytest.fixture(scope="module")
+def ssl_server(server: LocalPostgres, tmp_path_factory: pytest.TempPathFactory) -> LocalPostgres:
+    """The local server with ssl = on (kbpg's CA, a node certificate), so that hostssl lines are valid there; the
+    reload done before any test writes pg_hba.conf (a reload still pending would load the test's file)."""
+    workdir = tmp_path_factory.mktemp("tls")
     tls.ensure_ca(workdir)
     tls.ensure_node_cert(workdir, "local-pg", ["localhost"], ["127.0.0.1"], Settings())
     cert, key = tls.node_files(workdir, "local-pg")
@@ -123,10 +127,17 @@ def _ssl_on(server: LocalPostgres, workdir: Path) -> None:
         conn.execute("ALTER SYSTEM SET ssl_key_file = 'kbpg.key'")
         conn.execute("ALTER SYSTEM SET ssl = on")
         conn.execute("SELECT pg_reload_conf()")
+    deadline = time.monotonic() + 10
+    while True:
+        with server.admin() as conn:  # a new backend: the postmaster's configuration once it has reloaded
+            if conn.execute("SHOW ssl").fetchone() == ("on",):
+                return server
+        assert time.monotonic() < deadline, "the local server did not turn ssl on"
+        time.sleep(0.1)
 
 
 @pytest.mark.parametrize("enabled", [True, False])
-def test_every_hba_line_parses(real_inventory: Path, server: LocalPostgres, tmp_path: Path, enabled: bool) -> None:
+def test_every_hba_line_parses(real_inventory: Path, ssl_server: LocalPostgres, enabled: bool) -> None:
     values, _ = creds.generate()
     settings = Settings()
     settings.tls.enabled = enabled
@@ -134,7 +145,7 @@ def test_every_hba_line_parses(real_inventory: Path, server: LocalPostgres, tmp_
     ctx = Context(settings, values, inv.load_selection(real_inventory), Path("/nonexistent"),
                   pool=FakePool(), sink=lambda e: None, cancel=threading.Event())  # type: ignore[arg-type]
     rules = patroni.hba_rules(TaskRun(ctx, "02", None))
-    _ssl_on(server, tmp_path)
+    server = ssl_server
     hba_file = server.data / "pg_hba.conf"
     kept = hba_file.read_bytes()
     try:
