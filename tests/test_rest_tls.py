@@ -358,6 +358,23 @@ def test_a_cancelled_run_leaves_the_checks_paused_and_says_so(real_inventory: Pa
     assert any("until `kbpg install` is run again" in w for w in change.warnings)
 
 
+def test_a_pause_that_fails_on_one_node_is_undone_on_the_others_and_nothing_is_reloaded(
+        real_inventory: Path, workdir: Path, schemes: dict) -> None:
+    class Refusing(FakeNode):
+        def runtime(self, commands: str) -> Result:
+            if "disable health" in commands:
+                return result("Permission denied\n")  # a socket without "level admin"
+            return super().runtime(commands)
+
+    run, nodes = node_run(real_inventory, workdir, haproxy_02=Refusing())
+    entered = False
+    with pytest.raises(TaskError, match="haproxy-02: HAProxy's checks of .* could not be paused.*nothing was reloaded"):
+        with rest_tls.rest_scheme_change(run, list(DB)):
+            entered = True
+    assert not entered
+    assert all(nodes["haproxy-01"].checks.values()), "the pause that worked was left in place"
+
+
 def test_haproxy_not_following_fails_the_change(real_inventory: Path, workdir: Path, schemes: dict,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     run, _nodes = node_run(real_inventory, workdir)

@@ -280,7 +280,13 @@ def rest_scheme_change(run: TaskRun, names: list[str]) -> Iterator[SchemeChange]
 
     change.changing, change.proxies = changing, [h.name for h in proxies]
     with ThreadPoolExecutor(max_workers=len(proxies)) as pool:
-        list(pool.map(lambda host: pause_checks(run, host, changing), proxies))  # a failure: nothing reloaded yet
+        paused_on = list(pool.map(lambda host: _try(pause_checks, run, host, changing), proxies))
+    problems = [problem for problem in paused_on if problem]
+    if problems:  # nothing was reloaded yet: the pauses that worked are undone, and the run stops here
+        with ThreadPoolExecutor(max_workers=len(proxies)) as pool:
+            list(pool.map(lambda host: _try(resume_checks, run, host), proxies))
+        raise TaskError("HAProxy's checks could not be paused before Patroni's REST API changes scheme ("
+                        + "; ".join(problems) + "): nothing was reloaded")
     run.say(f"HAProxy's checks of {', '.join(changing)} paused on {', '.join(change.proxies)} while their REST API "
             f"turns {wanted.upper()}")
     failed: BaseException | None = None
@@ -297,6 +303,16 @@ def rest_scheme_change(run: TaskRun, names: list[str]) -> Iterator[SchemeChange]
             run.say(text, Level.WARNING)
         else:
             _follow(run, proxies, s03_haproxy, change, raise_errors=failed is None)
+
+
+def _try(function: Any, run: TaskRun, host: Host, *args: Any) -> str | None:
+    """``function(run, host, *args)``; the problem as text (naming the host), or None."""
+    try:
+        function(run, host, *args)
+        return None
+    except (TaskError, SshError) as exc:
+        text = str(exc)
+        return text if text.startswith(host.name) else f"{host.name}: {text}"
 
 
 def _pgbouncers_stop_requiring_tls(run: TaskRun, change: SchemeChange) -> None:
