@@ -290,7 +290,8 @@ def cmd_install(args: argparse.Namespace) -> int:
         run = inst.prepare(args.workdir, settings, printer, _terminal_prompt if interactive else None)
     except (inv.InventoryError, creds.CredentialsError) as exc:
         raise BadInput(str(exc)) from None
-    run.ctx.state.update(getattr(args, "initial_state", None) or {})  # kbpg tls renew --all: every certificate
+    if getattr(args, "initial_state", None):  # kbpg tls renew --all: every certificate
+        run.ctx.state.update(args.initial_state)
     selection = run.ctx.selection
     print(f"kbpg {getattr(args, 'verb', 'install')}: {len(selection.db_nodes)} DB nodes ({', '.join(s.hostname for s in selection.db_nodes)}), "
           f"{len(selection.haproxy_nodes)} HAProxy nodes ({', '.join(s.hostname for s in selection.haproxy_nodes)}); log: {log_path}")
