@@ -35,6 +35,7 @@ FIELDS: list[tuple[str, str]] = [
     ("patroni.synchronous_mode", "Synchronous repl."),
     ("patroni.synchronous_mode_strict", "  sync: strict"),
     ("patroni.apply_pending_restarts", "Apply restarts"),
+    ("tls.enabled", "TLS on every hop"),
     ("pgbouncer.pool_mode", "Pooling"),
     ("pgbouncer.backend", "PgBouncer backend"),
     ("ports.haproxy_write", "Port: write"),
@@ -138,6 +139,9 @@ def plan_text(state) -> str:
               f"Synchronous replication: {p.synchronous_mode}{strict}",
               f"Apps connect to {settings.network.lb_address}:{settings.ports.haproxy_write} (write), "
               f":{settings.ports.haproxy_read} (read-only), :{settings.ports.pgbouncer} (pooled)",
+              ("TLS on every hop with kbpg's own CA (credentials/tls/ca.crt): clients use sslmode=verify-full; "
+               f"certificates renewed within {settings.tls.renew_days} days of expiry" if settings.tls.enabled else
+               "TLS off: every connection in plaintext (turning it on later is a rolling change)"),
               "Every step checks, changes only what differs, and verifies: a re-run is safe."]
     return "\n".join(lines)
 
