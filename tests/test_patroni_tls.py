@@ -503,7 +503,8 @@ def test_start_reloads_nodes_whose_files_or_config_changed_but_not_those_it_star
     monkeypatch.setattr(patroni, "_service_states", lambda run_: {"db-master-01": "active", "db-slave-01": "active",
                                                                   "db-slave-02": "inactive"})
     reloaded: list[list[str]] = []
-    monkeypatch.setattr(patroni, "reload_members", lambda run_, names: reloaded.append(names) or "reloaded")
+    monkeypatch.setattr(patroni, "reload_members",
+                        lambda run_, names, warnings=None: reloaded.append(names) or "reloaded")
     run.ctx.pool = FakePool({h.name: ScriptedConnection(h, lambda script, stdin: result("enabled\n"))
                              for h in run.ctx.db_hosts})
     patroni.start_cluster(run)
@@ -530,3 +531,27 @@ def test_roles_refuse_a_monitor_role_that_is_another_role(real_inventory: Path) 
         [{"Member": leader.name, "Role": "Leader", "State": "running", "TL": 1}]))) for h in run.ctx.db_hosts})
     with pytest.raises(TaskError, match="must be four different roles"):
         patroni.ensure_roles(run)
+
+
+@pytest.mark.parametrize("enabled, serves, stale", [
+    (True, {"rest": "plain", "pg": "plain", "disk": "tls:new"}, True),        # killed before its reload
+    (True, {"rest": "tls:old", "pg": "tls:new", "disk": "tls:new"}, True),    # REST kept the old certificate
+    (True, {"rest": "tls:new", "pg": "down", "disk": "tls:new"}, False),      # PostgreSQL starting: not judged here
+    (True, {"rest": "tls:new", "pg": "tls:new", "disk": "tls:new"}, False),
+    (False, {"rest": "tls:new", "pg": "plain", "disk": "tls:new"}, True),
+    (False, {"rest": "plain", "pg": "plain", "disk": "none"}, False),
+])
+def test_start_reloads_a_running_node_that_serves_what_kbpg_toml_no_longer_wants(
+        real_inventory: Path, monkeypatch: pytest.MonkeyPatch, enabled: bool, serves: dict, stale: bool) -> None:
+    run = make_run(real_inventory, from_dict({"tls": {"enabled": enabled}}))
+    monkeypatch.setattr(patroni, "_service_states", lambda run_: {h.name: "active" for h in run_.ctx.db_hosts})
+    monkeypatch.setattr(patroni, "served", lambda run_, host: serves if host.name == "db-slave-02" else
+                        {"rest": "tls:new" if enabled else "plain", "pg": "tls:new" if enabled else "plain",
+                         "disk": "tls:new"})
+    reloaded: list[list[str]] = []
+    monkeypatch.setattr(patroni, "reload_members",
+                        lambda run_, names, warnings=None: reloaded.append(names) or "reloaded")
+    run.ctx.pool = FakePool({h.name: ScriptedConnection(h, lambda script, stdin: result("enabled\n"))
+                             for h in run.ctx.db_hosts})
+    patroni.start_cluster(run)
+    assert reloaded == ([["db-slave-02"]] if stale else [])

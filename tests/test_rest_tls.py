@@ -236,11 +236,11 @@ def test_a_rest_port_this_machine_cannot_reach_is_asked_on_the_node(real_invento
         asked.append(script)
         return result("https\n")
 
-    monkeypatch.setattr(rest_tls, "probe_scheme", lambda address, port: None)  # a firewall: no answer from here
+    monkeypatch.setattr(rest_tls, "probe_scheme", lambda address, port, first="https": None)  # a firewall: no answer from here
     host = run.ctx.host("db-slave-01")
     run.ctx.pool = FakePool({"db-slave-01": ScriptedConnection(host, node)})  # type: ignore[assignment]
     assert rest_tls.rest_scheme(run.ctx, host) == "https"
-    assert asked == ["python3 - 10.0.0.121 8008"]
+    assert asked == ["python3 - 10.0.0.121 8008 https"]
 
 
 def test_nothing_listening_is_no_scheme() -> None:

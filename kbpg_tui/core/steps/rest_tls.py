@@ -60,48 +60,67 @@ def wanted_scheme(settings: Settings) -> str:
 
 # --- what a node's REST API speaks --------------------------------------------------------------------------------
 
-def probe_scheme(address: str, port: int, timeout: float = PROBE_TIMEOUT) -> str | None:
-    """"http" when an HTTP request gets an HTTP answer, "https" when a TLS handshake succeeds (nothing verified: only
-    the scheme is asked), None when nothing answers either way (the node or its Patroni is down)."""
+def _try_http(address: str, port: int, timeout: float) -> bool:
     try:
         with socket.create_connection((address, port), timeout=timeout) as sock:
             sock.sendall(b"OPTIONS /liveness HTTP/1.0\r\n\r\n")
-            answer = sock.recv(5)
-        if answer == b"HTTP/":
-            return "http"
+            return sock.recv(5) == b"HTTP/"
     except OSError:
-        pass  # a TLS server drops a plaintext request: try a handshake
+        return False  # a TLS server drops a plaintext request
+
+
+def _try_https(address: str, port: int, timeout: float) -> bool:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     try:
         with socket.create_connection((address, port), timeout=timeout) as sock, context.wrap_socket(sock):
-            return "https"
+            return True
     except (OSError, ssl.SSLError):
-        return None
+        return False
+
+
+def probe_scheme(address: str, port: int, timeout: float = PROBE_TIMEOUT, first: str = "https") -> str | None:
+    """"http" when an HTTP request gets an HTTP answer, "https" when a TLS handshake succeeds (nothing verified: only
+    the scheme is asked), None when nothing answers either way (the node or its Patroni is down).
+
+    ``first``: the scheme tried first, the one kbpg.toml wants: a node that already speaks it is asked once, and
+    Patroni logs nothing (a plaintext request to its HTTPS port, or a handshake to its HTTP port, costs a traceback
+    or an error line in its journal)."""
+    tries = [("https", _try_https), ("http", _try_http)]
+    for scheme, attempt in sorted(tries, key=lambda item: item[0] != first):
+        if attempt(address, port, timeout):
+            return scheme
+    return None
 
 
 # The same probe, run on the DB node itself (python3: Patroni's own interpreter) when this machine gets no answer from
-# the REST port (a firewall between them): argv address, port; prints http, https or none.
+# the REST port (a firewall between them): argv address, port, the scheme to try first; prints http, https or none.
 PROBE_ON_NODE = r"""
 import socket, ssl, sys
-address, port = sys.argv[1], int(sys.argv[2])
-try:
-    with socket.create_connection((address, port), timeout=2) as sock:
-        sock.sendall(b"OPTIONS /liveness HTTP/1.0\r\n\r\n")
-        if sock.recv(5) == b"HTTP/":
-            print("http")
-            sys.exit()
-except OSError:
-    pass
-context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-context.check_hostname = False
-context.verify_mode = ssl.CERT_NONE
-try:
-    with socket.create_connection((address, port), timeout=2) as sock, context.wrap_socket(sock):
-        print("https")
-except (OSError, ssl.SSLError):
-    print("none")
+address, port, first = sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "https"
+
+def http():
+    try:
+        with socket.create_connection((address, port), timeout=2) as sock:
+            sock.sendall(b"OPTIONS /liveness HTTP/1.0\r\n\r\n")
+            return sock.recv(5) == b"HTTP/"
+    except OSError:
+        return False
+
+def https():
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((address, port), timeout=2) as sock, context.wrap_socket(sock):
+            return True
+    except (OSError, ssl.SSLError):
+        return False
+
+order = [("https", https), ("http", http)]
+order.sort(key=lambda item: item[0] != first)
+print(next((name for name, attempt in order if attempt()), "none"))
 """
 
 
@@ -109,11 +128,12 @@ def rest_scheme(ctx: Context, host: Host) -> str | None:
     """What ``host``'s Patroni REST API speaks now: "https", "http", or None (no answer). Asked from this machine,
     else from the node itself over SSH (what matters is what HAProxy sees; this machine may not reach the port)."""
     port = ctx.settings.ports.patroni_rest
-    scheme = probe_scheme(host.address, port)
+    first = wanted_scheme(ctx.settings)
+    scheme = probe_scheme(host.address, port, first=first)
     if scheme is not None:
         return scheme
     try:
-        answer = ctx.pool.get(host).run(f"python3 - {shlex.quote(host.address)} {port}", stdin=PROBE_ON_NODE,
+        answer = ctx.pool.get(host).run(f"python3 - {shlex.quote(host.address)} {port} {first}", stdin=PROBE_ON_NODE,
                                         check=False, timeout=20, what="asking the REST API's scheme").stdout.strip()
     except (SshError, Cancelled):
         return None

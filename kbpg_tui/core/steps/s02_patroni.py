@@ -439,10 +439,22 @@ def start_cluster(run: TaskRun) -> Outcome:
             details.append("enabled on " + ", ".join(enabled))
     # A changed patroni.yml, or changed certificate files (a renewal): reloaded, never restarted.
     changed = run.ctx.state.get("patroni_config_changed", set()) | run.ctx.state.get("tls_files_changed", set())
-    to_reload = [name for name in hosts if name in changed and name not in stopped]
+    running = [name for name in hosts if name not in stopped]
+    to_reload = [name for name in running if name in changed]
+    # A run killed after writing a node's files and before reloading it leaves nothing "changed" for the next run,
+    # while the node still serves the old scheme or certificate: what each running node serves is asked too.
+    others = [name for name in running if name not in to_reload]
+    if others:
+        with ThreadPoolExecutor(max_workers=len(others)) as pool:
+            serving = dict(zip(others, pool.map(lambda name: served(run, hosts[name]), others), strict=True))
+        stale = [name for name in others if _serves_stale(run, serving[name])]
+        if stale:
+            details.append(f"{', '.join(stale)} still served {'; '.join(_shown_state(serving[n]) for n in stale)}")
+        to_reload = [name for name in running if name in to_reload or name in stale]
+    warnings: list[str] = []
     if to_reload:
-        details.append(reload_members(run, to_reload))
-    return Outcome.of(bool(details), "; ".join(details) or "patroni active on every DB node")
+        details.append(reload_members(run, to_reload, warnings))
+    return Outcome.of(bool(details), "; ".join(details) or "patroni active on every DB node", warnings)
 
 
 # Run on a DB node with python3 (Patroni's own interpreter): what its REST API and its PostgreSQL serve now, and the
@@ -526,6 +538,14 @@ def _serves_wanted(run: TaskRun, state: dict[str, str]) -> bool:
     return state["rest"] == "plain" and state["pg"] in ("plain", "down")
 
 
+def _serves_stale(run: TaskRun, state: dict[str, str]) -> bool:
+    """Whether a node serves something kbpg.toml no longer wants (what is down is not judged here: a PostgreSQL
+    that is starting is wait_for_cluster's business)."""
+    if run.settings.tls.enabled:
+        return any(state[key] != "down" and state[key] != state["disk"] for key in ("rest", "pg"))
+    return any(state[key].startswith("tls:") for key in ("rest", "pg"))
+
+
 def _shown_state(state: dict[str, str]) -> str:
     def short(value: str) -> str:
         if value == state["disk"] and value.startswith("tls:"):
@@ -571,7 +591,7 @@ def _rest_scheme_change(run: TaskRun, names: list[str]) -> contextlib.AbstractCo
     return rest_tls.rest_scheme_change(run, names)
 
 
-def reload_members(run: TaskRun, names: list[str]) -> str:
+def reload_members(run: TaskRun, names: list[str], warnings: list[str] | None = None) -> str:
     """``systemctl reload patroni`` on ``names`` (no restart), then wait until each serves what kbpg.toml wants.
 
     Replicas first and the leader last, except when TLS is being turned on: then the leader first, and waited for.
@@ -588,7 +608,7 @@ def reload_members(run: TaskRun, names: list[str]) -> str:
     if run.settings.tls.enabled and leaders & set(names):
         leader_first = any(served(run, hosts[name])["pg"] == "plain" for name in names if name in leaders)
     order = sorted(names, key=lambda n: (n not in leaders) if leader_first else (n in leaders))
-    with _rest_scheme_change(run, order):
+    with _rest_scheme_change(run, order) as change:
         for name in order:
             run.check_cancel()
             run.run("systemctl reload patroni", host=hosts[name], what="reloading patroni")
@@ -601,7 +621,11 @@ def reload_members(run: TaskRun, names: list[str]) -> str:
             if leader_first and name in leaders:
                 wait_served(run, [name])
         wait_served(run, order)
-    return "reloaded " + ", ".join(order) + (" (the leader first: TLS turned on)" if leader_first else "")
+    followed = list(getattr(change, "details", None) or [])  # HAProxy following the REST API's new scheme
+    if warnings is not None:
+        warnings.extend(getattr(change, "warnings", None) or [])
+    return ("reloaded " + ", ".join(order) + (" (the leader first: TLS turned on)" if leader_first else "")
+            + "".join(f"; {detail}" for detail in followed))
 
 
 def _judge(run: TaskRun) -> tuple[cluster.ClusterState | None, cluster.Health]:
