@@ -58,3 +58,15 @@ def test_renew_is_refused_when_tls_is_off(workdir: Path) -> None:
     result = run_kbpg("tls", "renew", "--yes", workdir=workdir)
     assert_bad_input(result, "tls.enabled is false")
     assert not (workdir / "known_hosts").exists(), "something was connected to"
+
+
+def test_diagnose_on_an_older_postgres_env_says_to_run_install_once(workdir: Path) -> None:
+    assert run_kbpg("credentials", "generate", workdir=workdir).returncode == 0
+    env = workdir / "credentials" / "postgres.env"
+    env.write_text("".join(line + "\n" for line in env.read_text().splitlines()
+                           if not line.startswith(("POSTGRES_MONITOR_USER=", "POSTGRES_MONITOR_PASS="))))
+    for command in (["diagnose", "--json"], ["drill", "kill", "--yes"]):
+        result = run_kbpg(*command, workdir=workdir)
+        assert_bad_input(result, "lacks POSTGRES_MONITOR_USER, POSTGRES_MONITOR_PASS",
+                         "names a newer kbpg adds: run `kbpg install` once to add them")
+    assert not (workdir / "known_hosts").exists(), "something was connected to"
