@@ -114,24 +114,25 @@ def test_services_probe_each_node_with_its_units(make) -> None:
 
 # --- 11 haproxy ----------------------------------------------------------------------------------------------
 
-def stats_csv(up: list[str]) -> str:
+def stats_csv(up: list[str], paused: tuple[str, ...] = ()) -> str:
     header = "# pxname,svname," + ",".join(f"c{i}" for i in range(2, 40))
     rows = [header]
     for name, status in [("FRONTEND", "OPEN"), ("db-master-01", "DOWN"), ("db-slave-01", "DOWN"),
                          ("db-slave-02", "DOWN"), ("BACKEND", "UP")]:
         status = "UP" if name in up else status
+        status = "no check" if name in paused else status
         rows.append(",".join(["postgres_write", name] + ["0"] * 15 + [status] + ["0"] * 20))
     rows.append(",".join(["postgres_read", "db-slave-01"] + ["0"] * 15 + ["UP"] + ["0"] * 20))
     return "\n".join(rows) + "\n"
 
 
-def _stats(make, up: list[str], open_stats: bool = False):
+def _stats(make, up: list[str], open_stats: bool = False, paused: tuple[str, ...] = ()):
     holder: dict = {}
 
     def answer(auth):
         values = holder["p"].values
         if auth == (values["HAPROXY_STATS_USER"], values["HAPROXY_STATS_PASSWORD"]) or open_stats:
-            return 200, stats_csv(up)
+            return 200, stats_csv(up, paused)
         return 401, ""
 
     p = make(rest={"https://198.18.0.11:8404/;csv": answer})
@@ -157,6 +158,13 @@ def test_haproxy_fails_with_three_servers_up_or_open_stats(make) -> None:
     p = make()
     with pytest.raises(CheckFailed, match=r"https://198.18.0.12:8404/;csv: no answer"):
         c11_haproxy.haproxy(p, p.ctx.haproxy_hosts[1])
+
+
+def test_haproxy_names_paused_checks_and_says_to_rerun_the_install(make) -> None:
+    p = _stats(make, ["db-slave-02"], paused=("db-master-01",))
+    with pytest.raises(CheckFailed, match=r"haproxy-01: HAProxy's health checks of db-master-01 are paused .*"
+                                          r"would not follow a failover; re-run `kbpg install`"):
+        c11_haproxy.haproxy(p, p.ctx.haproxy_hosts[0])
 
 
 # --- 12 secret files -----------------------------------------------------------------------------------------

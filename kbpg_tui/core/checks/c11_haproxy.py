@@ -19,8 +19,14 @@ def haproxy(p: ProbeContext, host: Host) -> str:
         raise CheckFailed(f"{host.name}: stats with the password answered {status}")
     rows = [line.split(",") for line in body.decode("utf-8", "replace").splitlines()
             if line and not line.startswith("#")]
-    up = [r[1] for r in rows
-          if r[0] == "postgres_write" and r[1] not in ("FRONTEND", "BACKEND") and r[17].startswith("UP")]
+    servers = [r for r in rows if len(r) > 17 and r[0] in ("postgres_write", "postgres_read")
+               and r[1] not in ("FRONTEND", "BACKEND")]
+    unchecked = sorted({r[1] for r in servers if r[17] == "no check"})
+    if unchecked:  # steps.rest_tls pauses them around a REST scheme change; a run stopped there leaves them paused
+        raise CheckFailed(f"{host.name}: HAProxy's health checks of {', '.join(unchecked)} are paused (a kbpg run "
+                          "stopped while Patroni's REST API changed scheme): HAProxy routes as before but would not "
+                          "follow a failover; re-run `kbpg install` to resume them")
+    up = [r[1] for r in servers if r[0] == "postgres_write" and r[17].startswith("UP")]
     if len(up) != 1:
         raise CheckFailed(f"{host.name}: {len(up)} servers UP in the write backend ({', '.join(up) or 'none'}); "
                           "expected exactly 1")
