@@ -12,7 +12,9 @@ def summary_text(state) -> str:
     settings, values = state.settings, state.credentials
     lb, ports = settings.network.lb_address, settings.ports
     user, db = values.get("POSTGRES_APP_USER", "kb_app"), values.get("POSTGRES_DB", "keybuzz")
-    url = "postgresql://{user}:$POSTGRES_APP_PASS@{lb}:{port}/{db}"
+    tls = settings.tls.enabled
+    url = "postgresql://{user}:$POSTGRES_APP_PASS@{lb}:{port}/{db}" + (
+        "?sslmode=verify-full&sslrootcert=$POSTGRES_SSL_ROOT_CERT" if tls else "")
     lines = [
         "Connection strings — always through the load balancer, never a node's own address",
         "(the password is $POSTGRES_APP_PASS from credentials/postgres.env):",
@@ -22,6 +24,9 @@ def summary_text(state) -> str:
         f"  pooled     {url.format(user=user, lb=lb, port=ports.pgbouncer, db=db)}   (transaction pooling)",
         "",
         f"Credentials  {state.env_path}  (0600; load with: set -a; . credentials/postgres.env; set +a)",
+        (f"TLS          {state.workdir / 'credentials' / 'tls' / 'ca.crt'}  (kbpg's CA: give it to applications; "
+         "`kbpg tls status` shows each certificate's days left)" if tls else
+         "TLS          off ([tls] enabled = false): every connection travels in plaintext"),
         f"Answers      {state.answers_path}  (replay: kbpg install --answers kbpg.toml --yes)",
         f"Reports      {state.workdir / 'reports'}",
         f"Logs         {state.workdir / 'logs'}",
