@@ -126,6 +126,7 @@ def test_drill_mode_measures_what_a_writer_feels_and_leaves_the_cluster_whole(in
             for writer in writers:
                 writer.finish()
     assert result.returncode in (0, 1), result.stdout + result.stderr
+    assert result.stdout.strip(), f"the drill printed no report (exit {result.returncode}):\n{result.stderr[-3000:]}"
     report = json.loads(result.stdout)
     (one,) = report["rounds"]
     print(f"\ndrill {mode} ({sync_mode}): {one['leader_before']} -> {one['leader_after']}, new leader after "
