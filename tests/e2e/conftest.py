@@ -185,3 +185,17 @@ def installed(lab_workdir: Path) -> Installed:
     sampler.join(timeout=30)
     assert result.returncode == 0, f"resumed install failed:\n{result.stdout}\n{result.stderr}"
     return Installed(workdir, killed_output, result.stdout, seconds, sampler.samples, sampler.rounds)
+
+
+def own_writer_table(installed: "Installed") -> None:
+    """The table of the tests' own writers (test_e2e_15_drill's OwnWriter), made once per module that uses them
+    (writers starting together would race to create it)."""
+    with connect(installed.workdir, "app", port=5432) as setup:
+        setup.execute("CREATE TABLE IF NOT EXISTS test_own_writer (port int, at timestamptz DEFAULT clock_timestamp())")
+
+
+def leader_and_timeline(installed: "Installed") -> tuple[str, int]:
+    """The healthy cluster's (leader, timeline)."""
+    members = wait_healthy(installed.workdir)
+    (found,) = [(m["Member"], m["TL"]) for m in members if m["Role"] == "Leader"]
+    return found

@@ -18,7 +18,7 @@ import pytest
 from kbpg_tui.core import settings as cfg
 from kbpg_tui.core.rto import plan_for
 
-from .conftest import HAPROXY_HOSTS, LB, Installed, kbpg, on_host, wait_healthy
+from .conftest import HAPROXY_HOSTS, LB, Installed, kbpg, on_host, own_writer_table, wait_healthy
 
 pytestmark = [pytest.mark.lab, pytest.mark.e2e]
 
@@ -70,12 +70,7 @@ class OwnWriter(threading.Thread):
 
 @pytest.fixture(scope="module", autouse=True)
 def own_table(installed: Installed) -> None:
-    """The table of the test's own writers, made once (writers starting together would race to create it)."""
-    values = installed.credentials
-    with psycopg.connect(host=LB.address, port=5432, user=values["POSTGRES_APP_USER"], password=values["POSTGRES_APP_PASS"],
-                         dbname=values["POSTGRES_DB"], autocommit=True, connect_timeout=10) as setup:
-        setup.execute("CREATE TABLE IF NOT EXISTS test_own_writer (port int, at timestamptz DEFAULT clock_timestamp())")
-
+    own_writer_table(installed)
 
 def own_writers(installed: Installed, port: int) -> list[OwnWriter]:
     """The test's writers for one entry point: through the LB, and through each HAProxy node, one of which is the

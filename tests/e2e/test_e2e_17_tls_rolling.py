@@ -18,7 +18,7 @@ import pytest
 from kbpg_tui.core import settings as cfg
 from kbpg_tui.core import tls
 
-from .conftest import DB_HOSTS, HAPROXY_HOSTS, LB, Installed, kbpg, wait_healthy
+from .conftest import DB_HOSTS, HAPROXY_HOSTS, LB, Installed, kbpg, leader_and_timeline, own_writer_table
 from .test_e2e_15_drill import OwnWriter
 
 pytestmark = [pytest.mark.lab, pytest.mark.e2e]
@@ -28,11 +28,7 @@ PORTS = (6432, 5432)
 
 @pytest.fixture(scope="module", autouse=True)
 def own_table(installed: Installed) -> None:
-    values = installed.credentials
-    with psycopg.connect(host=LB.address, port=5432, user=values["POSTGRES_APP_USER"], password=values["POSTGRES_APP_PASS"],
-                         dbname=values["POSTGRES_DB"], autocommit=True, connect_timeout=10) as setup:
-        setup.execute("CREATE TABLE IF NOT EXISTS test_own_writer (port int, at timestamptz DEFAULT clock_timestamp())")
-
+    own_writer_table(installed)
 
 def set_tls(installed: Installed, enabled: bool) -> None:
     path = installed.workdir / "kbpg.toml"
@@ -41,10 +37,6 @@ def set_tls(installed: Installed, enabled: bool) -> None:
     cfg.save_settings(settings, path)
 
 
-def leader_and_timeline(installed: Installed) -> tuple[str, int]:
-    members = wait_healthy(installed.workdir)
-    (leader,) = [(m["Member"], m["TL"]) for m in members if m["Role"] == "Leader"]
-    return leader
 
 
 def under_writers(installed: Installed, *command: str) -> tuple[object, dict[int, OwnWriter]]:

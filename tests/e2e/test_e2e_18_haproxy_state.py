@@ -17,13 +17,21 @@ import signal
 import subprocess
 import time
 
-import psycopg
 import pytest
 
 from kbpg_tui.core import settings as cfg
 from kbpg_tui.core.steps import rest_tls
 
-from .conftest import HAPROXY_HOSTS, LB, REPO, Installed, kbpg, kbpg_command, on_host, wait_healthy
+from .conftest import (
+    HAPROXY_HOSTS,
+    REPO,
+    Installed,
+    kbpg,
+    kbpg_command,
+    leader_and_timeline,
+    on_host,
+    own_writer_table,
+)
 from .test_e2e_15_drill import OwnWriter
 
 pytestmark = [pytest.mark.lab, pytest.mark.e2e]
@@ -67,17 +75,8 @@ while time.monotonic() < deadline:
 
 @pytest.fixture(scope="module", autouse=True)
 def own_table(installed: Installed) -> None:
-    """The table of the test's own writers (test_e2e_15_drill's OwnWriter)."""
-    values = installed.credentials
-    with psycopg.connect(host=LB.address, port=5432, user=values["POSTGRES_APP_USER"], password=values["POSTGRES_APP_PASS"],
-                         dbname=values["POSTGRES_DB"], autocommit=True, connect_timeout=10) as setup:
-        setup.execute("CREATE TABLE IF NOT EXISTS test_own_writer (port int, at timestamptz DEFAULT clock_timestamp())")
+    own_writer_table(installed)
 
-
-def leader_and_timeline(installed: Installed) -> tuple[str, int]:
-    members = wait_healthy(installed.workdir)
-    (found,) = [(m["Member"], m["TL"]) for m in members if m["Role"] == "Leader"]
-    return found
 
 
 def servers_state(installed: Installed, address: str) -> list[dict[str, str]]:
