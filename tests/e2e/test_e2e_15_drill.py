@@ -72,6 +72,7 @@ class OwnWriter(threading.Thread):
 def own_table(installed: Installed) -> None:
     own_writer_table(installed)
 
+
 def own_writers(installed: Installed, port: int) -> list[OwnWriter]:
     """The test's writers for one entry point: through the LB, and through each HAProxy node, one of which is the
     path the LB gave the drill's own writer (the LB balances connections over both; each HAProxy and PgBouncer

@@ -30,6 +30,7 @@ PORTS = (6432, 5432)
 def own_table(installed: Installed) -> None:
     own_writer_table(installed)
 
+
 def set_tls(installed: Installed, enabled: bool) -> None:
     path = installed.workdir / "kbpg.toml"
     settings = cfg.load_settings(path)
