@@ -175,7 +175,7 @@ def cmd_tls_status(args: argparse.Namespace) -> int:
     for path in sorted(directory.glob("*.crt")) if directory.is_dir() else []:
         try:
             info = tls.cert_info(path.read_bytes())
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, tls.TlsError) as exc:
             rows.append({"file": str(path), "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__})
             continue
         due = info.days_left <= settings.tls.renew_days

@@ -555,3 +555,10 @@ def test_start_reloads_a_running_node_that_serves_what_kbpg_toml_no_longer_wants
                              for h in run.ctx.db_hosts})
     patroni.start_cluster(run)
     assert reloaded == ([["db-slave-02"]] if stale else [])
+
+
+def test_a_postgresql_that_is_down_does_not_hold_a_renewal(real_inventory: Path) -> None:
+    run = make_run(real_inventory)
+    assert patroni._serves_wanted(run, {"rest": "tls:new", "pg": "down", "disk": "tls:new"})  # a replica rebuilding
+    assert not patroni._serves_wanted(run, {"rest": "tls:new", "pg": "tls:old", "disk": "tls:new"})
+    assert not patroni._serves_wanted(run, {"rest": "tls:old", "pg": "down", "disk": "tls:new"})

@@ -29,6 +29,7 @@ from kbpg_tui.core.ssh import Cancelled, Result
 from kbpg_tui.core.steps import rest_tls
 from kbpg_tui.core.steps import s03_haproxy as haproxy
 from kbpg_tui.core.steps import s04_pgbouncer as pgbouncer
+from kbpg_tui.core.steps.s02_patroni import SERVED_SCRIPT
 
 from .fakes import FakePool, ScriptedConnection, result
 from .test_patroni_config import make_run
@@ -51,6 +52,7 @@ class FakeNode:
         self.leader = leader
         self.checks = {(b, s): True for b in rest_tls.BACKENDS for s in DB}  # enabled (not paused)
         self.events: list[str] = []  # "reload haproxy", "reload pgbouncer", "runtime: <commands>", "write <path>"
+        self.served = {"rest": "down", "pg": "tls:node", "disk": "tls:node"}  # step 02's SERVED_SCRIPT's answer
 
     def state_text(self) -> str:
         lines = ["1", SHOW_STATE_HEADER]
@@ -109,6 +111,12 @@ class FakeNode:
                 self.pid += 1  # a new process answers the runtime socket, with the state the old one saved
             return result("")
         if script.startswith(("systemctl daemon-reload", "systemctl enable", "if [ \"$(stat")):
+            return result("")
+        if script.startswith("python3 - ") and stdin == SERVED_SCRIPT.encode():
+            self.events.append("asked what is served")
+            return result("".join(f"{key} {value}\n" for key, value in self.served.items()))
+        if script == f"touch {haproxy.FRESH_FLAG}":
+            self.events.append("fresh state")
             return result("")
         raise AssertionError(f"unexpected command: {script[:120]}")
 
@@ -432,6 +440,51 @@ def test_a_second_run_changes_nothing_and_reloads_nothing(real_inventory: Path, 
     assert outcome.status.value == "unchanged" and "reload haproxy" not in node.events
 
 
+def test_a_moved_server_is_reloaded_without_the_saved_state(real_inventory: Path, workdir: Path) -> None:
+    """HAProxy's saved state carries each server's port and check port over a reload: after a port change the old
+    ones would win over the new haproxy.cfg (every server DOWN), so that reload saves no state."""
+    node = FakeNode()
+    run, _ = node_run(real_inventory, workdir, haproxy_01=node)
+    haproxy.apply(on(run, "haproxy-01"), dict.fromkeys(DB, "https"))
+    assert "fresh state" not in node.events  # nothing was there before: a start
+    run.ctx.state.clear()
+    node.events.clear()
+    run.settings.ports.patroni_rest = 8009
+    haproxy.apply(on(run, "haproxy-01"), dict.fromkeys(DB, "https"))
+    assert node.events.index("fresh state") < node.events.index("reload haproxy")
+    run.ctx.state.clear()
+    node.events.clear()
+    run.settings.pgbouncer.max_client_conn += 1  # not HAProxy's: nothing to write; and a reload that moves nothing
+    run.settings.patroni.timing_plan = "fast"    # keeps the state
+    haproxy.apply(on(run, "haproxy-01"), dict.fromkeys(DB, "https"))
+    assert "reload haproxy" in node.events and "fresh state" not in node.events
+
+
+def test_a_stats_page_still_serving_an_older_certificate_is_reloaded(real_inventory: Path, workdir: Path) -> None:
+    node = FakeNode()
+    run, _ = node_run(real_inventory, workdir, haproxy_01=node)
+    haproxy.apply(on(run, "haproxy-01"), dict.fromkeys(DB, "https"))
+    run.ctx.state.clear()
+    node.events.clear()
+    node.served = {"rest": "tls:old", "pg": "down", "disk": "tls:new"}
+    haproxy.apply(on(run, "haproxy-01"), dict.fromkeys(DB, "https"))
+    assert node.events.count("reload haproxy") == 1
+    node.events.clear()
+    node.served = {"rest": "tls:new", "pg": "down", "disk": "tls:new"}
+    haproxy.apply(on(run, "haproxy-01"), dict.fromkeys(DB, "https"))
+    assert "reload haproxy" not in node.events
+
+
+def test_the_save_script_saves_no_state_after_a_move(tmp_path: Path) -> None:
+    state, flag = tmp_path / "server-state", tmp_path / "fresh"
+    script = haproxy.SAVE_STATE.replace(haproxy.STATE_FILE, str(state)).replace(haproxy.FRESH_FLAG, str(flag))
+    script = script.replace(rest_tls.HAPROXY_SOCKET, str(tmp_path / "no-socket"))
+    state.write_text("1\n# be_id be_name ...\n")  # what the reload before saved
+    flag.touch()
+    subprocess.run(["sh", "-c", script], check=True, timeout=30)
+    assert not state.exists() and not flag.exists()  # the new process starts from its configuration alone
+
+
 def test_new_tls_files_reload_haproxy_once(real_inventory: Path, workdir: Path) -> None:
     node = FakeNode()
     run, _ = node_run(real_inventory, workdir, haproxy_01=node)
@@ -555,6 +608,26 @@ def test_pgbouncer_already_requiring_tls_is_reloaded_once(real_inventory: Path, 
     monkeypatch.setattr(pgbouncer, "render_userlist", lambda run, current: '"kb_app" "x"\n')
     pgbouncer.configure_pgbouncer(on(run, "haproxy-01"))
     assert node.events.count("reload pgbouncer") == 1
+
+
+def test_pgbouncer_still_serving_an_older_certificate_is_reloaded(real_inventory: Path, workdir: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run stopped between writing PgBouncer's new certificate and its RELOAD: the next run finds every file
+    unchanged, and reloads because PgBouncer serves another certificate than its node.crt."""
+    node = FakeNode()
+    run, _ = node_run(real_inventory, workdir, haproxy_01=node)
+    monkeypatch.setattr(pgbouncer, "render_userlist", lambda run, current: '"kb_app" "x"\n')
+    pgbouncer.configure_pgbouncer(on(run, "haproxy-01"))  # a first install: started
+    node.services["pgbouncer"] = "active"
+    run.ctx.state.clear()
+    node.events.clear()
+    node.served = {"rest": "down", "pg": "tls:old", "disk": "tls:new"}
+    outcome = pgbouncer.configure_pgbouncer(on(run, "haproxy-01"))
+    assert node.events.count("reload pgbouncer") == 1 and "older certificate" in outcome.detail
+    node.events.clear()
+    node.served = {"rest": "down", "pg": "tls:new", "disk": "tls:new"}
+    outcome = pgbouncer.configure_pgbouncer(on(run, "haproxy-01"))
+    assert "reload pgbouncer" not in node.events and outcome.status.value == "unchanged"
 
 
 @pytest.mark.parametrize("before_backend, after_backend, before_tls, after_tls, haproxy_reloaded, wanted", [

@@ -411,3 +411,15 @@ def test_a_plain_tls_server_is_not_taken_for_postgres(workdir: Path) -> None:
         assert failed.value.kind in ("refused", "unreachable")
     finally:
         server.close()
+
+
+def test_a_certificate_that_ends_with_its_ca_is_not_reissued_on_every_run(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # A CA with 25 days left (under renew_days): the node certificate ends with it, and stays until the CA changes.
+    monkeypatch.setattr(tls, "CA_DAYS", 25)
+    assert issue(tmp_path) == (True, "issued")
+    first = (tmp_path / tls.TLS_DIR / "db-1.crt").read_bytes()
+    for _ in range(2):
+        changed, why = issue(tmp_path)
+        assert not changed, why
+    assert (tmp_path / tls.TLS_DIR / "db-1.crt").read_bytes() == first

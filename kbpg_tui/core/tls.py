@@ -371,6 +371,10 @@ def renewal_reason(workdir: str | Path, name: str, dns: list[str], ips: list[str
     if days_left <= 0:
         return f"renewed: expired {-days_left:.0f} days ago"
     if days_left < renew_days:
+        # A certificate never outlives its CA: one that already ends with the CA cannot be renewed any further, and
+        # reissuing it on every run would reload every service for nothing (check 16 warns about the CA itself).
+        if abs((cert.not_valid_after_utc - ca_cert.not_valid_after_utc).total_seconds()) <= 60:
+            return None
         return f"renewed: expires in {days_left:.0f} days"
     return None
 

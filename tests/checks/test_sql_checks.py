@@ -251,6 +251,20 @@ def test_the_superuser_logging_in_through_the_lb_fails(make) -> None:
         c09_roles.roles(named(make(databases=databases)))
 
 
+def test_the_superuser_is_tried_through_the_lb_with_a_throwaway_password_only(make) -> None:
+    databases, _ = roles_db()
+    sent: dict[str, str] = {}
+
+    def recording(host, port, user, password, dbname):
+        sent[user] = password
+        return databases(host, port, user, password, dbname)
+
+    p = named(make(databases=recording))
+    c09_roles.roles(p)
+    assert sent[p.values["POSTGRES_SUPERUSER"]] != p.values["POSTGRES_SUPERPASS"]
+    assert sent[p.values["POSTGRES_SUPERUSER"]].startswith("kbpg-not-a-password-")
+
+
 def test_pgvector_passes_on_a_distance_of_one_and_fails_without_the_extension(make) -> None:
     answers: dict = {"FROM pg_extension": [("0.8.0",)], "vector <-> ": [(1.0,)]}
     p = make(databases=lambda *a: FakePgConnection(answers))

@@ -232,3 +232,17 @@ def test_the_real_probe_fails_a_server_of_another_ca(make, https_server, tmp_pat
     tls.ensure_ca(p.ctx.workdir)  # kbpg's own CA, not the server's
     with pytest.raises(CheckFailed, match=r"^local: 127.0.0.1:\d+: certificate does not verify for 127.0.0.1"):
         c16_tls.judge(p, "local", False, "127.0.0.1", server.server_address[1])
+
+
+def test_the_plaintext_probe_never_sends_a_roles_own_password(make) -> None:
+    sent: list[str] = []
+
+    def plaintext(host, port, user, password, dbname):
+        sent.append(password)
+        raise psycopg.OperationalError(f'FATAL:  password authentication failed for user "{user}"')
+
+    p = healthy(make, plaintext=plaintext)
+    with pytest.raises(CheckFailed, match=r"a plaintext login \(sslmode=disable\) as \w+ is accepted"):
+        c16_tls.db_node(p, p.ctx.db_hosts[0])  # it got as far as a password: pg_hba let plaintext through
+    secrets = {value for name, value in p.values.items() if name.endswith(("PASS", "PASSWORD"))}
+    assert sent and not set(sent) & secrets

@@ -7,7 +7,7 @@ from __future__ import annotations
 import psycopg
 
 from .base import Check, CheckFailed, CheckWarning, lb, once
-from .probe import ProbeContext
+from .probe import ProbeContext, throwaway_password
 
 ROLES = ("SELECT rolname, rolsuper, rolcreaterole, pg_has_role(rolname, 'pg_monitor', 'MEMBER') "
          "FROM pg_roles WHERE rolname = ANY(%s)")
@@ -51,11 +51,12 @@ def roles(p: ProbeContext) -> str:
 
 
 def superuser_through_lb(p: ProbeContext, address: str, port: int) -> tuple[list[str], str | None]:
-    """([], None) when pg_hba refuses the superuser through the LB (tried with its right password); ([problem], None)
-    when it logs in or gets as far as its password; ([], warning) when the error says neither."""
+    """([], None) when pg_hba refuses the superuser through the LB; ([problem], None) when it logs in or gets as far
+    as a password; ([], warning) when the error says neither. Tried with a throwaway password, never the superuser's
+    own (pg_hba's verdict comes before any password, and nothing of the superuser's goes through the LB)."""
     superuser = p.values["POSTGRES_SUPERUSER"]
     try:
-        with p.pg(address, port, superuser, p.values["POSTGRES_SUPERPASS"], dbname="postgres"):
+        with p.pg(address, port, superuser, throwaway_password(), dbname="postgres"):
             pass
     except psycopg.OperationalError as exc:
         if any(words in str(exc) for words in REFUSED):

@@ -20,7 +20,7 @@ from .. import tls
 from ..cluster import NoAnswer
 from ..ssh import Host
 from .base import Check, CheckFailed, CheckWarning, Target
-from .probe import ProbeContext
+from .probe import ProbeContext, throwaway_password
 
 REFUSED = ("no pg_hba.conf entry", "pg_hba.conf rejects connection")  # the server's words for a pg_hba refusal
 
@@ -67,16 +67,21 @@ def ca(p: ProbeContext) -> str:
 
 
 def plaintext_refused(p: ProbeContext, host: Host, port: int) -> str:
-    """A login without TLS (``sslmode=disable``) to a DB node: pg_hba must refuse it before any password."""
-    user, password = (p.values.get("POSTGRES_MONITOR_USER") or p.values["POSTGRES_APP_USER"],
-                      p.values.get("POSTGRES_MONITOR_PASS") or p.values["POSTGRES_APP_PASS"])
+    """A login without TLS (``sslmode=disable``) to a DB node: pg_hba must refuse it before any password.
+
+    Tried with a throwaway password, never the role's own: on a plaintext connection whatever answers for the node's
+    address could ask libpq for the password in clear. pg_hba's refusal comes before any password; a "password
+    authentication failed" means the plaintext login got that far."""
+    user = p.values.get("POSTGRES_MONITOR_USER") or p.values["POSTGRES_APP_USER"]
     try:
-        with p.pg(host.address, port, user, password, dbname="postgres", sslmode="disable"):
+        with p.pg(host.address, port, user, throwaway_password(), dbname="postgres", sslmode="disable"):
             pass
     except psycopg.OperationalError as exc:
         if any(words in str(exc) for words in REFUSED):
             return "plaintext refused"
-        raise CheckWarning(f"{host.name}: cannot tell whether a plaintext login is refused: {p.pg_error(exc)}") from None
+        if "password authentication failed" not in str(exc):
+            raise CheckWarning(f"{host.name}: cannot tell whether a plaintext login is refused: "
+                               f"{p.pg_error(exc)}") from None
     raise CheckFailed(f"{host.name}:{port}: a plaintext login (sslmode=disable) as {user} is accepted; pg_hba must "
                       "accept remote logins over TLS only (hostssl): re-run `kbpg install`")
 

@@ -33,6 +33,12 @@ DEFAULT_TIMEOUT = 8.0
 T = TypeVar("T")
 
 
+def throwaway_password() -> str:
+    """A password no role has, for logins whose only question is whether pg_hba lets them as far as a password: a
+    role's own password is never sent where its answer does not matter."""
+    return "kbpg-not-a-password-" + secrets.token_hex(16)
+
+
 def scalar(cursor: psycopg.Cursor) -> Any:
     """The first column of a query's first row (None without a row)."""
     row = cursor.fetchone()

@@ -520,19 +520,24 @@ print("disk", disk)
 """
 
 
-def served(run: TaskRun, host: Host) -> dict[str, str]:
-    """{"rest": ..., "pg": ..., "disk": ...} on ``host`` (see SERVED_SCRIPT)."""
+def served(run: TaskRun, host: Host, pg_port: int | None = None, https_port: int | None = None,
+           cert_path: str = NODE_CERT) -> dict[str, str]:
+    """{"rest": ..., "pg": ..., "disk": ...} on ``host`` (see SERVED_SCRIPT): by default a DB node's PostgreSQL and
+    Patroni REST API against /etc/patroni/tls/node.crt; an HAProxy node's PgBouncer and stats page with the ports and
+    the certificate given."""
     ports = run.settings.ports
-    args = " ".join(shlex.quote(str(a)) for a in (host.address, ports.postgresql, ports.patroni_rest, NODE_CERT))
+    args = " ".join(shlex.quote(str(a)) for a in (host.address, pg_port or ports.postgresql,
+                                                   https_port or ports.patroni_rest, cert_path))
     output = run.run(f"python3 - {args}", host=host, stdin=SERVED_SCRIPT, on_line=None,
-                     what="reading what PostgreSQL and Patroni serve").stdout
+                     what="reading which certificates are served").stdout
     found = dict(line.split(" ", 1) for line in output.splitlines() if line.count(" ") == 1)
     return {key: found.get(key, "down") for key in ("rest", "pg", "disk")}
 
 
 def _serves_wanted(run: TaskRun, state: dict[str, str]) -> bool:
-    if run.settings.tls.enabled:
-        return state["disk"].startswith("tls:") and state["rest"] == state["disk"] and state["pg"] == state["disk"]
+    if run.settings.tls.enabled:  # a PostgreSQL that is down (a replica being rebuilt) is wait_for_cluster's business
+        return state["disk"].startswith("tls:") and state["rest"] == state["disk"] and state["pg"] in (state["disk"],
+                                                                                                       "down")
     # Without TLS only the REST API's scheme matters (HAProxy's checks follow it); a PostgreSQL that is not up at
     # this moment is wait_for_cluster's business, as before TLS existed.
     return state["rest"] == "plain" and state["pg"] in ("plain", "down")

@@ -31,6 +31,7 @@ from .packages import ensure_installed, ensure_source
 CONFIG_PATH = "/etc/haproxy/haproxy.cfg"
 TLS_CA, STATS_PEM = f"{tls.HAPROXY_DIR}/ca.crt", f"{tls.HAPROXY_DIR}/stats.pem"
 STATE_FILE = "/var/lib/haproxy/server-state"
+FRESH_FLAG = "/run/kbpg-haproxy-fresh-state"  # the next reload saves no state (a server moved)
 SAVE_STATE_PATH = "/usr/local/sbin/kbpg-haproxy-save-state"
 DROPIN_PATH = "/etc/systemd/system/haproxy.service.d/kbpg.conf"
 
@@ -42,6 +43,8 @@ SAVE_STATE = r"""#!/bin/sh
 # old state is never loaded).
 state=@STATE@
 rm -f "$state.tmp"
+# kbpg moved a server (another address or port): the old state would put the old ports back; no state this time.
+if [ -e @FRESH@ ]; then rm -f @FRESH@ "$state"; exit 0; fi
 if command -v socat >/dev/null 2>&1; then
   echo "show servers state" | socat -t 5 - UNIX-CONNECT:@SOCKET@ > "$state.tmp" 2>/dev/null
 elif command -v python3 >/dev/null 2>&1; then
@@ -63,7 +66,7 @@ sys.stdout.write(data.decode())
 fi
 if [ "$(head -n 1 "$state.tmp" 2>/dev/null)" = "1" ]; then mv -f "$state.tmp" "$state"; else rm -f "$state" "$state.tmp"; fi
 exit 0
-""".replace("@STATE@", STATE_FILE).replace("@SOCKET@", rest_tls.HAPROXY_SOCKET)
+""".replace("@STATE@", STATE_FILE).replace("@SOCKET@", rest_tls.HAPROXY_SOCKET).replace("@FRESH@", FRESH_FLAG)
 
 DROPIN = f"""# written by kbpg: a reload keeps each server's state ({SAVE_STATE_PATH}); a start never loads an old one
 [Service]
@@ -100,6 +103,18 @@ def server_line(run: TaskRun, host: Host, scheme: str) -> str:
         name = host.name.lower()
         line += f" check-ssl verify required ca-file {TLS_CA} check-sni {name} verifyhost {name}"
     return line
+
+
+def server_endpoints(config: str) -> set[tuple[str, str, str]]:
+    """Each ``server`` line's name, address:port and check port: what HAProxy's saved state would carry over a reload
+    (``srv_port``, ``srv_check_port``), whatever the new configuration says."""
+    found = set()
+    for line in config.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[0] == "server":
+            check_port = words[words.index("port") + 1] if "port" in words[:-1] else ""
+            found.add((words[1], words[2], check_port))
+    return found
 
 
 def render(run: TaskRun, address: str, schemes: Mapping[str, str] | None = None) -> str:
@@ -268,8 +283,11 @@ def apply(run: TaskRun, schemes: Mapping[str, str], expected_paused: bool = Fals
     if unit:
         run.run("systemctl daemon-reload")
         details.append("systemd drop-in (a reload keeps each server's state)")
-    written = connection.upload(CONFIG_PATH, render(run, host.address, schemes), mode=0o640, owner="root",
-                                group="haproxy", validate="haproxy -c -q -f {path}")
+    wanted = render(run, host.address, schemes)
+    current = connection.read_file(CONFIG_PATH)
+    moved = current is not None and server_endpoints(current.decode("utf-8", "replace")) != server_endpoints(wanted)
+    written = connection.upload(CONFIG_PATH, wanted, mode=0o640, owner="root", group="haproxy",
+                                validate="haproxy -c -q -f {path}")
     state = run.run("systemctl is-active haproxy || true").stdout.strip()
     enabled = run.run("systemctl is-enabled haproxy || true").stdout.strip()
     if written:
@@ -279,8 +297,11 @@ def apply(run: TaskRun, schemes: Mapping[str, str], expected_paused: bool = Fals
     if state != "active":
         run.run("systemctl enable haproxy >/dev/null 2>&1; systemctl start haproxy", what="starting haproxy")
         details.append("started")
-    elif written or host.name in run.ctx.state.get("haproxy_tls_changed", set()):
+    elif written or host.name in run.ctx.state.get("haproxy_tls_changed", set()) or stats_serves_old(run, host):
         before = rest_tls.worker_pid(run, host)
+        if moved and written:  # the saved state would bring the old ports back over the new configuration
+            run.run(f"touch {FRESH_FLAG}")
+            details.append("servers moved: reloaded without the saved state")
         run.run("systemctl reload haproxy", what="reloading haproxy")  # reload keeps established sessions
         if before and not rest_tls.wait_new_process(run, host, before):
             warnings.append(f"HAProxy's new process did not answer on {rest_tls.HAPROXY_SOCKET} within "
@@ -305,6 +326,21 @@ def apply(run: TaskRun, schemes: Mapping[str, str], expected_paused: bool = Fals
         run.run("systemctl enable haproxy")
         details.append("enabled")
     return Outcome.of(bool(details), "; ".join(details) or "configuration up to date, haproxy active", warnings)
+
+
+def stats_serves_old(run: TaskRun, host: Host) -> bool:
+    """With TLS on: whether the running HAProxy's stats page serves another certificate than stats.pem on disk (a run
+    stopped between writing the file and the reload: the next run finds it unchanged). Asked on the node."""
+    if not run.settings.tls.enabled:
+        return False
+    from .s02_patroni import served  # step 02's probe: which certificate a port serves against a file
+
+    state = served(run, host, pg_port=run.settings.ports.pgbouncer, https_port=run.settings.ports.haproxy_stats,
+                   cert_path=STATS_PEM)
+    stale = state["disk"].startswith("tls:") and state["rest"] not in ("down", state["disk"])
+    if stale:
+        run.say(f"{host.name}: HAProxy's stats page still serves an older certificate: reloading")
+    return stale
 
 
 def configure_haproxy(run: TaskRun) -> Outcome:

@@ -28,6 +28,7 @@ from .. import tls
 from ..cluster import on_leader
 from ..engine import Outcome, Step, Task, TaskError, TaskRun
 from ..rto import plan_for
+from ..ssh import Host
 from .packages import ensure_installed, ensure_source
 
 CONFIG_PATH = "/etc/pgbouncer/pgbouncer.ini"
@@ -285,7 +286,10 @@ def configure_pgbouncer(run: TaskRun) -> Outcome:
         details.append("started" if state != "active" else "restarted for the new limits")
     else:
         files_changed = host.name in run.ctx.state.get("pgbouncer_tls_changed", set())
-        if userlist_changed or ini_changed or files_changed:
+        stale = not (userlist_changed or ini_changed or files_changed) and serves_old_certificate(run, host)
+        if stale:  # a run stopped between the new files and this reload: nothing else would ever reload them
+            details.append("still served an older certificate")
+        if userlist_changed or ini_changed or files_changed or stale:
             # SIGHUP: clients stay connected (those already in plaintext too when TLS turns on; new ones need TLS),
             # the TLS files are read again.
             run.run("systemctl reload pgbouncer", what="reloading pgbouncer")
@@ -299,6 +303,18 @@ def configure_pgbouncer(run: TaskRun) -> Outcome:
                                                             "connections opened before stay until they end"])
             details.append("server connections renewed (RECONNECT)")
     return Outcome.of(bool(details), "; ".join(details) or "configuration up to date, pgbouncer active")
+
+
+def serves_old_certificate(run: TaskRun, host: Host) -> bool:
+    """With TLS on: whether this node's running PgBouncer serves another certificate than its node.crt on disk (a run
+    stopped between writing the files and reloading: the next run finds the files unchanged). Asked on the node."""
+    if not run.settings.tls.enabled:
+        return False
+    from .s02_patroni import served  # step 02's probe: what a PostgreSQL-protocol port serves against a file
+
+    state = served(run, host, pg_port=run.settings.ports.pgbouncer, https_port=run.settings.ports.haproxy_stats,
+                   cert_path=TLS_CERT)
+    return state["disk"].startswith("tls:") and state["pg"] != "down" and state["pg"] != state["disk"]
 
 
 def stop_requiring_server_tls(run: TaskRun) -> str | None:
