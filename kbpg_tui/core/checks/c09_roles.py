@@ -7,12 +7,11 @@ from __future__ import annotations
 import psycopg
 
 from .base import Check, CheckFailed, CheckWarning, lb, once
-from .probe import ProbeContext, throwaway_password
+from .probe import ProbeContext, hba_verdict, throwaway_password
 
 ROLES = ("SELECT rolname, rolsuper, rolcreaterole, pg_has_role(rolname, 'pg_monitor', 'MEMBER') "
          "FROM pg_roles WHERE rolname = ANY(%s)")
 OWNER = "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s"
-REFUSED = ("pg_hba.conf rejects connection", "no pg_hba.conf entry")  # the server's words for a pg_hba refusal
 
 
 def roles(p: ProbeContext) -> str:
@@ -59,9 +58,10 @@ def superuser_through_lb(p: ProbeContext, address: str, port: int) -> tuple[list
         with p.pg(address, port, superuser, throwaway_password(), dbname="postgres"):
             pass
     except psycopg.OperationalError as exc:
-        if any(words in str(exc) for words in REFUSED):
+        verdict = hba_verdict(exc)
+        if verdict == "refused":
             return [], None
-        if "password authentication failed" in str(exc):
+        if verdict == "password":
             return [f"{superuser} (the superuser) gets as far as its password through the LB {address}:{port}: "
                     "pg_hba must refuse it there"], None
         return [], (f"LB {address}:{port}: cannot tell whether {superuser} is refused through the LB: "

@@ -20,9 +20,7 @@ from .. import tls
 from ..cluster import NoAnswer
 from ..ssh import Host
 from .base import Check, CheckFailed, CheckWarning, Target
-from .probe import ProbeContext, throwaway_password
-
-REFUSED = ("no pg_hba.conf entry", "pg_hba.conf rejects connection")  # the server's words for a pg_hba refusal
+from .probe import ProbeContext, hba_verdict, throwaway_password
 
 
 def judge(p: ProbeContext, label: str, postgres: bool, address: str, port: int, wanted: Host | None = None) -> str:
@@ -77,9 +75,10 @@ def plaintext_refused(p: ProbeContext, host: Host, port: int) -> str:
         with p.pg(host.address, port, user, throwaway_password(), dbname="postgres", sslmode="disable"):
             pass
     except psycopg.OperationalError as exc:
-        if any(words in str(exc) for words in REFUSED):
+        verdict = hba_verdict(exc)
+        if verdict == "refused":
             return "plaintext refused"
-        if "password authentication failed" not in str(exc):
+        if verdict == "unclear":
             raise CheckWarning(f"{host.name}: cannot tell whether a plaintext login is refused: "
                                f"{p.pg_error(exc)}") from None
     raise CheckFailed(f"{host.name}:{port}: a plaintext login (sslmode=disable) as {user} is accepted; pg_hba must "

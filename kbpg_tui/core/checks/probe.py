@@ -39,6 +39,18 @@ def throwaway_password() -> str:
     return "kbpg-not-a-password-" + secrets.token_hex(16)
 
 
+HBA_REFUSED = ("pg_hba.conf rejects connection", "no pg_hba.conf entry")  # the server's words for a pg_hba refusal
+
+
+def hba_verdict(exc: BaseException) -> str:
+    """What a failed login (tried with :func:`throwaway_password`) says of pg_hba: "refused" (pg_hba said no before
+    any password), "password" (pg_hba let it as far as a password), or "unclear"."""
+    text = str(exc)
+    if any(words in text for words in HBA_REFUSED):
+        return "refused"
+    return "password" if "password authentication failed" in text else "unclear"
+
+
 def scalar(cursor: psycopg.Cursor) -> Any:
     """The first column of a query's first row (None without a row)."""
     row = cursor.fetchone()
