@@ -28,6 +28,7 @@ from kbpg_tui.core import tls
 from kbpg_tui.core.engine import Context, Status, TaskError, TaskRun
 from kbpg_tui.core.settings import Settings, from_dict
 from kbpg_tui.core.ssh import Host
+from kbpg_tui.core.steps import rest_tls
 from kbpg_tui.core.steps import s02_patroni as patroni
 
 from .fakes import FakePool, LocalShellConnection, ScriptedConnection, result
@@ -429,9 +430,9 @@ def _reload_run(real_inventory: Path, members: list[Member], monkeypatch: pytest
     scheme_changes: list = []
 
     @contextmanager
-    def scheme_change(run_: TaskRun, names: list[str]) -> Iterator[None]:
+    def scheme_change(run_: TaskRun, names: list[str]) -> Iterator[rest_tls.SchemeChange]:
         scheme_changes.append(("enter", list(names), sum(m.reloads for m in cluster.members.values())))
-        yield
+        yield rest_tls.SchemeChange()
         scheme_changes.append(("exit", list(names), sum(m.reloads for m in cluster.members.values())))
 
     monkeypatch.setattr(patroni, "_rest_scheme_change", scheme_change)

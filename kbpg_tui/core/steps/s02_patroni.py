@@ -591,7 +591,7 @@ def wait_served(run: TaskRun, names: list[str]) -> None:
         time.sleep(1)
 
 
-def _rest_scheme_change(run: TaskRun, names: list[str]) -> contextlib.AbstractContextManager:
+def _rest_scheme_change(run: TaskRun, names: list[str]) -> contextlib.AbstractContextManager[rest_tls.SchemeChange]:
     """steps.rest_tls.rest_scheme_change: keeps HAProxy's checks right while the REST API's scheme changes."""
     return rest_tls.rest_scheme_change(run, names)
 
@@ -626,11 +626,10 @@ def reload_members(run: TaskRun, names: list[str], warnings: list[str] | None = 
             if leader_first and name in leaders:
                 wait_served(run, [name])
         wait_served(run, order)
-    followed = list(getattr(change, "details", None) or [])  # HAProxy following the REST API's new scheme
     if warnings is not None:
-        warnings.extend(getattr(change, "warnings", None) or [])
+        warnings.extend(change.warnings)
     return ("reloaded " + ", ".join(order) + (" (the leader first: TLS turned on)" if leader_first else "")
-            + "".join(f"; {detail}" for detail in followed))
+            + "".join(f"; {detail}" for detail in change.details))  # HAProxy following the REST API's new scheme
 
 
 def _judge(run: TaskRun) -> tuple[cluster.ClusterState | None, cluster.Health]:
