@@ -246,7 +246,7 @@ def test_tls_files_come_before_the_config_in_step_02() -> None:
     assert names.index("tls files") < names.index("config") < names.index("start")
 
 
-# --- what a node serves: SERVED_SCRIPT against real local servers ------------------------------------------------
+# --- what a node serves: rest_tls.SERVED_SCRIPT against real local servers ------------------------------------------------
 
 @contextmanager
 def local_server(handle) -> Iterator[int]:

@@ -29,7 +29,6 @@ from kbpg_tui.core.ssh import Cancelled, Result
 from kbpg_tui.core.steps import rest_tls
 from kbpg_tui.core.steps import s03_haproxy as haproxy
 from kbpg_tui.core.steps import s04_pgbouncer as pgbouncer
-from kbpg_tui.core.steps.s02_patroni import SERVED_SCRIPT
 
 from .fakes import FakePool, ScriptedConnection, result
 from .test_patroni_config import make_run
@@ -52,7 +51,7 @@ class FakeNode:
         self.leader = leader
         self.checks = {(b, s): True for b in rest_tls.BACKENDS for s in DB}  # enabled (not paused)
         self.events: list[str] = []  # "reload haproxy", "reload pgbouncer", "runtime: <commands>", "write <path>"
-        self.served = {"rest": "down", "pg": "tls:node", "disk": "tls:node"}  # step 02's SERVED_SCRIPT's answer
+        self.served = {"rest": "down", "pg": "tls:node", "disk": "tls:node"}  # rest_tls.SERVED_SCRIPT's answer
 
     def state_text(self) -> str:
         lines = ["1", SHOW_STATE_HEADER]
@@ -112,7 +111,7 @@ class FakeNode:
             return result("")
         if script.startswith(("systemctl daemon-reload", "systemctl enable", "if [ \"$(stat")):
             return result("")
-        if script.startswith("python3 - ") and stdin == SERVED_SCRIPT.encode():
+        if script.startswith("python3 - ") and stdin == rest_tls.SERVED_SCRIPT.encode():
             self.events.append("asked what is served")
             return result("".join(f"{key} {value}\n" for key, value in self.served.items()))
         if script == f"touch {haproxy.FRESH_FLAG}":

@@ -156,6 +156,80 @@ def check_schemes(ctx: Context) -> dict[str, str]:
     return {name: scheme or wanted for name, scheme in rest_schemes(ctx).items()}
 
 
+# Run on a node with python3: which certificate a PostgreSQL-protocol port (PostgreSQL, PgBouncer) and an HTTPS port
+# (Patroni's REST API, HAProxy's stats) serve now, and the certificate in a file on disk. "plain" (no TLS), "down"
+# (nothing answers), or "tls:<sha256 of the certificate>". Nothing is verified here: only which certificate is served
+# (kbpg's checks verify the chain and the names).
+SERVED_SCRIPT = r"""
+import hashlib, re, socket, ssl, struct, sys
+address, pg_port, rest_port, cert_path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+
+def handshake(sock):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with context.wrap_socket(sock) as wrapped:
+        served = "tls:" + hashlib.sha256(wrapped.getpeercert(binary_form=True)).hexdigest()
+        try:  # a close_notify, and what the server still sends read: else PostgreSQL logs a reset
+            wrapped.settimeout(1)
+            wrapped.unwrap()
+        except (OSError, ValueError):
+            pass
+        return served
+
+def connect(port):
+    return socket.create_connection((address, port), timeout=5)
+
+def rest():
+    try:
+        sock = connect(rest_port)
+    except OSError:
+        return "down"
+    try:
+        return handshake(sock)
+    except (ssl.SSLError, OSError):
+        return "plain"  # an HTTP server answers a TLS hello with "400 Bad request"
+    finally:
+        sock.close()
+
+def pg():
+    try:
+        sock = connect(pg_port)
+    except OSError:
+        return "down"
+    try:
+        sock.sendall(struct.pack("!II", 8, 80877103))  # SSLRequest
+        answer = sock.recv(1)
+        if answer != b"S":
+            return "plain" if answer == b"N" else "down"
+        return handshake(sock)
+    except (ssl.SSLError, OSError):
+        return "down"
+    finally:
+        sock.close()
+
+try:
+    with open(cert_path) as f:
+        pem = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", f.read(), re.S)
+    disk = "tls:" + hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem.group(0))).hexdigest() if pem else "none"
+except (OSError, ValueError):
+    disk = "none"
+print("rest", rest())
+print("pg", pg())
+print("disk", disk)
+"""
+
+
+def served(run: TaskRun, host: Host, pg_port: int, https_port: int, cert_path: str) -> dict[str, str]:
+    """{"rest": what ``https_port`` serves, "pg": what ``pg_port`` serves, "disk": ``cert_path``} on ``host``
+    (see SERVED_SCRIPT), asked on the node itself."""
+    args = " ".join(shlex.quote(str(a)) for a in (host.address, pg_port, https_port, cert_path))
+    output = run.run(f"python3 - {args}", host=host, stdin=SERVED_SCRIPT, on_line=None,
+                     what="reading which certificates are served").stdout
+    found = dict(line.split(" ", 1) for line in output.splitlines() if line.count(" ") == 1)
+    return {key: found.get(key, "down") for key in ("rest", "pg", "disk")}
+
+
 # --- HAProxy's runtime API ----------------------------------------------------------------------------------------
 
 def runtime(run: TaskRun, host: Host, commands: str, timeout: float = 10) -> str:

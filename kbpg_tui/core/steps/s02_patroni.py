@@ -457,81 +457,10 @@ def start_cluster(run: TaskRun) -> Outcome:
     return Outcome.of(bool(details), "; ".join(details) or "patroni active on every DB node", warnings)
 
 
-# Run on a DB node with python3 (Patroni's own interpreter): what its REST API and its PostgreSQL serve now, and the
-# certificate on disk. "plain" (no TLS), "down" (nothing answers), or "tls:<sha256 of the certificate>". Nothing is
-# verified here: only which certificate is served (kbpg's checks verify the chain and the names).
-SERVED_SCRIPT = r"""
-import hashlib, re, socket, ssl, struct, sys
-address, pg_port, rest_port, cert_path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-
-def handshake(sock):
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    with context.wrap_socket(sock) as wrapped:
-        served = "tls:" + hashlib.sha256(wrapped.getpeercert(binary_form=True)).hexdigest()
-        try:  # a close_notify, and what the server still sends read: else PostgreSQL logs a reset
-            wrapped.settimeout(1)
-            wrapped.unwrap()
-        except (OSError, ValueError):
-            pass
-        return served
-
-def connect(port):
-    return socket.create_connection((address, port), timeout=5)
-
-def rest():
-    try:
-        sock = connect(rest_port)
-    except OSError:
-        return "down"
-    try:
-        return handshake(sock)
-    except (ssl.SSLError, OSError):
-        return "plain"  # an HTTP server answers a TLS hello with "400 Bad request"
-    finally:
-        sock.close()
-
-def pg():
-    try:
-        sock = connect(pg_port)
-    except OSError:
-        return "down"
-    try:
-        sock.sendall(struct.pack("!II", 8, 80877103))  # SSLRequest
-        answer = sock.recv(1)
-        if answer != b"S":
-            return "plain" if answer == b"N" else "down"
-        return handshake(sock)
-    except (ssl.SSLError, OSError):
-        return "down"
-    finally:
-        sock.close()
-
-try:
-    with open(cert_path) as f:
-        pem = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", f.read(), re.S)
-    disk = "tls:" + hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem.group(0))).hexdigest() if pem else "none"
-except (OSError, ValueError):
-    disk = "none"
-print("rest", rest())
-print("pg", pg())
-print("disk", disk)
-"""
-
-
-def served(run: TaskRun, host: Host, pg_port: int | None = None, https_port: int | None = None,
-           cert_path: str = NODE_CERT) -> dict[str, str]:
-    """{"rest": ..., "pg": ..., "disk": ...} on ``host`` (see SERVED_SCRIPT): by default a DB node's PostgreSQL and
-    Patroni REST API against /etc/patroni/tls/node.crt; an HAProxy node's PgBouncer and stats page with the ports and
-    the certificate given."""
+def served(run: TaskRun, host: Host) -> dict[str, str]:
+    """What a DB node's Patroni REST API and PostgreSQL serve now, against its node.crt (rest_tls.served)."""
     ports = run.settings.ports
-    args = " ".join(shlex.quote(str(a)) for a in (host.address, pg_port or ports.postgresql,
-                                                   https_port or ports.patroni_rest, cert_path))
-    output = run.run(f"python3 - {args}", host=host, stdin=SERVED_SCRIPT, on_line=None,
-                     what="reading which certificates are served").stdout
-    found = dict(line.split(" ", 1) for line in output.splitlines() if line.count(" ") == 1)
-    return {key: found.get(key, "down") for key in ("rest", "pg", "disk")}
+    return rest_tls.served(run, host, ports.postgresql, ports.patroni_rest, NODE_CERT)
 
 
 def _serves_wanted(run: TaskRun, state: dict[str, str]) -> bool:

@@ -333,10 +333,8 @@ def stats_serves_old(run: TaskRun, host: Host) -> bool:
     stopped between writing the file and the reload: the next run finds it unchanged). Asked on the node."""
     if not run.settings.tls.enabled:
         return False
-    from .s02_patroni import served  # step 02's probe: which certificate a port serves against a file
-
-    state = served(run, host, pg_port=run.settings.ports.pgbouncer, https_port=run.settings.ports.haproxy_stats,
-                   cert_path=STATS_PEM)
+    state = rest_tls.served(run, host, pg_port=run.settings.ports.pgbouncer,
+                            https_port=run.settings.ports.haproxy_stats, cert_path=STATS_PEM)
     stale = state["disk"].startswith("tls:") and state["rest"] not in ("down", state["disk"])
     if stale:
         run.say(f"{host.name}: HAProxy's stats page still serves an older certificate: reloading")

@@ -29,6 +29,7 @@ from ..cluster import on_leader
 from ..engine import Outcome, Step, Task, TaskError, TaskRun
 from ..rto import plan_for
 from ..ssh import Host
+from . import rest_tls
 from .packages import ensure_installed, ensure_source
 
 CONFIG_PATH = "/etc/pgbouncer/pgbouncer.ini"
@@ -310,10 +311,8 @@ def serves_old_certificate(run: TaskRun, host: Host) -> bool:
     stopped between writing the files and reloading: the next run finds the files unchanged). Asked on the node."""
     if not run.settings.tls.enabled:
         return False
-    from .s02_patroni import served  # step 02's probe: what a PostgreSQL-protocol port serves against a file
-
-    state = served(run, host, pg_port=run.settings.ports.pgbouncer, https_port=run.settings.ports.haproxy_stats,
-                   cert_path=TLS_CERT)
+    state = rest_tls.served(run, host, pg_port=run.settings.ports.pgbouncer,
+                            https_port=run.settings.ports.haproxy_stats, cert_path=TLS_CERT)
     return state["disk"].startswith("tls:") and state["pg"] != "down" and state["pg"] != state["disk"]
 
 
