@@ -497,19 +497,24 @@ def test_a_node_that_never_serves_its_certificate_fails_the_task_naming_it(real_
     assert cluster.members["db-slave-02"].reloads >= 3  # re-sent each loop before giving up
 
 
-def test_start_reloads_nodes_whose_files_or_config_changed_but_not_those_it_started(real_inventory: Path,
-                                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    run = make_run(real_inventory)
-    run.ctx.state.update(patroni_config_changed={"db-master-01"}, tls_files_changed={"db-slave-01", "db-slave-02"})
-    monkeypatch.setattr(patroni, "_service_states", lambda run_: {"db-master-01": "active", "db-slave-01": "active",
-                                                                  "db-slave-02": "inactive"})
+def _reloaded_by_start(run: TaskRun, monkeypatch: pytest.MonkeyPatch, services: dict[str, str]) -> list[list[str]]:
+    """The node lists start_cluster hands to reload_members, with patroni's service states ``services``."""
+    monkeypatch.setattr(patroni, "_service_states", lambda run_: services)
     reloaded: list[list[str]] = []
     monkeypatch.setattr(patroni, "reload_members",
                         lambda run_, names, warnings=None: reloaded.append(names) or "reloaded")
     run.ctx.pool = FakePool({h.name: ScriptedConnection(h, lambda script, stdin: result("enabled\n"))
                              for h in run.ctx.db_hosts})
     patroni.start_cluster(run)
-    assert reloaded == [["db-master-01", "db-slave-01"]]
+    return reloaded
+
+
+def test_start_reloads_nodes_whose_files_or_config_changed_but_not_those_it_started(real_inventory: Path,
+                                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    run = make_run(real_inventory)
+    run.ctx.state.update(patroni_config_changed={"db-master-01"}, tls_files_changed={"db-slave-01", "db-slave-02"})
+    services = {"db-master-01": "active", "db-slave-01": "active", "db-slave-02": "inactive"}
+    assert _reloaded_by_start(run, monkeypatch, services) == [["db-master-01", "db-slave-01"]]
 
 
 def test_reloads_go_through_rest_tls_scheme_change(real_inventory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -545,17 +550,11 @@ def test_roles_refuse_a_monitor_role_that_is_another_role(real_inventory: Path) 
 def test_start_reloads_a_running_node_that_serves_what_kbpg_toml_no_longer_wants(
         real_inventory: Path, monkeypatch: pytest.MonkeyPatch, enabled: bool, serves: dict, stale: bool) -> None:
     run = make_run(real_inventory, from_dict({"tls": {"enabled": enabled}}))
-    monkeypatch.setattr(patroni, "_service_states", lambda run_: {h.name: "active" for h in run_.ctx.db_hosts})
     monkeypatch.setattr(patroni, "served", lambda run_, host: serves if host.name == "db-slave-02" else
                         {"rest": "tls:new" if enabled else "plain", "pg": "tls:new" if enabled else "plain",
                          "disk": "tls:new"})
-    reloaded: list[list[str]] = []
-    monkeypatch.setattr(patroni, "reload_members",
-                        lambda run_, names, warnings=None: reloaded.append(names) or "reloaded")
-    run.ctx.pool = FakePool({h.name: ScriptedConnection(h, lambda script, stdin: result("enabled\n"))
-                             for h in run.ctx.db_hosts})
-    patroni.start_cluster(run)
-    assert reloaded == ([["db-slave-02"]] if stale else [])
+    services = {h.name: "active" for h in run.ctx.db_hosts}
+    assert _reloaded_by_start(run, monkeypatch, services) == ([["db-slave-02"]] if stale else [])
 
 
 def test_a_postgresql_that_is_down_does_not_hold_a_renewal(real_inventory: Path) -> None:
