@@ -321,6 +321,13 @@ def cmd_install(args: argparse.Namespace) -> int:
             lock.release()
         printer.close()  # work the engine stopped waiting for may still report: not after the summary
         run.close()
+    return print_summary(reports, selection, started, interrupted.hit, args.strict)
+
+
+def print_summary(reports: list, selection: inv.Selection, started: float, interrupted: bool, strict: bool) -> int:
+    """The end of an engine run (install, tls renew, credentials rotate): warnings, counts, the exit status."""
+    from .core import install as inst
+
     counts = inst.summarize(reports)
     done = bool(reports) and all(r.status in (ev.Status.CHANGED, ev.Status.UNCHANGED) for r in reports)
     warnings = install_warnings(reports, selection)
@@ -332,10 +339,10 @@ def cmd_install(args: argparse.Namespace) -> int:
           f"{', cancelled ' + str(counts['cancelled']) if counts['cancelled'] else ''}, warnings {len(warnings)} "
           f"in {time.monotonic() - started:.1f}s — "
           + ("all hosts done." if done else "NOT done: interrupted (Ctrl-C); run the same command again to continue."
-             if interrupted.hit else "NOT done: fix what is named above and run the same command again."))
-    if interrupted.hit and not done:
+             if interrupted else "NOT done: fix what is named above and run the same command again."))
+    if interrupted and not done:
         return EXIT_INTERRUPTED
-    if done and warnings and args.strict:
+    if done and warnings and strict:
         print(f"--strict: {len(warnings)} warning(s), exit {EXIT_FAILED}.")
         return EXIT_FAILED
     return EXIT_OK if done else EXIT_FAILED
@@ -589,6 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--allow-weak", action="store_true", help="accept typed passwords the strength check calls weak")
     e.add_argument("--to", help="write to this path instead of WORKDIR/credentials/postgres.env")
     e.set_defaults(handler=cmd_credentials_export)
+    from .cli_ops import add_rotate_parser  # a day-2 operation on a live cluster
+
+    add_rotate_parser(sub)
 
     p = commands.add_parser("install", help="install the cluster, step by step, with plain progress output")
     p.add_argument("--answers", help="kbpg.toml to replay (default: WORKDIR/kbpg.toml)")

@@ -214,6 +214,80 @@ def cmd_tls_renew(args: argparse.Namespace) -> int:
     return cmd_install(args)
 
 
+# --- kbpg credentials rotate ------------------------------------------------------------------------
+
+def cmd_credentials_rotate(args: argparse.Namespace) -> int:
+    """New values for the named secrets (every rotatable one by default), applied on every host that uses them with
+    reloads only (see core/rotation.py), postgres.env rewritten once they work everywhere; re-run to finish one
+    that was stopped."""
+    import time
+
+    from .cli import print_summary
+    from .core import rotation, runlock
+
+    try:
+        names = rotation.check_names(args.names)
+        pending = rotation.pending_names(args.workdir)
+    except rotation.RotationError as exc:
+        raise BadInput(str(exc)) from None
+    if pending is not None and args.names and set(names) != set(pending):
+        raise BadInput(f"a rotation of {', '.join(pending)} is pending ({args.workdir / rotation.PENDING_FILE}): "
+                       "finish it first with `kbpg credentials rotate` (no name)")
+    printer = PlainPrinter()
+    run, interactive = _prepared(args, "rotate", printer)
+    try:
+        shown = pending if pending is not None else names
+        print(("kbpg credentials rotate: finishing the pending rotation of " if pending is not None else
+               "kbpg credentials rotate: new values for ") + ", ".join(shown))
+        for name in shown:
+            print(f"  {name}: {rotation.WHERE[name]}")
+        if not args.names and pending is None:
+            print("  not rotated: PATRONI_RAFT_PASSWORD (see `kbpg credentials rotate PATRONI_RAFT_PASSWORD` for why)")
+        print("No restart, no failover; connections open now stay open. postgres.env is rewritten at the end, once "
+              f"every new value works; the old file is kept as {args.workdir / rotation.PREV_FILE}. Applications "
+              "must then reload postgres.env.")
+        if interactive and not _ask("Rotate now?"):
+            print("Nothing done.")
+            return EXIT_OK
+        command = "kbpg credentials rotate" + "".join(f" {name}" for name in (args.names or []))
+        try:
+            lock = runlock.acquire_for_run(run, command)
+        except runlock.LockBusy as exc:
+            print(f"kbpg: {exc}", file=sys.stderr)
+            return EXIT_BUSY
+        except runlock.LockError as exc:
+            print(f"   error: {exc}\nNOT done: nothing was changed.")
+            return EXIT_FAILED
+        started = time.monotonic()
+        interrupted = _cancel_on_sigint(run.ctx.cancel)
+        try:
+            try:
+                chosen = rotation.begin(args.workdir, None if pending is not None else names)
+            except rotation.RotationError as exc:
+                raise BadInput(str(exc)) from None
+            run.ctx.credentials = chosen.credentials
+            reports = run.engine.run(rotation.steps(chosen))
+        finally:
+            interrupted.restore()
+            lock.release()
+    finally:
+        printer.close()
+        run.close()
+    return print_summary(reports, run.ctx.selection, started, interrupted.hit, strict=False)
+
+
+def add_rotate_parser(actions: argparse._SubParsersAction) -> None:
+    from .core.rotation import ROTATABLE
+
+    a = actions.add_parser("rotate", help="new passwords on the live cluster, applied everywhere with reloads only; "
+                                          "postgres.env rewritten once they all work; run again to finish one stopped")
+    a.add_argument("names", nargs="*", metavar="NAME",
+                   help=f"the secrets to rotate (default: all of them): {', '.join(ROTATABLE)}")
+    a.add_argument("--answers", help="kbpg.toml (default: WORKDIR/kbpg.toml)")
+    a.add_argument("--yes", action="store_true", help="no question (scripts)")
+    a.set_defaults(handler=cmd_credentials_rotate)
+
+
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     from .core.ops.drill import MODE_HELP, MODES
 
@@ -249,4 +323,4 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     a.set_defaults(handler=cmd_tls_renew)
 
 
-__all__ = ["add_parsers", "cmd_drill", "cmd_switchover", "cmd_tls_renew", "cmd_tls_status", "EXIT_BAD_INPUT"]
+__all__ = ["add_parsers", "add_rotate_parser", "cmd_credentials_rotate", "cmd_drill", "cmd_switchover", "cmd_tls_renew", "cmd_tls_status", "EXIT_BAD_INPUT"]

@@ -8,7 +8,7 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import credentials as creds
-from .. import tls
+from .. import rotation, tls
 from ..engine import Outcome, Step, Task, TaskError, TaskRun
 from ..ssh import Cancelled, Host, SshError
 from .s02_patroni import CONFIG_PATH, RAFT_DIR
@@ -50,13 +50,14 @@ def refuse_if_cluster_exists(run: TaskRun, problem: str) -> None:
         where = "; ".join(f"{name} ({', '.join(paths)})" for name, paths in found.items())
         raise TaskError(
             f"{problem}, but a cluster already exists: {where}. Restore {env_path(run)} from your backup and run "
-            "again; kbpg never generates credentials for a live cluster (rotating them is not supported yet). "
+            "again; kbpg never generates credentials for a live cluster (to change them, use `kbpg credentials rotate`). "
             "Nothing was generated or written."
         )
 
 
 def ensure_credentials(run: TaskRun) -> Outcome:
     path = env_path(run)
+    rotation.refuse_if_pending(run.ctx.workdir)  # the hosts may hold newer values than postgres.env
     existing = None
     if path.exists():
         try:

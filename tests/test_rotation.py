@@ -1,0 +1,160 @@
+"""Credential rotation's local part (core/rotation.py): which names, the new values chosen once and kept in
+credentials/rotation.pending (0600) until postgres.env holds them, postgres.env.prev, resuming, the order of the
+steps, and the install refusing to run while a rotation is pending. The hosts' part runs on the lab
+(tests/e2e/test_e2e_19_rotation.py)."""
+
+from __future__ import annotations
+
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from kbpg_tui.core import credentials as creds
+from kbpg_tui.core import inventory as inv
+from kbpg_tui.core import rotation
+from kbpg_tui.core.engine import Context, TaskError, TaskRun
+from kbpg_tui.core.events import Status
+from kbpg_tui.core.settings import Settings
+from kbpg_tui.core.steps import s00_credentials as s00
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    values, _ = creds.generate()
+    creds.write_env(tmp_path / creds.ENV_FILE, values)
+    return tmp_path
+
+
+def _env(workdir: Path) -> creds.Credentials:
+    return creds.read_env(workdir / creds.ENV_FILE)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_every_password_but_raft_is_rotated_by_default(workdir: Path) -> None:
+    before = _env(workdir)
+    chosen = rotation.begin(workdir)
+    assert chosen.names == rotation.ROTATABLE and not chosen.resumed
+    assert set(rotation.ROTATABLE) | {"PATRONI_RAFT_PASSWORD"} == set(creds.PASSWORD_NAMES)
+    for name in rotation.ROTATABLE:
+        assert chosen.credentials[name] != before[name]
+        assert len(chosen.credentials[name]) >= 20
+    for name in set(before) - set(rotation.ROTATABLE):  # user names, Raft's password, the database: unchanged
+        assert chosen.credentials[name] == before[name]
+    # postgres.env itself is untouched until the last step; the old file and the new values are kept aside, 0600.
+    assert _env(workdir) == before
+    assert creds.read_env(workdir / rotation.PREV_FILE) == before
+    pending = creds.read_env(workdir / rotation.PENDING_FILE)
+    assert dict(pending) == {name: chosen.credentials[name] for name in rotation.ROTATABLE}
+    assert _mode(workdir / rotation.PREV_FILE) == 0o600 and _mode(workdir / rotation.PENDING_FILE) == 0o600
+
+
+def test_a_pending_rotation_is_resumed_with_its_own_values(workdir: Path) -> None:
+    first = rotation.begin(workdir, ["POSTGRES_APP_PASS", "HAPROXY_STATS_PASSWORD"])
+    again = rotation.begin(workdir)  # the same command without names, after a kill
+    assert again.resumed and again.names == first.names
+    assert again.credentials == first.credentials
+    assert again.previous == first.previous
+    assert rotation.pending_names(workdir) == ("POSTGRES_APP_PASS", "HAPROXY_STATS_PASSWORD")
+
+
+def test_a_pending_rotation_refuses_other_names_and_typed_values(workdir: Path) -> None:
+    rotation.begin(workdir, ["POSTGRES_APP_PASS"])
+    pending = (workdir / rotation.PENDING_FILE).read_bytes()
+    with pytest.raises(rotation.RotationError, match="POSTGRES_APP_PASS is pending"):
+        rotation.begin(workdir, ["HAPROXY_STATS_PASSWORD"])
+    with pytest.raises(rotation.RotationError, match="is pending"):
+        rotation.begin(workdir, ["POSTGRES_APP_PASS"], typed={"POSTGRES_APP_PASS": "a-new-typed-password-42"})
+    assert (workdir / rotation.PENDING_FILE).read_bytes() == pending
+
+
+def test_raft_and_unknown_names_are_refused_with_the_reason(workdir: Path) -> None:
+    with pytest.raises(rotation.RotationError) as refused:
+        rotation.begin(workdir, ["PATRONI_RAFT_PASSWORD"])
+    assert "Raft" in str(refused.value) and "maintenance window" in str(refused.value)
+    with pytest.raises(rotation.RotationError, match="POSTGRES_USER_NAME: not a secret kbpg rotates"):
+        rotation.check_names(["POSTGRES_USER_NAME"])
+    with pytest.raises(rotation.RotationError, match="not a secret"):
+        rotation.check_names(["POSTGRES_SUPERUSER"])  # a role's name is not rotated
+    assert not (workdir / rotation.PENDING_FILE).exists() and not (workdir / rotation.PREV_FILE).exists()
+
+
+def test_typed_values_are_checked_and_never_shown(workdir: Path) -> None:
+    current = _env(workdir)["POSTGRES_APP_PASS"]
+    with pytest.raises(rotation.RotationError) as same:
+        rotation.begin(workdir, ["POSTGRES_APP_PASS"], typed={"POSTGRES_APP_PASS": current})
+    assert "the new value is the current one" in str(same.value) and current not in str(same.value)
+    with pytest.raises(rotation.RotationError, match="control character"):
+        rotation.begin(workdir, ["POSTGRES_APP_PASS"], typed={"POSTGRES_APP_PASS": "two\nlines-of-password"})
+    with pytest.raises(rotation.RotationError, match="typed but not rotated"):
+        rotation.begin(workdir, ["POSTGRES_APP_PASS"], typed={"HAPROXY_STATS_PASSWORD": "x" * 30})
+    assert not (workdir / rotation.PENDING_FILE).exists()
+    chosen = rotation.begin(workdir, ["POSTGRES_APP_PASS"], typed={"POSTGRES_APP_PASS": "Correct-Horse-Battery-9"})
+    assert chosen.credentials["POSTGRES_APP_PASS"] == "Correct-Horse-Battery-9"
+
+
+def test_nothing_to_rotate_without_postgres_env(tmp_path: Path) -> None:
+    with pytest.raises(rotation.RotationError, match="not found"):
+        rotation.begin(tmp_path)
+
+
+def _step_numbers(names: list[str], workdir: Path) -> list[str]:
+    return [step.number for step in rotation.steps(rotation.begin(workdir, names))]
+
+
+def test_steps_touch_only_what_uses_the_names(tmp_path: Path) -> None:
+    cases = {
+        ("POSTGRES_APP_PASS",): ["R0", "R1", "R2", "R5", "R6"],
+        ("HAPROXY_STATS_PASSWORD",): ["R0", "R4", "R5", "R6"],
+        ("PATRONI_API_PASSWORD",): ["R0", "R3", "R5", "R6"],
+        ("POSTGRES_MONITOR_PASS",): ["R0", "R1", "R5", "R6"],
+        ("PGBOUNCER_STATS_PASS",): ["R0", "R2", "R5", "R6"],
+        ("POSTGRES_REPL_PASS",): ["R0", "R1", "R3", "R5", "R6"],
+    }
+    for number, (names, expected) in enumerate(cases.items()):
+        workdir = tmp_path / str(number)
+        values, _ = creds.generate()
+        creds.write_env(workdir / creds.ENV_FILE, values)
+        assert _step_numbers(list(names), workdir) == expected, names
+    # The roles are changed before anything that presents them (PgBouncer's verifier is read back from the primary,
+    # Patroni logs in with them), and postgres.env is written last, after the check.
+    workdir = tmp_path / "all"
+    values, _ = creds.generate()
+    creds.write_env(workdir / creds.ENV_FILE, values)
+    assert _step_numbers([], workdir) == ["R0", "R1", "R2", "R3", "R4", "R5", "R6"]
+
+
+def _local_run(workdir: Path, real_inventory: Path) -> TaskRun:
+    ctx = Context(Settings(), creds.Credentials(), inv.load_selection(real_inventory), workdir,
+                  pool=None, sink=lambda e: None, cancel=threading.Event())  # type: ignore[arg-type]
+    return TaskRun(ctx, "R6", None)
+
+
+def test_the_last_step_writes_postgres_env_and_keeps_the_old_file(workdir: Path, real_inventory: Path) -> None:
+    chosen = rotation.begin(workdir)
+    finish = rotation.steps(chosen)[-1].tasks[0]
+    outcome = finish.function(_local_run(workdir, real_inventory))
+    assert outcome.status == Status.CHANGED
+    assert _env(workdir) == chosen.credentials and _mode(workdir / creds.ENV_FILE) == 0o600
+    assert not (workdir / rotation.PENDING_FILE).exists()
+    assert creds.read_env(workdir / rotation.PREV_FILE) == chosen.previous
+    assert not any(chosen.credentials[name] in outcome.detail for name in rotation.ROTATABLE)
+    # Killed after postgres.env was written but before rotation.pending was removed: the re-run ends it.
+    (workdir / rotation.PENDING_FILE).write_text(
+        "".join(f"{name}={creds.quote(chosen.credentials[name])}\n" for name in chosen.names))
+    again = rotation.begin(workdir)
+    assert again.resumed and again.credentials == chosen.credentials
+    assert finish.function(_local_run(workdir, real_inventory)).status == Status.UNCHANGED
+    assert not (workdir / rotation.PENDING_FILE).exists()
+
+
+def test_the_install_refuses_while_a_rotation_is_pending(workdir: Path, real_inventory: Path) -> None:
+    rotation.begin(workdir, ["POSTGRES_APP_PASS"])
+    before = (workdir / creds.ENV_FILE).read_bytes()
+    with pytest.raises(TaskError, match="kbpg credentials rotate"):
+        s00.ensure_credentials(_local_run(workdir, real_inventory))
+    assert (workdir / creds.ENV_FILE).read_bytes() == before
