@@ -323,4 +323,5 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     a.set_defaults(handler=cmd_tls_renew)
 
 
-__all__ = ["add_parsers", "add_rotate_parser", "cmd_credentials_rotate", "cmd_drill", "cmd_switchover", "cmd_tls_renew", "cmd_tls_status", "EXIT_BAD_INPUT"]
+__all__ = ["add_parsers", "add_rotate_parser", "cmd_credentials_rotate", "cmd_drill", "cmd_switchover",
+           "cmd_tls_renew", "cmd_tls_status", "EXIT_BAD_INPUT"]
