@@ -1,5 +1,5 @@
 """The diagnostics' checks, numbered like design.md's list (13 and 14: checks for the field failures; 15: synchronous
-replication; 16: TLS on every hop).
+replication; 16: TLS on every hop; 17: every secret works where it is used, its previous value refused).
 
 One module per check declares its number, name, targets and function (``CHECK``); :data:`ALL_CHECKS` is the one
 list of them. Adding a check is one module and one line here. The runner (``runner.Diagnostics``) runs their
@@ -26,9 +26,10 @@ from .c13_rest_auth import CHECK as REST_AUTH
 from .c14_client_sessions import CHECK as CLIENT_SESSIONS
 from .c15_sync import CHECK as SYNCHRONOUS
 from .c16_tls import CHECK as TLS
+from .c17_secrets import CHECK as SECRETS
 
 ALL_CHECKS: tuple[Check, ...] = (INVENTORY, SSH, SERVICES, PATRONI_CLUSTER, PATRONI_TIMING, WRITES, READ_ONLY,
                                  PGBOUNCER, ROLES, PGVECTOR, HAPROXY, SECRET_FILES, REST_AUTH, CLIENT_SESSIONS,
-                                 SYNCHRONOUS, TLS)
+                                 SYNCHRONOUS, TLS, SECRETS)
 
 CHECK_NAMES: dict[int, str] = {check.number: check.name for check in ALL_CHECKS}
