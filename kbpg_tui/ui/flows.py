@@ -19,6 +19,7 @@ from .screens.drill import DrillScreen
 from .screens.hosts import HostsScreen
 from .screens.install import InstallScreen
 from .screens.plan import PlanScreen
+from .screens.rotation import RotateScreen
 from .screens.summary import SummaryScreen
 from .screens.welcome import WelcomeScreen
 
@@ -34,6 +35,7 @@ FLOWS: dict[str, list[type[Screen]]] = {
 # Screens opened over the current one by name, outside the flows (see above).
 SIDE: dict[str, type[Screen]] = {
     "drill": DrillScreen,
+    "rotate": RotateScreen,  # from the credentials screen (r)
 }
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..core import credentials as creds
 from ..core import inventory as inv
+from ..core import rotation
 from ..core import settings as cfg
 from ..core.files import atomic_write, resolve
 
@@ -50,6 +51,14 @@ class WizardState:
     @property
     def inventory_path(self) -> Path:
         return resolve(self.workdir, self.settings.inventory.path)
+
+    def pending_rotation(self) -> tuple[tuple[str, ...] | None, str]:
+        """The names of a credential rotation that has not finished (None: none), and why
+        credentials/rotation.pending cannot be read ("" when it can)."""
+        try:
+            return rotation.pending_names(self.workdir), ""
+        except (rotation.RotationError, OSError) as exc:
+            return (), str(exc)
 
     def cluster_problems(self) -> list[str]:
         """Why nothing can be run against the cluster from this work directory ([]: it can)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
+from ..core import credentials as creds
+
 
 def show(widget: Static, text: str) -> None:
     """Set a message line's text, and hide the line while it is empty (no blank gaps at 80×24).
@@ -14,3 +16,23 @@ def show(widget: Static, text: str) -> None:
     """
     widget.update(Text(text))
     widget.display = bool(text)
+
+
+def strength_text(name: str, value: str | None) -> str:
+    """A value's strength as the credentials and rotation screens show it ("strong (~160 bits)"); never the value."""
+    if value is None:
+        return "missing"
+    if not creds.is_secret_name(name):
+        return ""
+    strength = creds.password_strength(value)
+    return f"{strength.label} (~{strength.bits:.0f} bits)"
+
+
+def weakness(name: str, value: str) -> str | None:
+    """Why a typed secret is weak ("; "-joined reasons), or None: a weak value is kept only once confirmed."""
+    if not creds.is_secret_name(name):
+        return None
+    strength = creds.password_strength(value)
+    if not strength.weak:
+        return None
+    return "; ".join(strength.reasons) or "weak"

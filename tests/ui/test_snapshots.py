@@ -22,6 +22,11 @@ def test_credentials(snap_compare, demo: Path) -> None:
     assert snap_compare(KbpgApp(demo), press=["1"], terminal_size=SIZE)
 
 
+def test_rotate_secrets_at_80x24(snap_compare, demo: Path) -> None:
+    """From the credentials screen (r): every rotatable name ticked, a password field each, Raft's refused."""
+    assert snap_compare(KbpgApp(demo), press=["1", "r"], terminal_size=(80, 24))
+
+
 def test_hosts(snap_compare, demo: Path) -> None:
     assert snap_compare(KbpgApp(demo), press=["1", "n"], terminal_size=SIZE)
 

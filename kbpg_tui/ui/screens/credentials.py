@@ -1,27 +1,23 @@
-"""Credentials: generate or type each value, see its strength, reveal/hide, export to credentials/postgres.env."""
+"""Credentials: generate or type each value, see its strength, reveal/hide, export to credentials/postgres.env.
+
+Once postgres.env exists, ``r`` (or the button) opens the rotation of the cluster's secrets (screens/rotation.py,
+``flows.SIDE["rotate"]``); while a rotation is pending, the same key finishes it.
+"""
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.widgets import Button, DataTable, Footer, Header, Input, Static
 
 from ...core import credentials as creds
-from ..text import show
+from ..text import show, strength_text, weakness
 
 MASK = "••••••••••••"
 NAMES = list(dict.fromkeys((*creds.REQUIRED_NAMES, *creds.USER_NAMES, *creds.PASSWORD_NAMES)))
-
-
-def strength_text(name: str, value: str | None) -> str:
-    if value is None:
-        return "missing"
-    if not creds.is_secret_name(name):
-        return ""
-    strength = creds.password_strength(value)
-    return f"{strength.label} (~{strength.bits:.0f} bits)"
 
 
 class CredentialsScreen(Screen):
@@ -31,6 +27,8 @@ class CredentialsScreen(Screen):
         Binding("v", "reveal", "Reveal/hide"),
         Binding("x", "export", "Export"),
         Binding("n", "next", "Next"),
+        Binding("r", "rotate", "Rotate secrets…"),
+        Binding("r", "finish_rotation", "Finish the rotation"),
         Binding("escape", "back", "Back"),
     ]
 
@@ -38,6 +36,7 @@ class CredentialsScreen(Screen):
         super().__init__()
         self.revealed = False
         self.editing: str | None = None
+        self.rotation_kind = "none"  # "none" | "rotate" | "finish", as of the last refresh_rotation()
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -47,6 +46,9 @@ class CredentialsScreen(Screen):
         table = DataTable(id="credentials", cursor_type="row", zebra_stripes=True)
         table.add_columns("name", "value", "strength", "origin")
         yield table
+        with Horizontal(id="rotate-row"):
+            yield Static("", id="rotate-hint", classes="hint")
+            yield Button("Rotate secrets… (r)", id="rotate", compact=True)
         with Vertical(id="editor"):
             yield Static("", id="editor-label")
             yield Input(password=True, id="editor-input")
@@ -58,7 +60,75 @@ class CredentialsScreen(Screen):
         show(self.query_one("#cred-problem", Static), f"{state.credentials_error}\nFix or move the file: kbpg never "
              "overwrites credentials it cannot read." if state.credentials_error else "")
         self.refresh_table()
+        self.refresh_rotation()
         self.query_one(DataTable).focus()
+
+    def on_screen_resume(self) -> None:
+        """Back from a rotation: postgres.env may hold new values, a rotation may be pending or done."""
+        self.refresh_table()
+        self.refresh_rotation()
+
+    # rotation (screens/rotation.py)
+
+    def refresh_rotation(self) -> None:
+        """The rotation's row: none without postgres.env (nothing installed to rotate), "Rotate secrets…", or
+        "Finish the rotation" while credentials/rotation.pending exists."""
+        state = self.app.state
+        names, problem = state.pending_rotation() if state.env_path.exists() else (None, "")
+        self.rotation_kind = "none" if not state.env_path.exists() else "rotate" if names is None else "finish"
+        self.query_one("#rotate-row").display = self.rotation_kind != "none"
+        button = self.query_one("#rotate", Button)
+        hint = self.query_one("#rotate-hint", Static)
+        if self.rotation_kind == "finish":
+            button.label, button.variant = "Finish the rotation… (r)", "warning"
+            hint.update(Text(problem or f"A rotation of {', '.join(names or ())} is pending: finish it (kbpg install "
+                                        "refuses to run until then)."))
+        else:
+            button.label, button.variant = "Rotate secrets… (r)", "default"
+            hint.update("Passwords changed on every host, no outage:")
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """r is "Rotate secrets…" or "Finish the rotation", as the case is; neither without postgres.env."""
+        if action == "rotate":
+            return self.rotation_kind == "rotate"
+        if action == "finish_rotation":
+            return self.rotation_kind == "finish"
+        return True
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "rotate":
+            self.action_rotate()
+
+    def action_finish_rotation(self) -> None:
+        self.action_rotate()  # the rotation's view sees the pending rotation and offers to finish it
+
+    def action_rotate(self) -> None:
+        state = self.app.state
+        if self.editing:
+            return
+        if not state.env_path.exists():
+            self.notify("no credentials/postgres.env: nothing to rotate before a cluster is installed", severity="error")
+            return
+        if state.credentials_error:
+            self.notify("postgres.env is unreadable: fix it first", severity="error")
+            return
+        if not state.credentials_saved:
+            from .dialogs import ConfirmDialog
+
+            self.app.push_screen(ConfirmDialog(
+                "Unsaved values", "Values edited here are not saved in postgres.env. A rotation starts from "
+                "postgres.env, the values the cluster uses, and takes its new values in its own view.\n"
+                "Drop the values edited here?", yes="Drop them"), self._drop_edits_and_rotate)
+            return
+        self.app.open_side("rotate")
+
+    def _drop_edits_and_rotate(self, drop: bool | None) -> None:
+        if not drop:
+            return
+        self.app.state.load_credentials()
+        self.refresh_table()
+        self.app.open_side("rotate")
 
     # table
 
@@ -133,10 +203,9 @@ class CredentialsScreen(Screen):
         if problem:
             self.query_one("#editor-strength", Static).update(f"refused: {problem}")
             return
-        if creds.is_secret_name(name) and creds.password_strength(value).weak:
+        if (reasons := weakness(name, value)):
             from .dialogs import ConfirmDialog
 
-            reasons = "; ".join(creds.password_strength(value).reasons)
             self.app.push_screen(ConfirmDialog("Weak password", f"{name}: {reasons}.\nKeep it anyway?", yes="Keep it"),
                                  lambda keep: self._store(name, value) if keep else None)
             return

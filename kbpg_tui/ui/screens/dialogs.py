@@ -150,7 +150,7 @@ welcome → credentials → hosts → plan → install → diagnostics
 Everywhere   ?  this help      ctrl+q  quit      escape  back
 Welcome      1  first install  2  diagnostics    3  export
 Credentials  g  generate       e  edit selected  v  reveal/hide
-             x  export         n  next
+             x  export         n  next           r  rotate secrets
 Hosts        c  check SSH      r  reload         n  next
 Plan         s  save           n  save, then install
 Install      s  start/resume   c  cancel (safe)  r  retry failed
