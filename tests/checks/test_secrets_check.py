@@ -210,6 +210,9 @@ def test_the_superuser_and_replication_log_in_from_a_replica_to_the_leader_with_
         assert stdin.decode() in (world.values["POSTGRES_SUPERPASS"] + "\n", world.values["POSTGRES_REPL_PASS"] + "\n")
     no_value_in([argv], world.values)
     assert (world.psql / "pgpassword").read_text() == "set\n" * 2  # psql got it from the environment
+    script = replica.calls[0][0]  # and nothing else gets the variables that hold the passwords
+    for var in ("kbpg_current", "kbpg_previous"):
+        assert script.count(f"${var}") == 1 and f"PGPASSWORD=${var} " in script
     runs = [line.split("\0") for line in argv.splitlines()]
     conninfos = sorted(run[run.index("-d") + 1] for run in runs)
     assert all("host=198.18.0.120 port=5432" in c and "sslmode=verify-full" in c
@@ -241,25 +244,25 @@ def test_the_previous_values_refused_everywhere_pass(world: World) -> None:
     assert [stdin.decode().count("\n") for _, stdin in world.connections["db-slave-01"].calls] == [2, 2]
 
 
-@pytest.mark.parametrize("name, where", [
-    ("POSTGRES_APP_PASS", "LB 198.18.0.10:6432"),
-    ("POSTGRES_MONITOR_PASS", "LB 198.18.0.10:5432"),
-    ("POSTGRES_SUPERPASS", "db-master-01 198.18.0.120:5432 from db-slave-01"),
-    ("POSTGRES_REPL_PASS", "db-master-01 198.18.0.120:5432 from db-slave-01"),
-    ("PATRONI_API_PASSWORD", "db-slave-02 REST :8008"),
-    ("HAPROXY_STATS_PASSWORD", "haproxy-02 stats :8404"),
-    ("PGBOUNCER_ADMIN_PASS", "haproxy-01:6432 console"),
-    ("PGBOUNCER_STATS_PASS", "haproxy-02:6432 console"),
-])
-def test_a_previous_value_still_accepted_fails_naming_the_secret_and_where(world: World, name: str,
-                                                                            where: str) -> None:
+EVERYWHERE = {  # where each secret is used on the lab, as the messages name the places
+    "POSTGRES_APP_PASS": "LB 198.18.0.10:5432, LB 198.18.0.10:6432",
+    "POSTGRES_MONITOR_PASS": "LB 198.18.0.10:5432, db-master-01:5432, db-slave-01:5432, db-slave-02:5432",
+    "POSTGRES_SUPERPASS": "db-master-01 198.18.0.120:5432 from db-slave-01",
+    "POSTGRES_REPL_PASS": "db-master-01 198.18.0.120:5432 from db-slave-01",
+    "PATRONI_API_PASSWORD": "db-master-01 REST :8008, db-slave-01 REST :8008, db-slave-02 REST :8008",
+    "HAPROXY_STATS_PASSWORD": "haproxy-01 stats :8404, haproxy-02 stats :8404",
+    "PGBOUNCER_ADMIN_PASS": "haproxy-01:6432 console, haproxy-02:6432 console",
+    "PGBOUNCER_STATS_PASS": "haproxy-01:6432 console, haproxy-02:6432 console",
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_previous_value_still_accepted_fails_naming_the_secret_and_where(world: World, name: str) -> None:
     old = old_values(world.values)
     world.write_prev(old)
     world.accepted[name].add(old[name])
     found = results(world.probe_context())
-    verdict, reason = found[name]
-    assert verdict is Verdict.FAIL
-    assert f"{name}: the previous value is still accepted at {where}" in reason
+    assert found[name] == (Verdict.FAIL, f"{name}: the previous value is still accepted at {EVERYWHERE[name]}")
     assert {v for n, (v, _) in found.items() if n != name} == {Verdict.PASS}
     no_value_in([r for _, r in found.values()], world.values, old)
 
@@ -294,10 +297,10 @@ def test_the_current_value_refused_or_unreachable_fails_and_the_old_one_is_not_t
     p = world.probe_context()
     found = results(p)
     verdict, reason = found["HAPROXY_STATS_PASSWORD"]
-    assert verdict is Verdict.FAIL and "HAPROXY_STATS_PASSWORD is refused at haproxy-01 stats :8404 (401)" in reason
-    verdict, reason = found["POSTGRES_APP_PASS"]
-    assert verdict is Verdict.FAIL and reason.startswith("POSTGRES_APP_PASS: cannot log in at LB 198.18.0.10:5432: ")
-    assert "Connection refused" in reason and "previous value" not in reason
+    assert (verdict, reason) == (Verdict.FAIL, "HAPROXY_STATS_PASSWORD is refused at haproxy-01 stats :8404, "
+                                               "haproxy-02 stats :8404 (401)")
+    assert found["POSTGRES_APP_PASS"] == (Verdict.FAIL, "POSTGRES_APP_PASS: cannot log in at LB 198.18.0.10:5432, "
+                                                        "LB 198.18.0.10:6432: Connection refused")
     assert not [c for c in p.connections if c[2] == "kb_app" and c[1] == 5432][1:]  # tried once: no second wait
 
 
@@ -358,7 +361,31 @@ def test_a_missing_name_is_a_failure_naming_it(world: World) -> None:
     ("timeout expired", c17_secrets.UNCLEAR),
 ])
 def test_only_a_failed_password_authentication_is_a_refusal(text: str, verdict: str) -> None:
-    assert c17_secrets.classify(f'connection to server at "h", port 5432 failed: {text}')[0] == verdict
+    assert c17_secrets.classify(f'connection failed: connection to server at "h", port 5432 failed: {text}') == (
+        verdict, text)
+    assert c17_secrets.classify(f'psql: error: connection to server at "h", port 5432 failed: {text}\nmore') == (
+        verdict, text)
+
+
+def test_the_report_line_puts_the_places_with_the_same_problem_together_and_keeps_each_line_apart() -> None:
+    find = c17_secrets.Findings("PATRONI_API_PASSWORD")
+    find.judge("db-master-01", (c17_secrets.REFUSED, "401"), (c17_secrets.ACCEPTED, ""))
+    find.judge("db-slave-01", (c17_secrets.UNCLEAR, "no answer"), None)
+    find.judge("db-slave-02", (c17_secrets.REFUSED, "401"), (c17_secrets.UNCLEAR, "answered 503"))
+    find.judge("db-slave-03", (c17_secrets.ACCEPTED, ""), (c17_secrets.REFUSED, "401"))
+    assert find.summary() == (
+        "PATRONI_API_PASSWORD is refused at db-master-01, db-slave-02 (401); PATRONI_API_PASSWORD: cannot log in at "
+        "db-slave-01: no answer; PATRONI_API_PASSWORD: the previous value is still accepted at db-master-01; "
+        "PATRONI_API_PASSWORD: cannot tell whether the previous value is refused at db-slave-02 (not an authentication "
+        "refusal: answered 503)")
+    assert find.problems == [
+        "PATRONI_API_PASSWORD is refused at db-master-01 (401)",
+        "PATRONI_API_PASSWORD: the previous value is still accepted at db-master-01",
+        "PATRONI_API_PASSWORD: cannot log in at db-slave-01: no answer",
+        "PATRONI_API_PASSWORD is refused at db-slave-02 (401)",
+        "PATRONI_API_PASSWORD: cannot tell whether the previous value is refused at db-slave-02 (not an authentication "
+        "refusal: answered 503)"]
+    assert (find.accepted, find.refused) == (["db-slave-03"], ["db-slave-03"])
 
 
 def test_psql_that_does_not_finish_or_times_out_cannot_tell() -> None:
@@ -433,12 +460,19 @@ def test_verify_all_reports_a_probe_that_never_answers(world: World, verify, mon
 
 
 @pytest.mark.parametrize("secret", c17_secrets.SECRETS, ids=lambda s: s.name)
-def test_messages_never_hold_a_value(world: World, secret) -> None:
-    """Straight from the probe (before any redaction), with values never registered as secrets: every kind of
-    problem at once (the current value refused, the old one accepted) names the secret and the place only."""
+@pytest.mark.parametrize("trouble", ["refused and old accepted", "no answer", "old not refused"])
+def test_messages_never_hold_a_value(world: World, secret, trouble: str) -> None:
+    """Straight from the probe (before any redaction), with values never registered as secrets: each kind of problem
+    names the secret and the place only."""
     old = old_values(world.values)
-    world.accepted[secret.name] = {old[secret.name]}
+    if trouble == "refused and old accepted":
+        world.accepted[secret.name] = {old[secret.name]}
+    elif trouble == "no answer":
+        world.network.add(world.values[secret.name])
+    elif secret.name in HTTP:
+        world.status[old[secret.name]] = 403
+    else:
+        world.hba.add(old[secret.name])
     find = c17_secrets.examine(world.probe_context(), secret, world.values, old[secret.name])
     assert find.problems and all(problem.startswith(secret.name) for problem in find.problems)
-    assert any("previous value is still accepted" in problem for problem in find.problems)
-    no_value_in(find.problems, world.values, old)
+    no_value_in(find.problems + [find.summary()], world.values, old)

@@ -54,41 +54,68 @@ AUTH_REFUSED = ("password authentication failed",  # PostgreSQL (and PgBouncer w
                 "SASL authentication failed")  # PgBouncer refusing a SCRAM login
 
 
+PLACE = re.compile(r'^(psql: error: )?(connection failed: )?(connection to server at "[^"]*", port \d+ failed: )?')
+
+
 def classify(text: str) -> Answer:
     """What a failed login's error says: REFUSED for a failed password authentication, else UNCLEAR (no answer, a
     timeout, TLS, or pg_hba refusing before any password was asked: none of these says the password is wrong)."""
-    detail = redact(next((line.strip() for line in text.splitlines() if line.strip()), "no output"))[:200]
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "no output")
+    detail = redact(PLACE.sub("", first))[:200]  # the message names the place already
     return (REFUSED if any(words in text for words in AUTH_REFUSED) else UNCLEAR), detail
 
 
+# What can be wrong at one place: the message, with the secret's name, the place and what the service said.
+ISSUES = {
+    "refused": "{name} is refused at {where} ({detail})",
+    "no login": "{name}: cannot log in at {where}: {detail}",
+    "old accepted": "{name}: the previous value is still accepted at {where}",
+    "cannot tell": "{name}: cannot tell whether the previous value is refused at {where} (not an authentication "
+                   "refusal: {detail})",
+}
+
+
 class Findings:
-    """What one secret's probe found: where its value was accepted, where the previous one was refused, problems."""
+    """What one secret's probe found: where its value was accepted, where the previous one was refused, and what is
+    wrong where (``issues``: (kind of ISSUES, place, what the service said)) or in general (``others``)."""
 
     def __init__(self, name: str):
         self.name = name
         self.accepted: list[str] = []
         self.refused: list[str] = []
-        self.problems: list[str] = []
+        self.issues: list[tuple[str, str, str]] = []
+        self.others: list[str] = []
+
+    @property
+    def problems(self) -> list[str]:
+        """One line per problem, naming the secret and the place."""
+        return self.others + [ISSUES[kind].format(name=self.name, where=where, detail=detail)
+                              for kind, where, detail in self.issues]
+
+    def summary(self) -> str:
+        """The problems in one line: the places with the same problem (and the same answer) together."""
+        groups: dict[tuple[str, str], list[str]] = {}
+        for kind in ISSUES:
+            for issue_kind, where, detail in self.issues:
+                if issue_kind == kind:
+                    groups.setdefault((kind, detail), []).append(where)
+        return "; ".join(self.others + [ISSUES[kind].format(name=self.name, where=", ".join(places), detail=detail)
+                                        for (kind, detail), places in groups.items()])
 
     def judge(self, where: str, now: Answer, before: Answer | None) -> None:
         """``now``: the current value's answer at ``where``; ``before``: the previous value's (None: not tried)."""
         verdict, detail = now
         if verdict == ACCEPTED:
             self.accepted.append(where)
-        elif verdict == REFUSED:
-            self.problems.append(f"{self.name} is refused at {where} ({detail})")
         else:
-            self.problems.append(f"{self.name}: cannot log in at {where}: {detail}")
+            self.issues.append(("refused" if verdict == REFUSED else "no login", where, detail))
         if before is None:
             return
         verdict, detail = before
         if verdict == REFUSED:
             self.refused.append(where)
-        elif verdict == ACCEPTED:
-            self.problems.append(f"{self.name}: the previous value is still accepted at {where}")
         else:
-            self.problems.append(f"{self.name}: cannot tell whether the previous value is refused at {where} "
-                                 f"(not an authentication refusal: {detail})")
+            self.issues.append(("old accepted" if verdict == ACCEPTED else "cannot tell", where, detail))
 
     def pair(self, where: str, attempt: Callable[[str], Answer], current: str, old: str | None) -> None:
         """Try the current value, then the previous one (not when the current one got no clear answer: the place
@@ -187,12 +214,12 @@ def from_db_node(p: ProbeContext, find: Findings, user: str, current: str, old: 
     try:
         name, address = leader(p)
     except ClusterUnreadable as exc:
-        find.problems.append(f"{find.name}: cannot find the leader to log in to: {redact(str(exc))[:200]}")
+        find.others.append(f"{find.name}: cannot find the leader to log in to: {redact(str(exc))[:200]}")
         return
     port = p.settings.ports.postgresql
     limit = max(2, int(p.timeout / 2))
     params = {"host": address, "port": str(port), "user": user, "connect_timeout": str(limit),
-                                 "application_name": "kbpg-diagnose"}
+              "application_name": "kbpg-diagnose"}
     if replication:
         params["replication"] = "true"
     else:
@@ -213,7 +240,7 @@ def from_db_node(p: ProbeContext, find: Findings, user: str, current: str, old: 
         before = answers[1] if old is not None and answers[0][0] != UNCLEAR else None
         find.judge(f"{name} {address}:{port} from {via.name}", answers[0], before)
         return
-    find.problems.append(f"{find.name}: no DB node to log in from: {'; '.join(errors) or 'none selected'}")
+    find.others.append(f"{find.name}: no DB node to log in from: {'; '.join(errors) or 'none selected'}")
 
 
 # --- the secrets -----------------------------------------------------------------------------------------------------
@@ -289,7 +316,7 @@ def examine(p: ProbeContext, secret: Secret, values: Mapping[str, str], old: str
     find = Findings(secret.name)
     missing = [name for name in (secret.name, *secret.needs) if not values.get(name)]
     if missing:
-        find.problems.append(f"{', '.join(missing)} not in credentials/postgres.env: run `kbpg install`")
+        find.others.append(f"{', '.join(missing)} not in credentials/postgres.env: run `kbpg install`")
         return find
     secret.probe(p, find, values, None if old == values[secret.name] else old)
     return find
@@ -316,7 +343,7 @@ def diagnose(p: ProbeContext, secret: Secret) -> str:
         hint = ""
         if (p.ctx.workdir / PENDING_FILE).exists():
             hint = " (a credential rotation is pending: finish it with `kbpg credentials rotate`)"
-        raise CheckFailed("; ".join(find.problems) + hint)
+        raise CheckFailed(find.summary() + hint)
     if prev is None:
         return find.said(None) + f"; no {PREV_FILE}"
     if old is None:
