@@ -110,3 +110,112 @@ def test_a_second_ctrl_c_does_not_interrupt_a_drill_putting_its_fault_back(capfd
             plain._handle(2, None)
     finally:
         plain.restore()
+
+
+def test_a_member_whose_raft_stays_silent_gets_patroni_restarted_and_is_named(tmp_path: Path) -> None:
+    """pysyncobj's thread can die after a kill (kbpg_tui.core.raft): the round restarts Patroni on a member whose
+    Raft is silent on two looks in a row, only there, at most RAFT_RESTARTS times, and names it."""
+    answers = {"db-master-01": 'r:unit active 300\nr:status {"leader": "198.18.0.122:7000", "raft_term": 4}\n',
+               "db-slave-01": "r:unit active 300\nr:silent 198.18.0.121:7000 connection lost\n",
+               "db-slave-02": "r:unit inactive 0\n"}  # a stopped Patroni (the stop drill's fault) is left alone
+    restarts: list[str] = []
+
+    def handler(name: str):
+        def run(script: str, stdin) -> object:
+            if script == "systemctl restart patroni":
+                restarts.append(name)
+                return result("")
+            return result(answers[name])
+        return run
+
+    db = [Host("db-master-01", "198.18.0.120"), Host("db-slave-01", "198.18.0.121"), Host("db-slave-02", "198.18.0.122")]
+    pool = FakePool({h.name: ScriptedConnection(h, handler(h.name)) for h in db})
+    events = EventCollector()
+    ctx = context(tmp_path, pool, events, threading.Event())
+    report = RoundReport(mode="kill", round=1, started="now")
+    marks: list[tuple[str, str]] = []
+    healer = drill.RaftHealer(ctx, pool, {h.name: h for h in db}, report, lambda what, detail: marks.append((what, detail)))
+
+    assert healer.look(drill.RAFT_GRACE - 1) == []  # too early: a killed Patroni is still coming back
+    assert len(pool.gets) == 0
+    assert healer.look(drill.RAFT_GRACE) == []  # silent once: looked again later
+    assert healer.look(drill.RAFT_GRACE + 1) == []  # not before RAFT_EVERY
+    healer.next_look = 0.0
+    assert healer.look(drill.RAFT_GRACE + drill.RAFT_EVERY) == ["db-slave-01"]
+    assert restarts == ["db-slave-01"] and marks == [("patroni restarted (raft)", "db-slave-01")]
+    (problem,) = report.problems
+    assert problem.startswith("Patroni's Raft stopped answering on db-slave-01 (patroni active for 300 s, its Raft "
+                              "port 198.18.0.121:7000 does not answer: connection lost)")
+    assert problem.endswith("; the drill restarted Patroni there")
+    assert any(e.level == Level.WARNING and "db-slave-01" in e.text for e in events.of_type(Message))
+    # Still silent after its restart: silent twice again before the next restart, one line in the report.
+    for _ in range(2 * drill.RAFT_RESTARTS + 2):
+        healer.next_look = 0.0
+        healer.look(drill.RAFT_GRACE + 60)
+    assert restarts == ["db-slave-01"] * drill.RAFT_RESTARTS
+    assert len(report.problems) == 1 and report.problems[0].endswith(f"({drill.RAFT_RESTARTS} times)")
+
+
+def test_a_round_whose_cluster_does_not_come_back_looks_for_silent_rafts_meanwhile(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    """The wiring: both of a round's waits after the fault (a new primary, then the cluster whole) ask the healer."""
+    from kbpg_tui.core.ops.writers import Attempt
+
+    def member(name: str, role: str, state: str) -> cluster.Member:
+        return cluster.Member(name, name, role, state, 1, 0)
+
+    healthy = cluster.ClusterState((member("db-master-01", "leader", "running"),
+                                    member("db-slave-01", "replica", "streaming"),
+                                    member("db-slave-02", "replica", "streaming")))
+    stuck = cluster.ClusterState((member("db-master-01", "replica", "stopped"),
+                                  member("db-slave-01", "leader", "running"),
+                                  member("db-slave-02", "replica", "stopped")))
+
+    class Writer:
+        def __init__(self, entry: str, *args, **kwargs):
+            self.acknowledged = True
+            self.attempts = [Attempt(1, 0.0, 1e12, True)]
+
+        def start(self) -> None:
+            pass
+
+        def stop(self, timeout: float) -> None:
+            pass
+
+    class Watch:
+        def __init__(self, ctx) -> None:
+            pass
+
+        def start(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+        def primary_after(self, moment: float, old: str):
+            self.asked = getattr(self, "asked", 0) + 1
+            return ("db-slave-01", moment + 0.01) if self.asked > 3 else None
+
+    looks: list[float | str] = []
+    monkeypatch.setattr(drill, "wait_healthy", lambda ctx, timeout: (healthy, cluster.Health((), "healthy")))
+    monkeypatch.setattr(drill, "_state", lambda ctx, first=None, avoid=None: looks.append("whole?") or stuck)
+    monkeypatch.setattr(drill, "EntryWriter", Writer)
+    monkeypatch.setattr(drill, "LeaderWatch", Watch)
+    monkeypatch.setattr(drill.random, "uniform", lambda a, b: 0.0)
+    monkeypatch.setattr(drill, "BASELINE", 0.0)
+    monkeypatch.setattr(drill, "AFTER", 0.0)
+    monkeypatch.setattr(drill, "STREAMING_WAIT", 1.5)
+    monkeypatch.setattr(drill.RaftHealer, "look", lambda self, since_fault: looks.append(since_fault) or [])
+
+    def connect_fails() -> object:
+        raise drill.psycopg.OperationalError("no database here")
+
+    monkeypatch.setattr(drill, "_connector", lambda ctx, port: connect_fails)
+    db = [Host("db-master-01", "198.18.0.120"), Host("db-slave-01", "198.18.0.121"), Host("db-slave-02", "198.18.0.122")]
+    pool = FakePool({h.name: ScriptedConnection(h, lambda script, stdin: result("")) for h in db})
+    ctx = context(tmp_path, pool, EventCollector(), threading.Event())
+    report = drill.one_round(ctx, "kill", 1, "run", {"LB:5432": 20.0, "LB:6432": 20.0}, "fast")
+    assert any("did not stream again" in problem for problem in report.problems), report.problems
+    first_whole = looks.index("whole?")
+    assert first_whole >= 3  # asked while waiting for a new primary
+    assert sum(1 for x in looks[first_whole:] if x != "whole?") >= 2  # and while waiting for the cluster whole

@@ -106,6 +106,32 @@ def test_services_fail_when_inactive_and_warn_when_restarting(make) -> None:
         c03_services.db_services(p, p.ctx.db_hosts[1])
 
 
+def _db_services(make, raft_lines: str, unit_line: str = "patroni active 0 3600\n"):
+    def handler(script: str, stdin) -> object:
+        return result(raft_lines if "TcpUtility" in script else unit_line)
+    return make(pool=FakePool({h.name: ScriptedConnection(h, handler) for h in hosts(make)}))
+
+
+def test_services_fail_a_db_node_whose_raft_is_silent_even_just_restarted(make) -> None:
+    silent = "r:unit active 300\nr:silent 198.18.0.121:7000 connection lost\n"
+    p = _db_services(make, silent)
+    with pytest.raises(CheckFailed, match=r"^db-slave-01: Patroni's Raft stopped answering on db-slave-01 .*"
+                                          r"restart it \(systemctl restart patroni on db-slave-01\)$"):
+        c03_services.db_services(p, p.ctx.db_hosts[1])
+    # Patroni restarted lately (a warning alone) with a Raft silent for 300 s: still a failure, not a warning.
+    p = _db_services(make, silent, unit_line="patroni active 2 45\n")
+    with pytest.raises(CheckFailed, match="Raft stopped answering"):
+        c03_services.db_services(p, p.ctx.db_hosts[1])
+    # A Raft that answers passes, and says whom it follows.
+    p = _db_services(make, 'r:unit active 300\nr:status {"leader": "198.18.0.122:7000", "raft_term": 3}\n')
+    assert c03_services.db_services(p, p.ctx.db_hosts[1]) == (
+        "db-slave-01: patroni active; its Raft answers (leader 198.18.0.122:7000, term 3)")
+    # Patroni started seconds ago: its Raft is not judged yet.
+    p = _db_services(make, "r:unit active 5\nr:silent 198.18.0.121:7000 connection lost\n", "patroni active 1 5\n")
+    with pytest.raises(CheckWarning, match="restarted 1 time"):
+        c03_services.db_services(p, p.ctx.db_hosts[1])
+
+
 def test_services_probe_each_node_with_its_units(make) -> None:
     probes = c03_services.CHECK.probes(make())
     assert [(pr.number, pr.check, pr.target) for pr in probes] == [

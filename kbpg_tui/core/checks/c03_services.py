@@ -1,7 +1,9 @@
-"""3. The services are active on each node, and not restarting in a loop."""
+"""3. The services are active on each node, and not restarting in a loop; on a DB node, Patroni's Raft (its DCS,
+a thread of the patroni process) answers (:mod:`kbpg_tui.core.raft`: after a crash it can die, unnoticed)."""
 
 from __future__ import annotations
 
+from .. import raft
 from ..ssh import Host
 from .base import Check, CheckFailed, CheckWarning, on_hosts
 from .probe import ProbeContext
@@ -36,7 +38,18 @@ def services(p: ProbeContext, host: Host, units: list[str]) -> str:
 
 
 def db_services(p: ProbeContext, host: Host) -> str:
-    return services(p, host, ["patroni"])
+    warning: CheckWarning | None = None
+    try:
+        verdict = services(p, host, ["patroni"])  # raises CheckFailed when patroni is not active
+    except CheckWarning as exc:  # it restarted lately: a silent Raft still fails
+        warning, verdict = exc, ""
+    status = raft.parse(p.ssh(host, raft.PROBE))
+    if status.answers is False:
+        raise CheckFailed(f"{host.name}: {raft.silent_text(host.name, status)}; until Patroni is restarted there "
+                          f"its DCS is frozen: restart it (systemctl restart patroni on {host.name})")
+    if warning is not None:
+        raise warning
+    return verdict + (f"; its Raft answers ({status.detail})" if status.answers else "")
 
 
 def haproxy_services(p: ProbeContext, host: Host) -> str:

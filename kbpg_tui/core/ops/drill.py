@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Callable
 
 import psycopg
 
-from .. import cluster, runlock
+from .. import cluster, raft, runlock
 from ..cluster import on_leader
 from ..engine import TaskError, TaskRun
 from ..events import DrillMark, DrillRoundDone, DrillSample, Level, Message, Progress
@@ -59,6 +59,9 @@ HEALTHY_WAIT = 180.0  # a round starts on a healthy cluster: how long to wait fo
 STREAMING_WAIT = 240.0
 ATTEMPT_TIMEOUT = 30.0
 WATCH_POLL = 0.1
+RAFT_GRACE = 15.0  # seconds after the fault before a member's silent Raft is looked for (a killed Patroni is back in ~5)
+RAFT_EVERY = 10.0  # seconds between two looks; a member silent on two looks in a row gets Patroni restarted
+RAFT_RESTARTS = 3  # restarts per member and round at most
 
 
 class DrillRefused(Exception):
@@ -279,6 +282,61 @@ class Fault:
             self.restore_pool.close()
 
 
+class RaftHealer:
+    """After the fault, a member whose Patroni runs but whose Raft no longer answers (pysyncobj's thread died: see
+    :mod:`kbpg_tui.core.raft`) on two looks in a row gets Patroni restarted, which brings it back; each member so
+    healed is named in the round's problems: the drill leaves the cluster whole, and says what it had to do.
+
+    ``look`` is called from the round's waits, as often as they like: it looks every RAFT_EVERY seconds, from
+    RAFT_GRACE seconds after the fault, through connections a cancel does not close."""
+
+    def __init__(self, ctx: Context, pool, hosts: dict[str, Host], report: RoundReport,
+                 mark: Callable[[str, str], None]):
+        self.ctx, self.pool, self.hosts, self.report, self.mark = ctx, pool, hosts, report, mark
+        self.silent_before: set[str] = set()
+        self.next_look = 0.0
+        self.restarts: dict[str, int] = {}
+        self.problem_at: dict[str, int] = {}  # name -> its line in report.problems
+
+    def _ask(self, host: Host) -> raft.RaftStatus:
+        try:
+            return raft.ask(self.pool.get(host))
+        except Exception as exc:  # noqa: BLE001 (a host down or cut is not judged)
+            return raft.RaftStatus(None, f"cannot ask: {exc}")
+
+    def look(self, since_fault: float) -> list[str]:
+        """Look if it is time to; the names of the members whose Patroni was restarted now."""
+        now = time.monotonic()
+        if since_fault < RAFT_GRACE or now < self.next_look:
+            return []
+        self.next_look = now + RAFT_EVERY
+        hosts = list(self.hosts.values())
+        with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+            statuses = dict(zip((h.name for h in hosts), pool.map(self._ask, hosts), strict=True))
+        silent = {name for name, status in statuses.items() if status.answers is False}
+        restarted = []
+        for name in sorted(silent & self.silent_before):
+            if self.restarts.get(name, 0) >= RAFT_RESTARTS:
+                continue
+            self.restarts[name] = self.restarts.get(name, 0) + 1
+            result = self.pool.get(self.hosts[name]).run("systemctl restart patroni", timeout=120, check=False,
+                                                         what="restarting patroni (its Raft stopped answering)")
+            times = self.restarts[name]
+            text = (raft.silent_text(name, statuses[name]) + "; the drill restarted Patroni there"
+                    + (f" ({times} times)" if times > 1 else "")
+                    + ("" if result.ok else f", and the restart failed: {result.tail(1)}"))
+            if name in self.problem_at:
+                self.report.problems[self.problem_at[name]] = text
+            else:
+                self.problem_at[name] = len(self.report.problems)
+                self.report.problems.append(text)
+            self.ctx.sink(Message(Level.WARNING, f"drill: {text}"))
+            self.mark("patroni restarted (raft)", name)
+            restarted.append(name)
+        self.silent_before = silent - set(restarted)
+        return restarted
+
+
 def put_back(fault: Fault, report: RoundReport, leader: str) -> bool:
     """Put the fault back; any failure is named in the round's problems and as an error (the operator must put it
     back by hand), never raised: the round still ends with its report. True when it is back."""
@@ -369,6 +427,8 @@ def one_round(ctx: Context, mode: str, number: int, run_id: str, bound: dict[str
 
     fault = Fault(ctx, mode, hosts[leader.name],
                   lambda what, detail: mark(what, time.monotonic() - (fault_at or time.monotonic()), detail=detail))
+    healer = RaftHealer(ctx, fault.restore_pool, hosts, report,
+                        lambda what, detail: mark(what, time.monotonic() - (fault_at or time.monotonic()), detail=detail))
     try:
         watch.start()
         for writer in writers.values():
@@ -407,6 +467,7 @@ def one_round(ctx: Context, mode: str, number: int, run_id: str, bound: dict[str
         def recovered() -> bool:
             nonlocal new_primary
             seconds.flush()
+            healer.look(time.monotonic() - (fault_at or 0.0))
             if fault.error is not None:
                 return True
             if new_primary is None:
@@ -432,6 +493,7 @@ def one_round(ctx: Context, mode: str, number: int, run_id: str, bound: dict[str
         def whole() -> bool:
             nonlocal final
             seconds.flush()
+            healer.look(time.monotonic() - (fault_at or 0.0))
             try:
                 final = _state(ctx, first=new_primary[0] if new_primary else None, avoid=leader.name)
             except cluster.ClusterUnreadable:
