@@ -158,3 +158,51 @@ def test_the_install_refuses_while_a_rotation_is_pending(workdir: Path, real_inv
     with pytest.raises(TaskError, match="kbpg credentials rotate"):
         s00.ensure_credentials(_local_run(workdir, real_inventory))
     assert (workdir / creds.ENV_FILE).read_bytes() == before
+
+
+# --- the command line: bad input is refused before anything is connected to or written --------------------------
+
+
+@pytest.fixture
+def cli_workdir(workdir: Path, real_inventory: Path) -> Path:
+    import shutil
+
+    shutil.copy(real_inventory, workdir / "servers.tsv")
+    (workdir / "kbpg.toml").write_text('[network]\nlb_address = "198.18.0.10"\n')
+    return workdir
+
+
+def _untouched(workdir: Path) -> None:
+    assert not (workdir / rotation.PENDING_FILE).exists() and not (workdir / rotation.PREV_FILE).exists()
+
+
+def test_cli_refuses_raft_and_unknown_names_with_exit_2(cli_workdir: Path) -> None:
+    from .conftest import run_kbpg
+    from .test_cli_input import assert_bad_input
+
+    raft = run_kbpg("credentials", "rotate", "PATRONI_RAFT_PASSWORD", "--yes", workdir=cli_workdir)
+    assert raft.returncode == 2 and "Raft (pysyncobj) encrypts every message" in raft.stderr
+    assert "maintenance window" in raft.stderr and "Traceback" not in raft.stderr
+    assert_bad_input(run_kbpg("credentials", "rotate", "POSTGRES_SUPERUSER", "--yes", workdir=cli_workdir),
+                     "POSTGRES_SUPERUSER: not a secret kbpg rotates")
+    _untouched(cli_workdir)
+
+
+def test_cli_refuses_other_names_while_a_rotation_is_pending(cli_workdir: Path) -> None:
+    from .conftest import run_kbpg
+    from .test_cli_input import assert_bad_input
+
+    rotation.begin(cli_workdir, ["POSTGRES_APP_PASS"])
+    pending = (cli_workdir / rotation.PENDING_FILE).read_bytes()
+    assert_bad_input(run_kbpg("credentials", "rotate", "HAPROXY_STATS_PASSWORD", "--yes", workdir=cli_workdir),
+                     "a rotation of POSTGRES_APP_PASS is pending", "kbpg credentials rotate")
+    assert (cli_workdir / rotation.PENDING_FILE).read_bytes() == pending
+
+
+def test_cli_needs_yes_without_a_terminal(cli_workdir: Path) -> None:
+    from .conftest import run_kbpg
+    from .test_cli_input import assert_bad_input
+
+    assert_bad_input(run_kbpg("credentials", "rotate", workdir=cli_workdir, input=""),
+                     "not a terminal: pass --yes")
+    _untouched(cli_workdir)
