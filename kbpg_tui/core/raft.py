@@ -52,6 +52,8 @@ try:
     status = TcpUtility(raft.get("password"), {ASK_TIMEOUT}).executeCommand(address, ["status"])
 except Exception as exc:
     print("r:silent", address, (str(exc) or type(exc).__name__)[:80]); sys.exit(0)
+if not isinstance(status, dict):  # a refused connection returns None, it does not raise
+    print("r:silent", address, "connection refused"); sys.exit(0)
 keys = ("leader", "raft_term", "commit_idx", "last_applied", "state", "has_quorum")
 print("r:status", json.dumps({{k: status.get(k) for k in keys}}, default=str))
 PY"""
@@ -109,8 +111,8 @@ def ask(connection, timeout: float = 20.0) -> RaftStatus:
     return parse(result.stdout)
 
 
-STOPPED = ("Patroni's Raft stopped answering on {name} ({detail}): its pysyncobj thread died, a known upstream "
-           "fault after a crash and quick restart (see README, Failover drill)")
+STOPPED = ("Patroni's Raft stopped answering on {name} ({detail}): most likely its pysyncobj thread died, a known "
+           "upstream fault after a crash and quick restart (see README, Failover drill)")
 
 
 def silent_text(name: str, status: RaftStatus) -> str:
