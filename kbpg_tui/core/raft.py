@@ -112,7 +112,7 @@ def ask(connection, timeout: float = 20.0) -> RaftStatus:
 
 
 STOPPED = ("Patroni's Raft stopped answering on {name} ({detail}): most likely its pysyncobj thread died, a known "
-           "upstream fault after a crash and quick restart (see README, "A known upstream fault" under Failover)")
+           "upstream fault after a crash and quick restart (see README: A known upstream fault, under Failover)")
 
 
 def silent_text(name: str, status: RaftStatus) -> str:
