@@ -281,6 +281,14 @@ def cmd_install(args: argparse.Namespace) -> int:
         if missing:
             raise BadInput(f"{path}: {'missing' if values is None else 'lacks ' + ', '.join(missing)}; "
                            "run step 00 first (kbpg install --yes, or --step 00)")
+        from .core import rotation
+        from .core.engine import TaskError
+
+        try:  # step 00 refuses this; without it, steps 02-04 would put the old values back
+            rotation.refuse_if_pending(args.workdir)
+        except TaskError as exc:
+            print(f"   error: {exc}")
+            return EXIT_FAILED
     interactive = sys.stdin.isatty() and not args.yes
     if not args.yes and not interactive:
         raise BadInput("not a terminal: pass --yes to install without questions (host keys must then be known or pinned)")

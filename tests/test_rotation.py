@@ -206,3 +206,22 @@ def test_cli_needs_yes_without_a_terminal(cli_workdir: Path) -> None:
     assert_bad_input(run_kbpg("credentials", "rotate", workdir=cli_workdir, input=""),
                      "not a terminal: pass --yes")
     _untouched(cli_workdir)
+
+
+def test_cli_install_of_later_steps_refuses_while_a_rotation_is_pending(cli_workdir: Path, monkeypatch,
+                                                                          capsys) -> None:
+    """`kbpg install --step 03` skips step 00 (where the install refuses): it must refuse too, before connecting, or
+    steps 02-04 would put postgres.env's old values back on hosts that already hold the pending ones."""
+    from kbpg_tui import cli
+    from kbpg_tui.core import install as inst
+
+    rotation.begin(cli_workdir, ["HAPROXY_STATS_PASSWORD"])
+
+    prepared = []
+    monkeypatch.setattr(inst, "prepare", lambda *args, **kwargs: prepared.append(args) or 1 / 0)
+    for steps in (["--step", "03"], ["--step", "02,04"]):
+        code = cli.main(["--workdir", str(cli_workdir), "install", "--yes", *steps])
+        out = capsys.readouterr()
+        assert code == 1 and not prepared, steps
+        assert "rotation" in out.out + out.err and "kbpg credentials rotate" in out.out + out.err, steps
+    assert rotation.pending_names(cli_workdir) == ("HAPROXY_STATS_PASSWORD",)

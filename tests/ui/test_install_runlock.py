@@ -72,3 +72,23 @@ async def test_the_install_runs_under_the_lock_and_releases_it(demo: Path, hosts
         assert screen.done
     assert runs == [{name: True for name in DEMO_DB}]
     assert not any(lock_file(root, name).exists() for name in DEMO_DB)
+
+
+async def test_retrying_a_later_step_refuses_while_a_rotation_is_pending(demo: Path, hosts) -> None:
+    """r retries from the failed step, without step 00 (where the install refuses while a rotation is pending):
+    it must refuse too, or steps 02-04 would put postgres.env's old values back."""
+    from kbpg_tui.core import rotation
+
+    root, runs = hosts
+    app = KbpgApp(demo)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await start_install(app, pilot)
+        assert len(runs) == 1
+        (demo / rotation.PENDING_FILE).write_text("POSTGRES_APP_PASS='a-pending-new-value-0123456789'\n")
+        screen.failed_step = "02"
+        await pilot.press("r")
+        for _ in range(20):
+            await pilot.pause(0.05)
+        assert not screen.running
+        assert "kbpg credentials rotate" in str(screen.query_one("#install-status", Static).render())
+    assert len(runs) == 1, "the engine ran steps 02-05 with the old values"

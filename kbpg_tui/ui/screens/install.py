@@ -12,7 +12,8 @@ from textual.binding import Binding
 
 from ...core import events as ev
 from ...core import install as inst
-from ...core.engine import Step
+from ...core import rotation
+from ...core.engine import Step, TaskError
 from ...core.steps import ALL_STEPS, install_steps
 from .progress import OUTPUT_LINES_PER_HOST, EngineEvent, RunDone, RunScreen
 
@@ -46,7 +47,15 @@ class InstallScreen(RunScreen):
         if not self.failed_step:
             self.notify("no failed step to retry; s runs the whole install again (safely)")
             return
-        self.launch([step for step in self.planned_steps() if step.number >= self.failed_step])
+        steps = [step for step in self.planned_steps() if step.number >= self.failed_step]
+        if all(step.number != "00" for step in steps):  # step 00 refuses while a rotation is pending; these would not
+            try:
+                rotation.refuse_if_pending(self.app.state.workdir)
+            except TaskError as exc:
+                self.set_status(str(exc))
+                self.notify(str(exc), severity="error", timeout=15)
+                return
+        self.launch(steps)
 
     def on_run_done(self, message: RunDone) -> None:
         self.running = False
