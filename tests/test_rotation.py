@@ -225,3 +225,92 @@ def test_cli_install_of_later_steps_refuses_while_a_rotation_is_pending(cli_work
         assert code == 1 and not prepared, steps
         assert "rotation" in out.out + out.err and "kbpg credentials rotate" in out.out + out.err, steps
     assert rotation.pending_names(cli_workdir) == ("HAPROXY_STATS_PASSWORD",)
+
+
+# --- a run killed between a host's new file and its reload: the re-run finds the file unchanged -----------------
+
+
+def _resumed_step(workdir: Path, real_inventory: Path, number: str, monkeypatch) -> tuple[list, TaskRun, list[str]]:
+    """The tasks of step ``number`` of a resumed rotation of every name, with a run whose commands are recorded."""
+    rotation.begin(workdir)
+    chosen = rotation.begin(workdir)  # resumed: a previous run was killed
+    run = _local_run(workdir, real_inventory)
+    run.ctx.credentials = chosen.credentials
+    commands: list[str] = []
+    monkeypatch.setattr(TaskRun, "run", lambda self, script, host=None, **kw: commands.append(script))
+    step = next(step for step in rotation.steps(chosen) if step.number == number)
+    return step.tasks, run, commands
+
+
+def test_a_resumed_rotation_reloads_every_patroni_member(workdir: Path, real_inventory: Path, monkeypatch) -> None:
+    from kbpg_tui.core.engine import Outcome
+    from kbpg_tui.core.steps import s02_patroni as patroni
+
+    reloaded: list[set[str]] = []
+    monkeypatch.setattr(patroni, "write_config", lambda run: Outcome.unchanged("configuration up to date"))
+    monkeypatch.setattr(patroni, "start_cluster",
+                        lambda run: reloaded.append(set(run.ctx.state.get("patroni_config_changed", set())))
+                        or Outcome.unchanged())
+    monkeypatch.setattr(patroni, "wait_for_cluster", lambda run: Outcome.unchanged())
+    tasks, run, _ = _resumed_step(workdir, real_inventory, "R3", monkeypatch)
+    for task in tasks:
+        for host in (run.ctx.db_hosts if task.scope == "db" else [None]):
+            task.function(TaskRun(run.ctx, "R3", host))
+    # patroni.yml already held the new values (written by the killed run) but the members may still run the old ones
+    assert reloaded == [{host.name for host in run.ctx.db_hosts}]
+
+
+def test_a_resumed_rotation_reloads_pgbouncer(workdir: Path, real_inventory: Path, monkeypatch) -> None:
+    from kbpg_tui.core.engine import Outcome
+    from kbpg_tui.core.steps import s04_pgbouncer as pgbouncer
+
+    monkeypatch.setattr(pgbouncer, "configure_pgbouncer",
+                        lambda run: Outcome.unchanged("configuration up to date, pgbouncer active"))
+    tasks, run, commands = _resumed_step(workdir, real_inventory, "R2", monkeypatch)
+    for host in run.ctx.haproxy_hosts:
+        tasks[0].function(TaskRun(run.ctx, "R2", host))
+    assert commands.count("systemctl reload pgbouncer") == len(run.ctx.haproxy_hosts)
+    assert not any("RECONNECT" in command or "restart" in command for command in commands)
+
+
+def test_a_resumed_rotation_reloads_haproxy_whose_stats_refuse_the_new_value(workdir: Path, real_inventory: Path,
+                                                                              monkeypatch) -> None:
+    from kbpg_tui.core.checks import c17_secrets
+    from kbpg_tui.core.engine import Outcome
+    from kbpg_tui.core.steps import rest_tls
+    from kbpg_tui.core.steps import s03_haproxy as haproxy
+
+    monkeypatch.setattr(haproxy, "configure_haproxy",
+                        lambda run: Outcome.unchanged("configuration up to date, haproxy active"))
+    monkeypatch.setattr(rest_tls, "worker_pid", lambda run, host: "")
+    tasks, run, commands = _resumed_step(workdir, real_inventory, "R4", monkeypatch)
+    first, second = run.ctx.haproxy_hosts[:2]
+    tried: list[str] = []
+
+    def http(p, url, user, method, accepted, password):
+        tried.append(password)
+        return (c17_secrets.REFUSED, "401") if first.address in url else (c17_secrets.ACCEPTED, "")
+
+    monkeypatch.setattr(c17_secrets, "http", http)
+    for host in (first, second):
+        tasks[0].function(TaskRun(run.ctx, "R4", host))
+    assert commands == ["systemctl reload haproxy"]  # only where the running HAProxy still refuses the new value
+    assert set(tried) == {run.ctx.credentials["HAPROXY_STATS_PASSWORD"]}
+
+
+def test_the_check_asks_again_until_every_service_applied_its_reload(workdir: Path, real_inventory: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Patroni applies a reloaded patroni.yml at its next loop: the check step asks again, and fails only after
+    VERIFY_SECONDS, naming what is still wrong."""
+    from kbpg_tui.core.checks import c17_secrets
+
+    chosen = rotation.begin(workdir)
+    check = next(step for step in rotation.steps(chosen) if step.number == "R5").tasks[0]
+    answers = [["PATRONI_API_PASSWORD is refused at db-master-01 REST :8008 (401)"]] * 2 + [[]]
+    monkeypatch.setattr(c17_secrets, "verify_all", lambda ctx, values, previous: answers.pop(0))
+    monkeypatch.setattr(rotation, "VERIFY_PAUSE", 0.01)
+    assert check.function(_local_run(workdir, real_inventory)).status == Status.UNCHANGED and not answers
+    monkeypatch.setattr(c17_secrets, "verify_all", lambda ctx, values, previous: ["PGBOUNCER_ADMIN_PASS is refused"])
+    monkeypatch.setattr(rotation, "VERIFY_SECONDS", 0.05)
+    with pytest.raises(TaskError, match="PGBOUNCER_ADMIN_PASS is refused.*postgres.env keeps the old values"):
+        check.function(_local_run(workdir, real_inventory))

@@ -21,17 +21,22 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import credentials as creds
 from .engine import Outcome, Step, Task, TaskError, TaskRun
+from .events import Status
 from .files import atomic_write
 from .logs import register_secret
 
 PENDING_FILE = Path("credentials") / "rotation.pending"
 PREV_FILE = Path("credentials") / "postgres.env.prev"
+# How long the check after the changes asks again (Patroni applies a reload at its next loop: loop_wait <= 10 s on
+# every timing plan, plus its REST server's restart).
+VERIFY_SECONDS, VERIFY_PAUSE = 45.0, 2.0
 
 # In the order they are listed to the operator; every password of postgres.env but Raft's.
 ROTATABLE: tuple[str, ...] = (
@@ -213,13 +218,71 @@ def _verify(rotation: Rotation):
 
         changed = {name: value for name, value in rotation.previous.items()
                    if name in rotation.names and rotation.credentials.get(name) != value}
-        problems = verify_all(run.ctx, rotation.credentials, changed)
-        if problems:
-            raise TaskError("; ".join(problems) + " — postgres.env keeps the old values until this passes; run the "
-                            "same command again")
+        # Patroni applies a reloaded patroni.yml (its REST password) at its next loop, up to loop_wait later: asked
+        # again until VERIFY_SECONDS have passed.
+        started = time.monotonic()
+        while True:
+            run.check_cancel()
+            problems = verify_all(run.ctx, rotation.credentials, changed)
+            waited = time.monotonic() - started
+            if not problems:
+                break
+            if waited > VERIFY_SECONDS:
+                raise TaskError("; ".join(problems) + f" (still after {waited:.0f} s) — postgres.env keeps the old "
+                                "values until this passes; run the same command again")
+            time.sleep(VERIFY_PAUSE)
         return Outcome.unchanged(f"{len(rotation.names)} new values accepted where they are used, "
-                                 f"{len(changed)} old ones refused")
+                                 f"{len(changed)} old ones refused" + (f" (after {waited:.0f} s)" if waited > 1 else ""))
     return verify
+
+
+# A run killed between a host's new file and its reload leaves the file right and the service on the old values: the
+# re-run finds the file unchanged, and the install's tasks reload only what they changed. These reload it anyway.
+
+def _reload_every_member(run: TaskRun) -> Outcome:
+    """Before R3's reload: every running member is reloaded (replicas first), not only those whose patroni.yml this
+    run changed; Patroni cannot be asked which passwords it holds (the replicas' primary_conninfo, pg_rewind's)."""
+    run.ctx.state.setdefault("patroni_config_changed", set()).update(host.name for host in run.ctx.db_hosts)
+    return Outcome.unchanged("every member is reloaded next (a stopped run may have left patroni.yml unloaded)")
+
+
+def _configure_pgbouncer(run: TaskRun) -> Outcome:
+    """R2: the install's task, and a RELOAD when it found nothing to write (a RELOAD keeps clients and server
+    connections; a stopped run may have written the auth file and not reloaded it)."""
+    from .steps import s04_pgbouncer as pgbouncer
+
+    outcome = pgbouncer.configure_pgbouncer(run)
+    if outcome.status is not Status.UNCHANGED:
+        return outcome  # written: reloaded (or started) by the task itself
+    run.run("systemctl reload pgbouncer", what="reloading pgbouncer")
+    return Outcome.unchanged(f"{outcome.detail}; reloaded (the auth file of a stopped run is read)", outcome.warnings)
+
+
+def _configure_haproxy(run: TaskRun) -> Outcome:
+    """R4: the install's task, and a reload when it found nothing to write but the stats page still refuses the new
+    password (a stopped run wrote haproxy.cfg and did not reload it)."""
+    from .checks import c17_secrets
+    from .checks.probe import ProbeContext
+    from .steps import rest_tls
+    from .steps import s03_haproxy as haproxy
+
+    outcome = haproxy.configure_haproxy(run)
+    host = run.host
+    assert host is not None
+    if outcome.status is not Status.UNCHANGED:
+        return outcome
+    p = ProbeContext(run.ctx)
+    values = run.ctx.credentials
+    url = f"{p.scheme}://{host.address}:{run.settings.ports.haproxy_stats}/;csv"
+    verdict, _ = c17_secrets.http(p, url, values["HAPROXY_STATS_USER"], "GET", 200, values["HAPROXY_STATS_PASSWORD"])
+    if verdict != c17_secrets.REFUSED:
+        return outcome
+    before = rest_tls.worker_pid(run, host)
+    run.run("systemctl reload haproxy", what="reloading haproxy")  # established sessions stay on the old process
+    warnings = list(outcome.warnings)
+    if before and not rest_tls.wait_new_process(run, host, before):
+        warnings.append(f"HAProxy's new process did not answer within {rest_tls.NEW_PROCESS_WAIT:.0f} s after the reload")
+    return Outcome.changed("reloaded: the running HAProxy still refused the new stats password", warnings)
 
 
 def steps(rotation: Rotation) -> list[Step]:
@@ -228,8 +291,6 @@ def steps(rotation: Rotation) -> list[Step]:
     Tasks of the install are reused: each converges the hosts to ``ctx.credentials`` (the merged values), which
     the caller sets to ``rotation.credentials``."""
     from .steps import s02_patroni as patroni
-    from .steps import s03_haproxy as haproxy
-    from .steps import s04_pgbouncer as pgbouncer
 
     names = set(rotation.names)
     roles = {"POSTGRES_APP_PASS", "POSTGRES_SUPERPASS", "POSTGRES_REPL_PASS", "POSTGRES_MONITOR_PASS"}
@@ -239,13 +300,14 @@ def steps(rotation: Rotation) -> list[Step]:
     if names & roles:
         found.append(Step("R1", "Roles", [Task("roles", "cluster", patroni.ensure_roles)]))
     if names & in_bouncer:
-        found.append(Step("R2", "PgBouncer", [Task("config", "haproxy", pgbouncer.configure_pgbouncer)]))
+        found.append(Step("R2", "PgBouncer", [Task("config", "haproxy", _configure_pgbouncer)]))
     if names & in_patroni:
         found.append(Step("R3", "Patroni", [Task("config", "db", patroni.write_config),
+                                            Task("every member", "cluster", _reload_every_member),
                                             Task("reload", "cluster", patroni.start_cluster),
                                             Task("cluster", "cluster", patroni.wait_for_cluster)]))
     if "HAPROXY_STATS_PASSWORD" in names:
-        found.append(Step("R4", "HAProxy", [Task("config", "haproxy", haproxy.configure_haproxy)]))
+        found.append(Step("R4", "HAProxy", [Task("config", "haproxy", _configure_haproxy)]))
     found.append(Step("R5", "Check", [Task("secrets", "cluster", _verify(rotation))]))
     found.append(Step("R6", "postgres.env", [Task("postgres.env", "local", _finish(rotation))]))
     return found
