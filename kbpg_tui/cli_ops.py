@@ -29,12 +29,18 @@ from .core import inventory as inv
 EXIT_BAD_INPUT = 2
 
 
-def _prepared(args: argparse.Namespace, log_name: str, sink: ev.EventSink):
-    """Settings, credentials and a prepared run (no connection yet); BadInput for what the operator must fix."""
+def _prepared(args: argparse.Namespace, log_name: str, sink: ev.EventSink, rotating: bool = False):
+    """Settings, credentials and a prepared run (no connection yet); BadInput for what the operator must fix (a
+    credential rotation pending, unless ``rotating``: postgres.env then holds values some hosts no longer take)."""
     from .core import install as inst
+    from .core import rotation
     from .core.logs import setup_file_logging
 
     settings = load_answers(args, required=True)
+    if not rotating and (args.workdir / rotation.PENDING_FILE).exists():
+        raise BadInput(f"a credential rotation is pending ({args.workdir / rotation.PENDING_FILE}): finish it first "
+                       f"with `kbpg credentials rotate`; `kbpg {args.command}` would use values some hosts no "
+                       "longer accept")
     env_path = args.workdir / creds.ENV_FILE
     values = _read_existing(env_path) if env_path.exists() else None
     missing = [name for name in (*creds.REQUIRED_NAMES, *creds.USER_NAMES, *creds.PASSWORD_NAMES)
@@ -234,7 +240,7 @@ def cmd_credentials_rotate(args: argparse.Namespace) -> int:
         raise BadInput(f"a rotation of {', '.join(pending)} is pending ({args.workdir / rotation.PENDING_FILE}): "
                        "finish it first with `kbpg credentials rotate` (no name)")
     printer = PlainPrinter()
-    run, interactive = _prepared(args, "rotate", printer)
+    run, interactive = _prepared(args, "rotate", printer, rotating=True)
     try:
         shown = pending if pending is not None else names
         print(("kbpg credentials rotate: finishing the pending rotation of " if pending is not None else

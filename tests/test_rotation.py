@@ -314,3 +314,20 @@ def test_the_check_asks_again_until_every_service_applied_its_reload(workdir: Pa
     monkeypatch.setattr(rotation, "VERIFY_SECONDS", 0.05)
     with pytest.raises(TaskError, match="PGBOUNCER_ADMIN_PASS is refused.*postgres.env keeps the old values"):
         check.function(_local_run(workdir, real_inventory))
+
+
+@pytest.mark.parametrize("command", [("switchover",), ("drill", "kill")])
+def test_switchover_and_drill_refuse_while_a_rotation_is_pending(cli_workdir: Path, command: tuple[str, ...]) -> None:
+    """They would present postgres.env's old values (REST, the monitoring role) to hosts that hold the new ones."""
+    from .conftest import run_kbpg
+    from .test_cli_input import assert_bad_input
+
+    rotation.begin(cli_workdir, ["PATRONI_API_PASSWORD"])
+    assert_bad_input(run_kbpg(*command, "--yes", workdir=cli_workdir),
+                     "a credential rotation is pending", "kbpg credentials rotate")
+
+
+def test_an_unreadable_pending_file_is_named_not_an_internal_error(workdir: Path, real_inventory: Path) -> None:
+    (workdir / rotation.PENDING_FILE).write_text("POSTGRES_APP_PASS=$(oops)\n")
+    with pytest.raises(TaskError, match="rotation.pending.*cannot be read"):
+        s00.ensure_credentials(_local_run(workdir, real_inventory))

@@ -187,7 +187,11 @@ def begin(workdir: Path, names: Sequence[str] | None = None, typed: Mapping[str,
 def refuse_if_pending(workdir: Path) -> None:
     """TaskError while a rotation is pending: postgres.env still holds the old values, which an install would put
     back on the hosts that already have the new ones."""
-    names = pending_names(workdir)
+    try:
+        names = pending_names(workdir)
+    except RotationError as exc:
+        raise TaskError(f"a credential rotation is pending ({workdir / PENDING_FILE}) but its file cannot be read: "
+                        f"{exc}") from None
     if names is not None:
         raise TaskError(f"a credential rotation ({', '.join(names) or 'unreadable'}) is pending "
                         f"({workdir / PENDING_FILE}): finish it first with `kbpg credentials rotate`; this run would "
@@ -266,6 +270,7 @@ def _configure_haproxy(run: TaskRun) -> Outcome:
     from .steps import rest_tls
     from .steps import s03_haproxy as haproxy
 
+    run.ctx.state["keep_pgbouncer_server_connections"] = True  # no RECONNECT: see s03_haproxy.apply
     outcome = haproxy.configure_haproxy(run)
     host = run.host
     assert host is not None

@@ -308,9 +308,15 @@ def apply(run: TaskRun, schemes: Mapping[str, str], expected_paused: bool = Fals
                             f"{rest_tls.NEW_PROCESS_WAIT:.0f} s after the reload")
         details.append("reloaded (each server's state kept)")
         run.ctx.state.get("haproxy_tls_changed", set()).discard(host.name)  # read by the new process
-        detail, more = _reconnect_pgbouncer(run)
-        details += [detail] if detail else []
-        warnings += more
+        if run.ctx.state.get("keep_pgbouncer_server_connections"):
+            # A credential rotation: PgBouncer opens a server connection with the SCRAM keys of the client that
+            # needs it, so after the roles changed, a client that logged in before would fail on a new one; the old
+            # HAProxy process keeps PgBouncer's open server connections until they end.
+            details.append("PgBouncer's server connections left open (credential rotation)")
+        else:
+            detail, more = _reconnect_pgbouncer(run)
+            details += [detail] if detail else []
+            warnings += more
     try:
         resumed = rest_tls.resume_checks(run, host)
     except TaskError as exc:
