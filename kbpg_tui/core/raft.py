@@ -24,39 +24,28 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import raft_node, raft_watch
 
 PATRONI_CONFIG = "/etc/patroni/config.yml"
 ASK_TIMEOUT = 3.0  # seconds pysyncobj's utility waits for the member's answer
 MIN_UP = 20  # seconds: a Patroni started more recently may still be binding its Raft port; it is not judged
 
+# The code that asks, run on the node by its python3 (raft_node.py's text): also the Raft watchdog's (below).
+ASK_SOURCE = Path(raft_node.__file__).read_text(encoding="utf-8")
+
 # Prints "r:unit STATE SECONDS_UP" (the patroni unit), then, when it is active, one line: "r:status {json}",
 # "r:silent ADDRESS ERROR" (the Raft port took the connection or refused it, no answer came) or "r:unknown WHAT"
 # (nothing to ask: no configuration, no pysyncobj).
-PROBE = f"""state=$(systemctl show -p ActiveState --value patroni)
+PROBE = ("""state=$(systemctl show -p ActiveState --value patroni)
 since=$(systemctl show -p ActiveEnterTimestampMonotonic --value patroni)
-echo "r:unit ${{state:-unknown}} $(( $(cut -d' ' -f1 /proc/uptime | cut -d. -f1) - ${{since:-0}} / 1000000 ))"
+echo "r:unit ${state:-unknown} $(( $(cut -d' ' -f1 /proc/uptime | cut -d. -f1) - ${since:-0} / 1000000 ))"
 [ "$state" = active ] || exit 0
 python3 - <<'PY'
-import json, sys
-try:
-    import yaml
-    from pysyncobj.utility import TcpUtility
-    with open({PATRONI_CONFIG!r}) as f:
-        raft = (yaml.safe_load(f) or {{}}).get("raft") or {{}}
-except Exception as exc:
-    print("r:unknown", type(exc).__name__); sys.exit(0)
-address = raft.get("self_addr")
-if not address:
-    print("r:unknown no raft.self_addr"); sys.exit(0)
-try:
-    status = TcpUtility(raft.get("password"), {ASK_TIMEOUT}).executeCommand(address, ["status"])
-except Exception as exc:
-    print("r:silent", address, (str(exc) or type(exc).__name__)[:80]); sys.exit(0)
-if not isinstance(status, dict):  # a refused connection returns None, it does not raise
-    print("r:silent", address, "connection refused"); sys.exit(0)
-keys = ("leader", "raft_term", "commit_idx", "last_applied", "state", "has_quorum")
-print("r:status", json.dumps({{k: status.get(k) for k in keys}}, default=str))
-PY"""
+""" + ASK_SOURCE + f"""
+print(ask_raft({PATRONI_CONFIG!r}, {ASK_TIMEOUT!r}))
+PY""")
 
 
 @dataclass
@@ -119,4 +108,59 @@ def silent_text(name: str, status: RaftStatus) -> str:
     return STOPPED.format(name=name, detail=status.detail)
 
 
-__all__ = ["MIN_UP", "PROBE", "RaftStatus", "parse", "ask", "silent_text", "STOPPED"]
+# --- the Raft watchdog: the same ask, on each DB node every 10 s, restarting Patroni when its Raft stays silent -----
+#
+# A oneshot service started by a timer, not a resident loop: each look is a new process (a look that hangs is ended
+# by TimeoutStartSec and the next tick starts afresh; nothing resident can die unnoticed the way the thread it
+# watches does, nor grow), and what one look must tell the next (the silent count, the last restart) is in
+# /run/kbpg-raft-watch. Step 02 installs it when patroni.raft_watchdog is true (the default), removes it when false.
+WATCH_SCRIPT = "/usr/local/sbin/kbpg-raft-watch"
+WATCH_UNIT = "kbpg-raft-watch"
+WATCH_SERVICE = f"/etc/systemd/system/{WATCH_UNIT}.service"
+WATCH_TIMER = f"/etc/systemd/system/{WATCH_UNIT}.timer"
+WATCH_EVERY = 10  # seconds between looks
+
+WATCH_SERVICE_TEXT = f"""# written by kbpg (patroni.raft_watchdog): one look at Patroni's Raft, started by {WATCH_UNIT}.timer
+[Unit]
+Description=kbpg Raft watchdog: restart Patroni when its Raft stops answering
+
+[Service]
+Type=oneshot
+ExecStart={WATCH_SCRIPT}
+TimeoutStartSec={raft_watch.RESTART_TIMEOUT + 60}
+SyslogIdentifier={WATCH_UNIT}
+# Its own notices and warnings only: systemd's "Starting"/"Finished" lines (info), every {WATCH_EVERY} s, would
+# flood the journal.
+LogLevelMax=notice
+"""
+
+WATCH_TIMER_TEXT = f"""# written by kbpg (patroni.raft_watchdog)
+[Unit]
+Description=kbpg Raft watchdog: a look at Patroni's Raft every {WATCH_EVERY} s
+
+[Timer]
+OnActiveSec={WATCH_EVERY}s
+OnUnitActiveSec={WATCH_EVERY}s
+AccuracySec=1s
+
+[Install]
+WantedBy=timers.target
+"""
+
+
+def watchdog_script() -> str:
+    """/usr/local/sbin/kbpg-raft-watch: raft_node.py's ask_raft (the probe's own code), raft_watch.py, a call."""
+    return ("#!/usr/bin/python3\n# written by kbpg (patroni.raft_watchdog) from kbpg_tui/core/raft_node.py and "
+            "raft_watch.py; re-run kbpg to change it\n" + ASK_SOURCE + "\n\n"
+            + Path(raft_watch.__file__).read_text(encoding="utf-8")
+            + f"\n\nif __name__ == \"__main__\":\n    raise SystemExit(main(ask_raft, {PATRONI_CONFIG!r}, {ASK_TIMEOUT!r}))\n")
+
+
+def watchdog_files() -> list[tuple[str, str, int]]:
+    """(path, text, mode) of each file the watchdog is made of."""
+    return [(WATCH_SCRIPT, watchdog_script(), 0o755), (WATCH_SERVICE, WATCH_SERVICE_TEXT, 0o644),
+            (WATCH_TIMER, WATCH_TIMER_TEXT, 0o644)]
+
+
+__all__ = ["MIN_UP", "PROBE", "RaftStatus", "parse", "ask", "silent_text", "STOPPED", "WATCH_UNIT", "watchdog_files",
+           "watchdog_script"]

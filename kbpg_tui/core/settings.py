@@ -371,6 +371,9 @@ class PatroniSettings:
                                                     "there, rather than go on unprotected")
     apply_pending_restarts: bool = _opt(False, doc="restart members a changed parameter waits for: replicas first, "
                                                "leader last (a few seconds without writes); false: only report them")
+    raft_watchdog: bool = _opt(True, doc="a watchdog on each DB node restarts Patroni when its Raft (DCS) stops "
+                                         "answering for 30 s (a known upstream fault after a crash and quick "
+                                         "restart), at most once in 10 minutes; false: none (check 3 still names it)")
 
 
 @dataclass

@@ -43,13 +43,22 @@ def db_services(p: ProbeContext, host: Host) -> str:
         verdict = services(p, host, ["patroni"])  # raises CheckFailed when patroni is not active
     except CheckWarning as exc:  # it restarted lately: a silent Raft still fails
         warning, verdict = exc, ""
-    status = raft.parse(p.ssh(host, raft.PROBE))
+    watchdog = p.settings.patroni.raft_watchdog
+    out = p.ssh(host, (f"echo w:timer $(systemctl is-active {raft.WATCH_UNIT}.timer 2>/dev/null); " if watchdog
+                       else "") + raft.PROBE)
+    status = raft.parse(out)
     if status.answers is False:
         raise CheckFailed(f"{host.name}: {raft.silent_text(host.name, status)}; until Patroni is restarted there "
                           f"its DCS is frozen: restart it (systemctl restart patroni on {host.name})")
     if warning is not None:
         raise warning
-    return verdict + (f"; its Raft answers ({status.detail})" if status.answers else "")
+    timer = next((line.split()[1:2] or ["unknown"] for line in out.splitlines() if line.startswith("w:timer")), None)
+    if timer is not None and timer[0] != "active":
+        # patroni.raft_watchdog is on and its timer does not run here: a member whose Raft thread dies stays frozen.
+        raise CheckWarning(f"{host.name}: the Raft watchdog ({raft.WATCH_UNIT}.timer) is {timer[0]}: a member whose "
+                           "Raft stops answering is not restarted by itself; re-run kbpg install --step 02")
+    return verdict + (f"; its Raft answers ({status.detail})" if status.answers else "") + (
+        "; Raft watchdog active" if timer is not None else "")
 
 
 def haproxy_services(p: ProbeContext, host: Host) -> str:

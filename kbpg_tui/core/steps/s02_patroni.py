@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from .. import cluster, tls
+from .. import cluster, raft, raft_watch, tls
 from .. import credentials as creds
 from ..cluster import CONFIG_PATH, PATRONICTL, leader_host, psql
 from ..engine import CLUSTER, Outcome, Step, Task, TaskError, TaskRun
@@ -412,6 +412,34 @@ def write_config(run: TaskRun) -> Outcome:
     return Outcome.of(bool(changes), "; ".join(changes) or "configuration up to date")
 
 
+def install_raft_watchdog(run: TaskRun) -> Outcome:
+    """The Raft watchdog on this node (kbpg_tui.core.raft: a timer whose looks restart Patroni when its Raft stays
+    silent), each file uploaded only when it differs; with patroni.raft_watchdog = false, removed (timer stopped)."""
+    timer = f"{raft.WATCH_UNIT}.timer"
+    paths = [path for path, _text, _mode in raft.watchdog_files()]
+    if not run.settings.patroni.raft_watchdog:
+        quoted = " ".join(shlex.quote(path) for path in paths)
+        removed = run.run(
+            f"found=''; for f in {quoted}; do if [ -e \"$f\" ]; then found=yes; fi; done; "
+            f"if [ -n \"$found\" ]; then systemctl disable --now {timer} >/dev/null 2>&1 || true; rm -f {quoted}; "
+            f"systemctl daemon-reload; rm -rf {shlex.quote(raft_watch.STATE_DIR)}; echo removed; fi",
+            what="removing the Raft watchdog").stdout.strip()
+        return Outcome.of(bool(removed), "Raft watchdog removed (patroni.raft_watchdog = false)" if removed
+                          else "no Raft watchdog (patroni.raft_watchdog = false)")
+    connection = run.connection()
+    written = [path for path, text, mode in raft.watchdog_files() if connection.upload(path, text, mode=mode)]
+    changes = [", ".join(written) + " written"] if written else []
+    if any(path != raft.WATCH_SCRIPT for path in written):
+        run.run("systemctl daemon-reload")
+    state = run.run(f"systemctl is-enabled {timer} 2>/dev/null; systemctl is-active {timer} 2>/dev/null; true",
+                    what="reading the Raft watchdog's timer").stdout.split()
+    if state[:2] != ["enabled", "active"] or raft.WATCH_TIMER in written:
+        # A timer whose file changed is restarted: its new schedule, from now.
+        run.run(f"systemctl enable {timer} >/dev/null 2>&1; systemctl restart {timer}", what="starting the Raft watchdog")
+        changes.append(f"{timer} " + ("restarted" if state[:2] == ["enabled", "active"] else "enabled and started"))
+    return Outcome.of(bool(changes), "; ".join(changes) or f"Raft watchdog in place ({timer} active)")
+
+
 def _service_states(run: TaskRun) -> dict[str, str]:
     def state(host: Host) -> str:
         return run.run("systemctl is-active patroni || true", host=host).stdout.strip()
@@ -785,6 +813,7 @@ STEP = Step("02", "Patroni cluster", [
     Task("versions", "cluster", check_versions),
     Task("tls files", "db", upload_tls_files),
     Task("config", "db", write_config),
+    Task("raft watchdog", "db", install_raft_watchdog),
     Task("start", "cluster", start_cluster),
     Task("cluster", "cluster", wait_for_cluster),
     Task("dynamic config", "cluster", apply_dynamic_config),

@@ -1,0 +1,40 @@
+"""Runs ON a DB node, never in kbpg: the node's own Patroni Raft (pysyncobj) asked for its status.
+
+Its source text is what the node's python3 runs, in two places: check 3's and the drill's probe (raft.PROBE, over
+SSH) and the Raft watchdog's script that step 02 installs (raft.watchdog_script). kbpg imports this module only to
+read its text, and tests to call it. Hence: the standard library plus the node's own PyYAML and pysyncobj (imported
+by name when asked), no import of kbpg, no ``from __future__`` (the text is pasted into scripts after other code).
+The Raft password is read on the node from Patroni's configuration (root only) and never leaves the node.
+"""
+
+import importlib
+import json
+
+STATUS_KEYS = ("leader", "raft_term", "commit_idx", "last_applied", "state", "has_quorum")
+
+
+def ask_raft(config_path: str, timeout: float) -> str:
+    """One line: "r:status {json}" (it answered), "r:silent ADDRESS ERROR" (the Raft port refused the connection,
+    or took it and gave no answer within ``timeout`` seconds) or "r:unknown WHAT" (nothing to ask: no configuration,
+    no pysyncobj)."""
+    try:
+        yaml = importlib.import_module("yaml")
+        utility = importlib.import_module("pysyncobj.utility")
+        with open(config_path) as f:
+            raft = (yaml.safe_load(f) or {}).get("raft") or {}
+    except Exception as exc:
+        return "r:unknown " + type(exc).__name__
+    address = raft.get("self_addr")
+    if not address:
+        return "r:unknown no raft.self_addr"
+    password = raft.get("password")
+    try:
+        status = utility.TcpUtility(password, timeout).executeCommand(address, ["status"])
+    except Exception as exc:
+        error = str(exc) or type(exc).__name__
+        if password:  # whatever the error says, the password is not shown (logs, check 3, the drill's report)
+            error = error.replace(str(password), "[password]")
+        return f"r:silent {address} {' '.join(error.split())[:80]}"
+    if not isinstance(status, dict):  # a refused connection returns None, it does not raise
+        return f"r:silent {address} connection refused"
+    return "r:status " + json.dumps({key: status.get(key) for key in STATUS_KEYS}, default=str)
