@@ -2,7 +2,8 @@
 
 packages (the same versions everywhere, the distro's default cluster kept out of
 the way) → patroni.yml rendered from data with a YAML library, 0600 for postgres
-→ systemd with Restart=always → all nodes started together (Raft needs a quorum)
+→ systemd with Restart=always → the Raft watchdog's timer (raft.py: Patroni restarted
+when its own Raft stays silent) → all nodes started together (Raft needs a quorum)
 → one leader and N-1 streaming replicas → dynamic settings → roles and database
 → ``patroni --validate-config`` on each node.
 
