@@ -181,6 +181,19 @@ def test_everything_rotated_under_writers_without_failover_or_failed_write(insta
     diagnose = kbpg(installed.workdir, "diagnose", "--json")
     assert diagnose.returncode == 0, diagnose.stdout[-3000:] + diagnose.stderr
     assert '"secrets"' in diagnose.stdout
+    # The replicas' own copy of the replication password (Patroni's passfile) is the new one: their walsenders are
+    # ended on the primary and they must log in again, with it, and stream within seconds.
+    leader = leader_host(installed.workdir)
+    superuser_sql(installed.workdir, "SELECT pg_terminate_backend(pid) FROM pg_stat_replication;", host=leader)
+    deadline = time.monotonic() + 20
+    while True:
+        streaming = set(superuser_sql(installed.workdir, "SELECT application_name FROM pg_stat_replication WHERE "
+                                                         "state = 'streaming';", host=leader).split())
+        if streaming >= set(watch.replicas):
+            break
+        assert time.monotonic() < deadline, f"replicas not streaming again 20 s after their walsenders ended: {streaming}"
+        time.sleep(0.5)
+    print(f"  replicas streaming again {20 - (deadline - time.monotonic()):.1f} s after their walsenders were ended")
 
 
 def _killed_at(installed: Installed, header: str) -> str:
