@@ -197,6 +197,7 @@ def test_looks_keep_their_count_in_a_root_only_state_directory(w: types.ModuleTy
     assert node.restarts == 1 and node.asked == [("/etc/patroni/config.yml", 3.0)] * 3
     assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE((state_dir / "state.json").stat().st_mode) == 0o600
+    assert stat.S_IMODE((state_dir / "lock").stat().st_mode) == 0o600
     assert json.loads((state_dir / "state.json").read_text()) == {"restarted": 2020.0}
     node_name = os.uname().nodename
     assert node.journal[0].startswith(f"<5>kbpg-raft-watch on {node_name}: Patroni's Raft (198.18.0.121:7000)")

@@ -121,7 +121,7 @@ def main(ask, config: str, timeout: float, state_dir: str = STATE_DIR, unit=patr
     """One look (see :func:`decide`); ``ask(config, timeout)`` is ask_raft. The others are there for tests."""
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
     os.chmod(state_dir, 0o700)  # root only, whatever made it
-    with open(os.path.join(state_dir, "lock"), "w") as lock:
+    with os.fdopen(os.open(os.path.join(state_dir, "lock"), os.O_WRONLY | os.O_CREAT, 0o600), "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
