@@ -81,6 +81,7 @@ def test_timing_plan_values_are_applied_and_not_written(tmp_path: Path) -> None:
     ({"patroni": {"timing_plan": "slow"}}, "patroni.timing_plan", "must be one of 'fast', 'norm', 'safe', 'custom'"),
     ({"patroni": {"timing_plan": "safe", "loop_wait": 5}}, "patroni.loop_wait", "the 'safe' timing plan sets 10"),
     ({"patroni": {"synchronous_mode_strict": "yes"}}, "patroni.synchronous_mode_strict", "true or false"),
+    ({"patroni": {"raft_watchdog": "yes"}}, "patroni.raft_watchdog", "true or false"),
     ({"pgbouncer": {"pool_mode": "txn"}}, "pgbouncer.pool_mode", "'transaction', 'session', 'statement'"),
     ({"pgbouncer": {"backend": "direct"}}, "pgbouncer.backend", "'local', 'lb'"),
     ({"pgbouncer": {"default_pool_size": 500}}, "pgbouncer.default_pool_size", "under postgresql.max_connections"),
