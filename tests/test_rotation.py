@@ -281,7 +281,7 @@ def test_a_resumed_rotation_reloads_haproxy_whose_stats_refuse_the_new_value(wor
     from kbpg_tui.core.steps import s03_haproxy as haproxy
 
     monkeypatch.setattr(haproxy, "configure_haproxy",
-                        lambda run: Outcome.unchanged("configuration up to date, haproxy active"))
+                        lambda run, reconnect_pgbouncer=True: Outcome.unchanged("configuration up to date, haproxy active"))
     monkeypatch.setattr(rest_tls, "worker_pid", lambda run, host: "")
     tasks, run, commands = _resumed_step(workdir, real_inventory, "R4", monkeypatch)
     first, second = run.ctx.haproxy_hosts[:2]

@@ -270,8 +270,7 @@ def _configure_haproxy(run: TaskRun) -> Outcome:
     from .steps import rest_tls
     from .steps import s03_haproxy as haproxy
 
-    run.ctx.state["keep_pgbouncer_server_connections"] = True  # no RECONNECT: see s03_haproxy.apply
-    outcome = haproxy.configure_haproxy(run)
+    outcome = haproxy.configure_haproxy(run, reconnect_pgbouncer=False)  # no RECONNECT: see s03's apply
     host = run.host
     assert host is not None
     if outcome.status is not Status.UNCHANGED:

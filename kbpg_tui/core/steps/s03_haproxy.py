@@ -265,11 +265,13 @@ def _reconnect_pgbouncer(run: TaskRun) -> tuple[str, list[str]]:
     return "PgBouncer reconnected", []
 
 
-def apply(run: TaskRun, schemes: Mapping[str, str], expected_paused: bool = False) -> Outcome:
+def apply(run: TaskRun, schemes: Mapping[str, str], expected_paused: bool = False,
+          reconnect_pgbouncer: bool = True) -> Outcome:
     """This node's HAProxy as kbpg wants it, its checks following ``schemes`` (see :func:`render`): the TLS files,
     the drop-in that keeps the servers' state across reloads, haproxy.cfg (checked with ``haproxy -c``), started
     or reloaded (waiting for the new process), and every paused check resumed (``expected_paused``: paused by
-    this run; otherwise a pause found is reported as a warning)."""
+    this run; otherwise a pause found is reported as a warning). ``reconnect_pgbouncer`` false (a credential rotation):
+    no RECONNECT after the reload (see below)."""
     host = run.host
     assert host is not None
     connection = run.connection()
@@ -308,7 +310,7 @@ def apply(run: TaskRun, schemes: Mapping[str, str], expected_paused: bool = Fals
                             f"{rest_tls.NEW_PROCESS_WAIT:.0f} s after the reload")
         details.append("reloaded (each server's state kept)")
         run.ctx.state.get("haproxy_tls_changed", set()).discard(host.name)  # read by the new process
-        if run.ctx.state.get("keep_pgbouncer_server_connections"):
+        if not reconnect_pgbouncer:
             # A credential rotation: PgBouncer opens a server connection with the SCRAM keys of the client that
             # needs it, so after the roles changed, a client that logged in before would fail on a new one; the old
             # HAProxy process keeps PgBouncer's open server connections until they end.
@@ -347,8 +349,8 @@ def stats_serves_old(run: TaskRun, host: Host) -> bool:
     return stale
 
 
-def configure_haproxy(run: TaskRun) -> Outcome:
-    return apply(run, rest_tls.check_schemes(run.ctx))
+def configure_haproxy(run: TaskRun, reconnect_pgbouncer: bool = True) -> Outcome:
+    return apply(run, rest_tls.check_schemes(run.ctx), reconnect_pgbouncer=reconnect_pgbouncer)
 
 
 STEP = Step("03", "HAProxy", [
