@@ -64,6 +64,10 @@ class FakeChannel:
     def exit_status_ready(self) -> bool:
         return self.exit_status is not None and not self.script
 
+    @property
+    def eof_received(self) -> bool:
+        return self.exit_status_ready()
+
     def recv_exit_status(self) -> int:
         assert not self.script, "exit status read before the output was drained"
         assert self.exit_status is not None
@@ -160,6 +164,44 @@ def test_output_arriving_after_a_quiet_spell_is_not_lost() -> None:
     script = [(0, "out", b"start\n"), (30.0, "out", b"late line\n")]
     (_, stdout, _), _, _ = run(script, timeout=60)
     assert stdout == "start\nlate line\n"
+
+
+class EarlyExitChannel(FakeChannel):
+    """sshd as measured on the lab: the exit status sent before the last bytes of the command's output.
+
+    ``eof_at``: when the channel's EOF comes (None: never, a daemon the command started holds its stdout)."""
+
+    def __init__(self, clock: FakeClock, script, exit_status: int = 0, eof_at: float | None = 0.0):
+        super().__init__(clock, script, exit_status)
+        self.eof_at = eof_at
+
+    def exit_status_ready(self) -> bool:
+        return True  # from the start: the command has ended, its output is still on its way
+
+    @property
+    def eof_received(self) -> bool:
+        return self.eof_at is not None and self.clock.now >= self.eof_at and not self.script
+
+    def recv_exit_status(self) -> int:
+        assert self.exit_status is not None
+        return self.exit_status
+
+
+def test_output_arriving_after_the_exit_status_is_not_lost() -> None:
+    """A guard reading `test -f PG_VERSION && echo yes` got nothing once in 2,000 runs: the answer was never read."""
+    clock = FakeClock()
+    channel = EarlyExitChannel(clock, [(0.2, "out", b"yes\n")], exit_status=0, eof_at=0.2)
+    status, stdout, _ = ssh.pump(channel, None, 30, None, clock=clock, wait=clock.sleep)
+    assert (status, stdout) == (0, "yes\n")
+
+
+def test_a_command_whose_stdout_stays_open_after_it_ends_returns_after_a_short_wait() -> None:
+    """`daemon &` keeps the channel's stdout open: no EOF ever comes; the runner must not wait for the timeout."""
+    clock = FakeClock()
+    channel = EarlyExitChannel(clock, [(0.0, "out", b"started\n")], exit_status=0, eof_at=None)
+    status, stdout, _ = ssh.pump(channel, None, 600, None, clock=clock, wait=clock.sleep)
+    assert (status, stdout) == (0, "started\n")
+    assert clock.now < 5
 
 
 class EndlessChannel(FakeChannel):

@@ -375,8 +375,15 @@ def refuse_live_changes(run: TaskRun, host: Host, wanted: dict) -> None:
     except yaml.YAMLError:
         return  # an unreadable file is simply replaced
     data_dir = _dig(current, ("postgresql", "data_dir")) or ""
-    initialised = data_dir and run.run(f"test -f {shlex.quote(data_dir)}/PG_VERSION && echo yes || true").stdout.strip() == "yes"
-    if not initialised:
+    if not data_dir:
+        return
+    # An explicit answer either way: a guard that reads silence as "not initialised" would let this run through.
+    answer = run.run(f"if [ -f {shlex.quote(data_dir)}/PG_VERSION ]; then echo initialised; else echo empty; fi",
+                     what=f"looking for {data_dir}/PG_VERSION").stdout.strip()
+    if answer not in ("initialised", "empty"):
+        raise TaskError(f"{host.name}: could not tell whether {data_dir} holds a cluster (answer {answer!r}); "
+                        "nothing was written. Run the same command again.")
+    if answer == "empty":
         return
     changed = [".".join(path) for path in PINNED_KEYS if _dig(current, path) != _dig(wanted, path)]
     if changed:
