@@ -361,35 +361,29 @@ def test_replicas_reconnect_to_a_primary_that_is_back_as_the_plan_says(real_inve
 # --- patroni.yml's pinned keys under a live node ---------------------------------------------------------------
 
 def _live_node(real_inventory: Path, pg_version_answer: str):
-    """A DB node whose patroni.yml names another cluster (scope), and whose data directory probe answers as given."""
+    """A DB node whose patroni.yml is this run's own but for the scope (another cluster's), and whose data directory
+    probe answers as given."""
     import base64
 
-    run = make_run(real_inventory)
-    current = patroni.render_config(run, run.ctx.db_hosts[0])
+    answers = {"PG_VERSION": pg_version_answer}
+    run, node = _on_db_node(real_inventory, "g:dir data stat postgres:postgres 700 20\ng:pgversion data 16\n"
+                                            "g:dir raft missing\n", answers)
+    current = patroni.render_config(run, run.host)
     current["scope"] = "the-cluster-running-there"
-    encoded = base64.b64encode(patroni.render_yaml(current).encode()).decode()
-    return _on_db_node(real_inventory, "g:dir data stat postgres:postgres 700 20\ng:pgversion data 16\ng:dir raft missing\n",
-                       {"echo present": f"present\n{encoded}", "PG_VERSION": pg_version_answer})
+    answers["echo present"] = "present\n" + base64.b64encode(patroni.render_yaml(current).encode()).decode()
+    return run, node
 
 
-def test_a_scope_change_under_an_initialised_node_is_refused_before_anything_is_written(real_inventory: Path) -> None:
-    import pytest
-
+@pytest.mark.parametrize("pg_version_answer, refusal", [
+    ("initialised\n", r"db-master-01 runs an initialised cluster in \S+; this run would change scope"),
+    # CI once got an empty answer (sshd sent the exit status before the output) and overwrote a live node's scope.
+    ("", r"db-master-01: could not tell whether \S+ holds a cluster \(answer ''\); nothing was written"),
+], ids=["initialised", "no_answer"])
+def test_a_scope_change_under_a_live_node_is_refused_before_anything_is_written(
+        real_inventory: Path, pg_version_answer: str, refusal: str) -> None:
     from kbpg_tui.core.engine import TaskError
 
-    run, node = _live_node(real_inventory, "initialised\n")
-    with pytest.raises(TaskError, match=r"db-master-01 runs an initialised cluster in \S+; this run would change scope"):
-        patroni.write_config(run)
-    assert not [s for s in node.scripts if "mv -f" in s or "chown" in s]
-
-
-def test_no_answer_from_the_data_directory_probe_refuses_instead_of_reading_not_initialised(real_inventory: Path) -> None:
-    """CI once got an empty answer (sshd sent the exit status before the output) and overwrote a live node's scope."""
-    import pytest
-
-    from kbpg_tui.core.engine import TaskError
-
-    run, node = _live_node(real_inventory, "")
-    with pytest.raises(TaskError, match=r"db-master-01: could not tell whether \S+ holds a cluster \(answer ''\); nothing was written"):
+    run, node = _live_node(real_inventory, pg_version_answer)
+    with pytest.raises(TaskError, match=refusal):
         patroni.write_config(run)
     assert not [s for s in node.scripts if "mv -f" in s or "chown" in s]
