@@ -36,7 +36,7 @@ USERS = {"POSTGRES_APP_PASS": "POSTGRES_APP_USER", "POSTGRES_MONITOR_PASS": "POS
 FAKE_PSQL = r"""#!/bin/bash
 # psql on a DB node: records its arguments, answers by the password in PGPASSWORD (files of the test's World).
 d=$FAKE_PSQL_DIR
-printf '%s\0' "$@" >> "$d/argv"; printf '\n' >> "$d/argv"
+printf '%s\0' "$@" > "$d/argv.$$"; printf '\n' >> "$d/argv.$$"  # one file per run: the probes run in parallel
 [ -n "${PGPASSWORD+set}" ] && echo set >> "$d/pgpassword"
 where='connection to server at "198.18.0.120", port 5432 failed'
 if grep -qxF -e "$PGPASSWORD" "$d/network" 2>/dev/null; then
@@ -146,8 +146,8 @@ class World:
         return path
 
     def psql_argv(self) -> str:
-        path = self.psql / "argv"
-        return path.read_text() if path.exists() else ""
+        """Each psql run's arguments, one line per run (a file per run: two runs appending to one file interleaved)."""
+        return "".join(path.read_text() for path in sorted(self.psql.glob("argv.*")))
 
 
 @pytest.fixture
