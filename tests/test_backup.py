@@ -17,7 +17,7 @@ from kbpg_tui.core import credentials as creds
 from kbpg_tui.core import inventory as inv
 from kbpg_tui.core.engine import Context, TaskRun
 from kbpg_tui.core.settings import Settings, from_dict
-from kbpg_tui.core.ssh import Host
+from kbpg_tui.core.ssh import Host, Result
 from kbpg_tui.core.steps import s02_patroni as patroni
 
 from .fakes import FakePool, ScriptedConnection, result
@@ -224,7 +224,7 @@ def test_no_archiving_and_no_pgbackrest_package_with_backups_off(real_inventory:
 def _dcs_pool(run: TaskRun, stored: dict) -> tuple[FakePool, list[dict]]:
     applied: list[dict] = []
 
-    def handler(script: str, stdin: bytes) -> object:
+    def handler(script: str, stdin: bytes) -> Result:
         if "show-config" in script:
             return result(yaml.safe_dump(stored))
         if "edit-config" in script:

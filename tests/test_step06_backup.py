@@ -76,7 +76,8 @@ def make_ctx(real_inventory: Path, settings: Settings | None = None, with_backup
     if not with_backup:
         chosen = dataclasses.replace(chosen, backup_nodes=())
     ctx = Context(settings or Settings(), values if values is not None else creds.generate()[0], chosen,
-                  Path("/nonexistent"), pool=FakePool(), sink=lambda e: None, cancel=threading.Event())
+                  Path("/nonexistent"), pool=FakePool(), sink=lambda e: None,  # type: ignore[arg-type]
+                  cancel=threading.Event())
     hosts = {h.name: FakeHost(h, default_rules(h)) for h in ctx.db_hosts + ctx.haproxy_hosts + ctx.backup_hosts}
     ctx.pool = FakePool({name: fake.connection for name, fake in hosts.items()})  # type: ignore[assignment]
     return ctx, hosts
