@@ -628,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="break it without asking (only a stale or dead holder's)")
     p.set_defaults(handler=cmd_unlock)
 
-    p = commands.add_parser("diagnose", help="probe the cluster: every check (17) in parallel, a report, exit 1 on any failure")
+    p = commands.add_parser("diagnose", help="probe the cluster: every check (18) in parallel, a report, exit 1 on any failure")
     p.add_argument("--answers", help="kbpg.toml (default: WORKDIR/kbpg.toml)")
     p.add_argument("--no-tui", action="store_true", help="print a table instead of opening the diagnostics panel")
     p.add_argument("--json", action="store_true", help="print a machine-readable report")
@@ -648,6 +648,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_ops import add_parsers  # day-2 operations: switchover, drill
 
     add_parsers(commands)
+    from .cli_backup import add_backup_parsers  # kbpg backup now|list|check
+
+    add_backup_parsers(commands)
     _add_optional_commands(commands)
     return parser
 
