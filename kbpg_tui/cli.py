@@ -61,7 +61,8 @@ def cmd_inventory(args: argparse.Namespace) -> int:
     settings = load_answers(args)
     path = Path(args.path) if args.path else resolve(args.workdir, settings.inventory.path)
     try:
-        selection = inv.load_selection(path, settings.inventory.db_rule, settings.inventory.haproxy_rule)
+        selection = inv.load_selection(path, settings.inventory.db_rule, settings.inventory.haproxy_rule,
+                                       settings.inventory.backup_rule)
     except inv.InventoryError as exc:
         errors = exc.errors
         if args.json:
@@ -72,16 +73,24 @@ def cmd_inventory(args: argparse.Namespace) -> int:
         print(f"{len(errors)} error(s) in {exc.source}: nothing selected.", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.json:
-        print(json.dumps({"ok": True, **selection.to_dict()}, indent=2, ensure_ascii=False))
+        print(json.dumps({"ok": True, **selection.to_dict(), "backups_enabled": settings.backup.enabled}, indent=2,
+                         ensure_ascii=False))
         return EXIT_OK
-    print(f"{selection.source}: {len(selection.db_nodes)} DB nodes, {len(selection.haproxy_nodes)} HAProxy nodes")
+    backups = len(selection.backup_nodes)
+    print(f"{selection.source}: {len(selection.db_nodes)} DB nodes, {len(selection.haproxy_nodes)} HAProxy nodes, "
+          f"{backups} backup host{'' if backups == 1 else 's'}")
     for title, rule, nodes in (
         ("DB nodes", settings.inventory.db_rule, selection.db_nodes),
         ("HAProxy nodes", settings.inventory.haproxy_rule, selection.haproxy_nodes),
+        ("Backup host", settings.inventory.backup_rule, selection.backup_nodes),
     ):
         print(f"\n{title} ({', '.join(f'{k}={v}' for k, v in rule.items())}):")
         for server in nodes:
             print(f"  {server.hostname:<16} {server.ip_private:<16} ssh as {server.user_ssh:<10} (line {server.line})")
+    if not selection.backup_nodes:
+        print("  none: backups are not set up ([inventory.backup_rule] selects the backup host)")
+    elif not settings.backup.enabled:
+        print("  not used: backups are turned off in kbpg.toml ([backup] enabled = false)")
     for warning in selection.warnings:
         print(warning.render(selection.source), file=sys.stderr)
     return EXIT_OK
@@ -302,7 +311,8 @@ def cmd_install(args: argparse.Namespace) -> int:
         run.ctx.state.update(args.initial_state)
     selection = run.ctx.selection
     print(f"kbpg {getattr(args, 'verb', 'install')}: {len(selection.db_nodes)} DB nodes ({', '.join(s.hostname for s in selection.db_nodes)}), "
-          f"{len(selection.haproxy_nodes)} HAProxy nodes ({', '.join(s.hostname for s in selection.haproxy_nodes)}); log: {log_path}")
+          f"{len(selection.haproxy_nodes)} HAProxy nodes ({', '.join(s.hostname for s in selection.haproxy_nodes)})"
+          + "".join(f", backup host {s.hostname}" for s in selection.backup_nodes) + f"; log: {log_path}")
     if interactive and input("Go on? [y/N] ").strip().lower() not in ("y", "yes"):
         print("Nothing done.")
         return EXIT_OK

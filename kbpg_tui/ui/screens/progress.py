@@ -172,7 +172,8 @@ class RunScreen(Screen):
         if not selection:
             return 1
         counts = {"db": len(selection.db_nodes), "haproxy": len(selection.haproxy_nodes),
-                  "all": len(selection.all_nodes), "cluster": 1, "local": 1}
+                  "all": len(selection.all_nodes), "cluster": 1, "local": 1,
+                  "backup": 1}  # the backup host (at most one), or one "skipped" report for the cluster
         return sum(counts[task.scope] for step in self.planned_steps() for task in step.tasks)
 
     # running
