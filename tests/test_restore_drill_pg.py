@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -264,6 +265,15 @@ def test_sigkill_of_a_run_then_cleanup_leaves_nothing(cluster: Cluster) -> None:
                                 "SELECT current_setting('listen_addresses') || '|' || current_setting('archive_mode') "
                                 "|| '|' || current_setting('ssl')"], capture_output=True, text=True, timeout=30)
         assert shown.stdout.strip() == "|off|off", shown.stdout + shown.stderr
+        # the run's own pgbackrest.conf: the repository's lines and pg1-path only (no node of the cluster, nothing
+        # else of the main file), 0600 for the repository's user (it holds the cipher pass)
+        conf = run_dir / "pgbackrest.conf"
+        assert conf.stat().st_mode & 0o777 == 0o600 and conf.stat().st_uid == pwd.getpwnam("postgres").pw_uid
+        lines = [line for line in conf.read_text().splitlines() if line]
+        assert f"pg1-path={run_dir}/data" in lines and any(line.startswith("repo1-cipher-pass=") for line in lines)
+        allowed = re.compile(rf"^(\[global\]|\[{STANZA}\]|repo1-[a-z-]+=.*|log-path=.*|lock-path=.*|log-level-[a-z]+=.*|"
+                             rf"pg1-path={re.escape(str(run_dir))}/data)$")
+        assert [line for line in lines if not allowed.match(line)] == [], lines
         process.send_signal(signal.SIGKILL)
         process.wait(10)
         assert run_dir.exists() and _postmaster(run_dir) == pid  # what a killed unit's cgroup would leave, minus systemd

@@ -245,10 +245,11 @@ def parse_result(text: str | bytes) -> dict[str, Any]:
         raise ResultError(f"not JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("status") not in ("ok", "failed", "busy"):
         raise ResultError("no status ok/failed/busy")
-    sentinels = data.get("sentinels") or []
-    if not isinstance(sentinels, list) or not all(isinstance(row, dict) and "token" in row for row in sentinels):
+    sentinels = data.get("sentinels")
+    if sentinels is not None and (not isinstance(sentinels, list)
+                                  or not all(isinstance(row, dict) and "token" in row for row in sentinels)):
         raise ResultError("sentinels: not a list of {token, written_at}")
-    if not isinstance(data.get("timings") or {}, dict):
+    if data.get("timings") is not None and not isinstance(data["timings"], dict):
         raise ResultError("timings: not an object")
     if data.get("query") is not None and not isinstance(data["query"], dict):
         raise ResultError("query: not an object")
