@@ -661,6 +661,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_backup import add_backup_parsers  # kbpg backup now|list|check
 
     add_backup_parsers(commands)
+    from .cli_restore import add_restore_drill_parser  # kbpg restore-drill
+
+    add_restore_drill_parser(commands)
     _add_optional_commands(commands)
     return parser
 
