@@ -96,7 +96,7 @@ def test_a_pending_rotation_is_refused(workdir: Path, monkeypatch, capsys) -> No
 
 def test_a_cluster_name_pgbackrest_cannot_take_is_refused_naming_the_key(workdir: Path, monkeypatch, capsys) -> None:
     env = workdir / "credentials" / "postgres.env"
-    env.write_text("".join(f"PATRONI_CLUSTER_NAME='keybuzz pg'\n" if line.startswith("PATRONI_CLUSTER_NAME=") else line
+    env.write_text("".join("PATRONI_CLUSTER_NAME='keybuzz pg'\n" if line.startswith("PATRONI_CLUSTER_NAME=") else line
                            for line in env.read_text().splitlines(keepends=True)))
     hosts = Hosts(monkeypatch)
     assert kbpg(workdir, "backup", "list") == 2

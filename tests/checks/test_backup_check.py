@@ -13,7 +13,6 @@ from kbpg_tui.core import inventory as inv
 from kbpg_tui.core.checks import ALL_CHECKS, c18_backup
 from kbpg_tui.core.checks.base import CheckFailed, CheckWarning
 from kbpg_tui.core.checks.runner import Diagnostics
-from kbpg_tui.core.ops import backup as ops
 from kbpg_tui.core.ssh import Host
 
 from ..fakes import FakePgConnection, FakePool, ScriptedConnection, result, unreachable
