@@ -161,3 +161,13 @@ def test_the_diagnose_help_counts_18_checks() -> None:
     text = build_parser().format_help()
     assert f"every check ({len(ALL_CHECKS)})" in text and len(ALL_CHECKS) == 18
 
+
+
+def test_without_the_monitor_roles_names_the_rest_is_still_judged(world) -> None:
+    p, w, _c = world(info="info-stale.json")
+    del p.values["POSTGRES_MONITOR_PASS"]
+    with pytest.raises(CheckFailed) as caught:
+        c18_backup.backups(p)
+    text = str(caught.value)
+    assert "pg_stat_archiver: POSTGRES_MONITOR_PASS not in credentials/postgres.env" in text
+    assert "the newest backup is 3.5 d old" in text and "pgbackrest check ok" in text and w.order == ["info", "check"]

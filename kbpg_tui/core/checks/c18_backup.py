@@ -33,6 +33,8 @@ def archiver(p: ProbeContext) -> ops.ArchiverState:
             row = conn.execute(ops.ARCHIVER_SQL).fetchone()
     except psycopg.Error as exc:
         raise ops.BackupError(f"LB {address}:{port}: {p.pg_error(exc)}") from None
+    except CheckFailed as exc:  # the monitor role's names missing from postgres.env
+        raise ops.BackupError(str(exc)) from None
     if row is None:
         raise ops.BackupError(f"LB {address}:{port}: pg_stat_archiver gave no row")
     return ops.ArchiverState.from_row(row)
