@@ -80,7 +80,7 @@ def test_query_limits() -> None:
     assert rd.check_query("x" * rd.MAX_QUERY_BYTES) is not None
     for text, fragment in [("select 1\x00", "NUL"), ("x" * (rd.MAX_QUERY_BYTES + 1), "at most 65536"),
                            ("é" * (rd.MAX_QUERY_BYTES // 2 + 1), "at most 65536"), ("  \n", "empty"),
-                           ("select '\udcff'", "not valid UTF-8")]:
+                           ("select '\udcff'", "not valid UTF-8"), (" \\! id", "backslash commands are not run")]:
         with pytest.raises(rd.TargetError) as caught:
             rd.check_query(text)
         assert fragment in str(caught.value)

@@ -208,6 +208,13 @@ def test_the_query_is_read_only_and_capped(cluster: Cluster) -> None:
     assert run.returncode == 1
     data = _result(cluster, drill_id)
     assert data["query"]["ran"] is False and "read-only" in data["query"]["error"], data["query"]
+    # the text goes to the server as it is: no psql meta-command, no :variable interpolation
+    marker = cluster.base / "meta-command-ran"
+    for text in (f"\\! touch {marker}", f"select 1; \\! touch {marker}"):
+        drill_id = _inbox(cluster, None, text)
+        _script(cluster, "run", drill_id)
+        assert _result(cluster, drill_id)["query"]["ran"] is False, text
+    assert not marker.exists()
 
 
 def test_a_target_before_every_backup_is_refused_naming_the_window(cluster: Cluster) -> None:

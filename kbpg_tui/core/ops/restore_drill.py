@@ -110,6 +110,8 @@ def check_query(text: str | None) -> str | None:
         raise TargetError(f"--query: {size} bytes; at most {MAX_QUERY_BYTES} (64 KiB)")
     if not text.strip():
         raise TargetError("--query: empty; give the SQL to run on the restored copy (read-only, as the app role)")
+    if text.lstrip().startswith("\\"):
+        raise TargetError("--query: psql's backslash commands are not run on the backup host; give SQL only")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
