@@ -65,6 +65,7 @@ class Cluster:
             f"lock-path={self.base / 'lock'}",
             f"spool-path={self.base / 'spool'}",
             "start-fast=y",
+            "process-max=2",
             "archive-timeout=60",
             "",
             f"[{STANZA}]",
@@ -278,7 +279,7 @@ def test_sigkill_of_a_run_then_cleanup_leaves_nothing(cluster: Cluster) -> None:
         assert conf.stat().st_mode & 0o777 == 0o600 and conf.stat().st_uid == pwd.getpwnam("postgres").pw_uid
         lines = [line for line in conf.read_text().splitlines() if line]
         assert f"pg1-path={run_dir}/data" in lines and any(line.startswith("repo1-cipher-pass=") for line in lines)
-        allowed = re.compile(rf"^(\[global\]|\[{STANZA}\]|repo1-[a-z-]+=.*|log-path=.*|lock-path=.*|log-level-[a-z]+=.*|"
+        allowed = re.compile(rf"^(\[global\]|\[{STANZA}\]|repo1-[a-z-]+=.*|process-max=2|log-path=.*|lock-path=.*|log-level-[a-z]+=.*|"
                              rf"pg1-path={re.escape(str(run_dir))}/data)$")
         assert [line for line in lines if not allowed.match(line)] == [], lines
         process.send_signal(signal.SIGKILL)
