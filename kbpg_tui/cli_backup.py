@@ -80,6 +80,9 @@ def cmd_backup_now(args: argparse.Namespace) -> int:
             print(f"kbpg backup now: not started: {exc}", file=sys.stderr)
             return EXIT_BUSY
         except (ops.BackupError, SshError) as exc:
+            if interrupted.hit:  # Ctrl-C before systemd was asked to start it
+                print("kbpg backup now: interrupted: no backup was started", file=sys.stderr)
+                return EXIT_INTERRUPTED
             return _fail(args, exc)
         finally:
             interrupted.restore()

@@ -363,3 +363,19 @@ def test_the_listing_window_runs_from_the_oldest_backup_to_the_newest_archived_w
     unknown = ops.Listing(listing.host, listing.info, NOW, None, "LB 198.18.0.10:5432: refused")
     assert unknown.window().endswith("(000000030000000600000012; its time unknown: LB 198.18.0.10:5432: refused)")
     assert json.loads(json.dumps(listing.to_dict()))["restorable_from"] == "2026-11-22T01:04:41+00:00"
+
+
+def test_ctrl_c_during_a_command_while_following_leaves_the_backup_running(tmp_path: Path) -> None:
+    from kbpg_tui.core.ssh import Cancelled
+
+    host = BackupHost(runs=100)
+
+    def handler(script: str, stdin: bytes):
+        if host.looks >= 3 and script.startswith("systemctl show"):
+            raise Cancelled("backup-01: cancelled")  # what the pool raises once ctx.cancel is set mid-command
+        return host(script, stdin)
+
+    ctx, connection, _events = context(tmp_path, handler)
+    got = ops.backup_now(ctx, "full", wait=True, poll=0, sleep=lambda seconds: False)
+    assert got.stopped_watching and not got.ok
+    assert not any("systemctl stop" in s or "kill" in s for s in connection.scripts)

@@ -33,7 +33,7 @@ from .. import backup as bk
 from ..engine import Context, TaskError
 from ..events import Level, Message, Progress
 from ..logs import redact
-from ..ssh import Host, Result, SshError
+from ..ssh import Cancelled, Host, Result, SshError
 
 BACKUP_TYPES = bk.BACKUP_TYPES  # full | diff | incr
 UNIT_PATTERN = "kbpg-backup@*.service"
@@ -751,48 +751,81 @@ def backup_now(ctx: Context, kind: str, wait: bool, on_started: Callable[[], Non
     except (IndexError, ValueError):
         start_epoch = time.time()
     ctx.sink(Message(Level.INFO, f"{unit} started", host.name))
-    state: dict[str, str] = {}
-    while True:  # systemd runs the queued job: a new invocation
-        state = parse_show(run(host, show_script(unit), timeout).stdout)
-        if state.get("InvocationID", "") not in ("", old_id):
-            break
-        if time.monotonic() - clock > START_TIMEOUT:
-            raise BackupError(f"{host.name}: {unit} did not start within {START_TIMEOUT:.0f} s (state "
-                              f"{state.get('ActiveState', '?')}/{state.get('SubState', '?')})")
-        if pause(min(poll, 1.0)):
-            return NowResult(host, unit, kind, wait, False, start_epoch, time.monotonic() - clock,
-                             stopped_watching=True)
-    if on_started:
-        on_started()
-    if not wait:
-        return NowResult(host, unit, kind, False, True, start_epoch, time.monotonic() - clock)
-    while state.get("ActiveState") in ("activating", "active", "reloading", "deactivating"):
-        if pause(poll):
-            return NowResult(host, unit, kind, True, False, start_epoch, time.monotonic() - clock,
-                             stopped_watching=True)
-        try:
-            _now, info = read_info(run, host, stanza, timeout)
-            if info.progress is not None:
-                ctx.sink(Progress(f"{kind} backup on {host.name}: {info.progress:.0%} ({size_text(info.running_done)} "
-                                  f"of {size_text(info.running_size)}), {time.monotonic() - clock:.0f} s",
-                                  info.progress))
-            else:
-                ctx.sink(Progress(f"{kind} backup on {host.name}: running, {time.monotonic() - clock:.0f} s"))
-        except (BackupError, SshError):
-            pass  # progress is a courtesy; the unit's state decides
-        state = parse_show(run(host, show_script(unit), timeout).stdout)
-    elapsed = time.monotonic() - clock
-    if state.get("Result") != "success":
-        journal = run(host, f"journalctl -u {shlex.quote(unit)} --since @{int(start_epoch) - 1} -n {JOURNAL_LINES} "
-                            "-o cat --no-pager", timeout)
-        return NowResult(host, unit, kind, True, False, start_epoch, elapsed,
-                         error=f"result {state.get('Result', '?')}, exit status {state.get('ExecMainStatus', '?')}",
-                         journal=redact(journal.stdout.strip()))
-    _now, after = read_info(run, host, stanza, timeout)
-    new = [b for b in after.backups if b.label not in known]
-    return NowResult(host, unit, kind, True, True, start_epoch, elapsed, backup=max(new, key=lambda b: b.stop,
-                                                                                       default=None))
+    following = _Following(ctx, run, host, stanza, unit, kind, wait, start_epoch, clock, old_id, known, timeout, poll,
+                           pause)
+    try:
+        return following.follow(on_started)
+    except Cancelled:  # Ctrl-C while a command ran: the backup (or systemd's job for it) goes on
+        return following.result(False, stopped_watching=True)
 
+
+@dataclass
+class _Following:
+    """``backup now`` once ``systemctl start`` was sent: its new invocation, then (``wait``) its end."""
+
+    ctx: Context
+    run: Runner
+    host: Host
+    stanza: str
+    unit: str
+    kind: str
+    wait: bool
+    start_epoch: float
+    clock: float
+    old_id: str
+    known: set[str]
+    timeout: float
+    poll: float
+    pause: Callable[[float], bool]
+
+    def result(self, ok: bool, **kwargs: Any) -> NowResult:
+        return NowResult(self.host, self.unit, self.kind, self.wait, ok, self.start_epoch,
+                         time.monotonic() - self.clock, **kwargs)
+
+    def show(self) -> dict[str, str]:
+        return parse_show(self.run(self.host, show_script(self.unit), self.timeout).stdout)
+
+    def follow(self, on_started: Callable[[], None] | None) -> NowResult:
+        host, unit, kind = self.host, self.unit, self.kind
+        while True:  # systemd runs the queued job: a new invocation
+            state = self.show()
+            if state.get("InvocationID", "") not in ("", self.old_id):
+                break
+            if time.monotonic() - self.clock > START_TIMEOUT:
+                raise BackupError(f"{host.name}: {unit} did not start within {START_TIMEOUT:.0f} s (state "
+                                  f"{state.get('ActiveState', '?')}/{state.get('SubState', '?')})")
+            if self.pause(min(self.poll, 1.0)):
+                return self.result(False, stopped_watching=True)
+        if on_started:
+            on_started()
+        if not self.wait:
+            return self.result(True)
+        while state.get("ActiveState") in ("activating", "active", "reloading", "deactivating"):
+            if self.pause(self.poll):
+                return self.result(False, stopped_watching=True)
+            try:
+                _now, info = read_info(self.run, host, self.stanza, self.timeout)
+                seconds = time.monotonic() - self.clock
+                if info.progress is not None:
+                    self.ctx.sink(Progress(f"{kind} backup on {host.name}: {info.progress:.0%} "
+                                           f"({size_text(info.running_done)} of {size_text(info.running_size)}), "
+                                           f"{seconds:.0f} s", info.progress))
+                else:
+                    self.ctx.sink(Progress(f"{kind} backup on {host.name}: running, {seconds:.0f} s"))
+            except Cancelled:
+                raise
+            except (BackupError, SshError):
+                pass  # progress is a courtesy; the unit's state decides
+            state = self.show()
+        if state.get("Result") != "success":
+            journal = self.run(host, f"journalctl -u {shlex.quote(unit)} --since @{int(self.start_epoch) - 1} "
+                                     f"-n {JOURNAL_LINES} -o cat --no-pager", self.timeout)
+            return self.result(False, error=f"result {state.get('Result', '?')}, exit status "
+                                            f"{state.get('ExecMainStatus', '?')}",
+                               journal=redact(journal.stdout.strip()))
+        _now, after = read_info(self.run, host, self.stanza, self.timeout)
+        new = [b for b in after.backups if b.label not in self.known]
+        return self.result(True, backup=max(new, key=lambda b: b.stop, default=None))
 
 __all__ = ["ArchiverState", "Assessment", "BackupBusy", "BackupError", "BackupInfo", "BackupSet", "InfoError",
            "Listing", "NowResult", "Observation", "assess", "backup_check", "backup_list", "backup_now",
