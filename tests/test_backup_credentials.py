@@ -123,3 +123,16 @@ def test_cli_refuses_to_rotate_the_backup_key_with_exit_2(tmp_path: Path, real_i
     assert values[NAME] not in result.stdout + result.stderr
     assert creds.read_env(tmp_path / creds.ENV_FILE) == values
     assert not (tmp_path / rotation.PENDING_FILE).exists()
+
+
+def test_a_backup_key_kept_off_the_backup_host_is_taken_back_from_the_environment(tmp_path: Path) -> None:
+    # the way back after losing postgres.env: the operator's copy of the key, typed into the environment
+    kept = creds.generate()[0][NAME]
+    result = run_kbpg("credentials", "export", "--from-env", workdir=tmp_path, env={NAME: kept})
+    assert result.returncode == 0, result.stderr
+    assert f"{NAME:<22} from environment" in result.stdout and kept not in result.stdout + result.stderr
+    assert creds.read_env(tmp_path / creds.ENV_FILE)[NAME] == kept
+    (tmp_path / "other").mkdir()
+    bad = run_kbpg("credentials", "export", "--from-env", workdir=tmp_path / "other", env={NAME: f" {kept}"})
+    assert bad.returncode == 2 and f"{NAME} must not start or end with a space" in bad.stderr
+    assert kept not in bad.stdout + bad.stderr
