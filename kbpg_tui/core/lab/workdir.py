@@ -230,6 +230,10 @@ def lab_settings(workdir: Path, fingerprints: dict[str, str]):
     settings.network.lb_address = LB_ADDRESS
     settings.network.private_subnet = SUBNET
     settings.patroni.timing_plan = "fast"
+    # Backups to backup-01 with the defaults, but a shorter archive lag warning and drill time limit: the lab's
+    # cluster is small and mostly idle, and its tests wait for these.
+    settings.backup.warn_archive_lag_seconds = 90
+    settings.backup.drill_timeout = 1200
     settings.ssh.key_file = str((workdir / SSH_KEY_NAME).resolve())
     settings.ssh.pinned_host_keys = {host.address: fingerprints[host.address] for host in CLUSTER_HOSTS}
     return settings
