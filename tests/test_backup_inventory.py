@@ -13,7 +13,6 @@ import pytest
 from kbpg_tui.core import inventory as inv
 
 from .conftest import run_kbpg
-from .test_cli_input import assert_bad_input
 from .test_inventory import line_number_of, lines_of, set_field
 
 

@@ -344,7 +344,7 @@ class Engine:
     def run_step(self, step: Step) -> StepReport:
         hosts = [h.name for h in self.ctx.db_hosts + self.ctx.haproxy_hosts]
         if any(task.scope == "backup" for task in step.tasks):
-            hosts += [h.name for h in self._hosts("backup")]
+            hosts += [h.name for h in self._hosts("backup") if h is not None]
         if self.ctx.pool is not None:
             self.ctx.pool.step = step.number  # named by the events of a host that stops answering
         self.ctx.sink(StepStarted(step.number, step.title, tuple(hosts)))
