@@ -42,7 +42,7 @@ def cmd_restore_drill(args: argparse.Namespace) -> int:
         interrupted = _cancel_on_sigint(run.ctx.cancel, hold="stopping: the drill's unit is stopped first (its "
                                                               "scratch copy is removed)")
         try:
-            result = rd.run_drill(run.ctx, target, query, printer)
+            result = rd.run_drill(run.ctx, target, query)  # events through the run's redacting sink (the printer)
         except rd.TargetError as exc:
             raise BadInput(str(exc)) from None
         except rd.DrillBusy as exc:

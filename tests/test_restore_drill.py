@@ -371,6 +371,25 @@ def test_run_drill_writes_the_sentinel_starts_the_unit_and_reports(tmp_path: Pat
     assert one.paths and one.paths[0].name.startswith("restore-drill-") and one.paths[0].exists()
 
 
+def test_progress_lines_are_redacted(tmp_path: Path, real_inventory: Path) -> None:
+    scenario = Scenario(tmp_path, real_inventory)
+    scenario.ctx.credentials.register_secrets()
+    secret = scenario.ctx.credentials["BACKUP_CIPHER_PASS"]
+    answer = scenario.poll
+
+    def leaky(script: str) -> Result:
+        outcome = answer(script)
+        if "ActiveState=active" in outcome.stdout:
+            outcome.stdout += f"2.0 restore repo1-cipher-pass={secret}\n"
+        return outcome
+
+    scenario.backup.rules = [(pattern, leaky if pattern == r"systemctl show -p ActiveState" else handler)
+                             for pattern, handler in scenario.backup.rules]
+    scenario.run()
+    texts = [e.text for e in scenario.events.of_type(Progress)]
+    assert any("repo1-cipher-pass=" in text for text in texts) and not any(secret in text for text in texts)
+
+
 def test_a_running_drill_is_busy_before_anything_is_written(tmp_path: Path, real_inventory: Path) -> None:
     scenario = Scenario(tmp_path, real_inventory, busy="kbpg-restore-drill-x.service (since Thu 2026-11-26 09:00:00 UTC)\n")
     with pytest.raises(rd.DrillBusy) as caught:

@@ -32,6 +32,7 @@ from ..backup import CONF_PATH, DRILL_ROOT, DRILL_SCRIPT, REPO_USER
 from ..engine import Context, TaskError, TaskRun
 from ..events import EventSink, Level, Message, Progress
 from ..files import write_report_pair
+from ..logs import redacting_sink
 from ..ssh import Connection, SshError
 from .drill_report import now_iso
 
@@ -588,7 +589,7 @@ def run_drill(ctx: Context, target: datetime | None, query: str | None,
     from .. import backup
     from ..cluster import leader_host, psql
 
-    sink = on_event or ctx.sink
+    sink = redacting_sink(on_event) if on_event is not None else ctx.sink  # no secret reaches a screen
     host = ctx.backup_host
     if host is None:
         raise DrillFailed("no backup host selected")
