@@ -91,6 +91,7 @@ def default_rules(host: Host) -> list:
                                          f"{host_key('other-' + host.name)} root@{host.name}\n")),
         (r"pgbackrest version", result("pgBackRest 2.45\n")),
         (r"id -u " + user, result()),
+        (r"sed -n 's/\^repo1-cipher-pass=", result("none\n")),  # no pgbackrest.conf yet
     ]
 
 
@@ -124,7 +125,23 @@ def test_without_backups_the_step_warns_skips_and_does_not_fail(real_inventory: 
     first = report.tasks[0]
     assert first.task == "host" and any(said in warning for warning in first.warnings)
     assert all("skipped" in r.detail or r.status == Status.SKIPPED for r in report.tasks[1:])
-    assert not [s for fake in hosts.values() for s in fake.scripts]  # not one command on any host
+    commands = [s for fake in hosts.values() for s in fake.scripts]
+    if with_backup:  # [backup] enabled = false: only the backup timers are stopped (the repository is kept)
+        assert len(commands) == 1 and "systemctl disable --now $t" in commands[0]
+        assert "rm " not in commands[0] and "stanza-delete" not in commands[0]
+    else:
+        assert not commands  # not one command on any host
+
+
+def test_turning_backups_off_stops_the_timers_once(real_inventory: Path) -> None:
+    ctx, hosts = make_ctx(real_inventory, from_dict({"backup": {"enabled": False}}))
+    repo = hosts["backup-01"]
+    repo.rules.insert(0, (r"systemctl disable --now", result("kbpg-backup-full.timer\nkbpg-backup-diff.timer\n")))
+    outcome = s06.check_host(task_run(ctx))
+    assert outcome.status == Status.CHANGED and "kbpg-backup-full.timer, kbpg-backup-diff.timer stopped" in outcome.detail
+    assert "enabled = false" in outcome.warnings[0]
+    repo.rules[0] = (r"systemctl disable --now", result())
+    assert s06.check_host(task_run(ctx)).status == Status.UNCHANGED
 
 
 # --- the cipher pass ----------------------------------------------------------------------------
@@ -161,7 +178,7 @@ def test_a_repository_of_another_cluster_is_refused_before_anything_is_installed
     repo = hosts["backup-01"]
     repo.rules.insert(0, (r"^\s*repo=", result("state pgbackrest:pgbackrest 750\ntop archive\ntop backup\n"
                                                "archive other-pg\nbackup other-pg\n")))
-    with pytest.raises(TaskError, match="another cluster's stanza \\(other-pg\\).*never deletes"):
+    with pytest.raises(TaskError, match="another cluster's stanza \\(other-pg; this cluster's is .*never deletes"):
         s06.install_repo_packages(task_run(ctx, ctx.backup_host))
     assert len(repo.scripts) == 1  # the probe only: no install, no chown, no rm
     assert not [s for s in repo.scripts if "rm " in s or "stanza-delete" in s or "chown" in s]
@@ -254,6 +271,47 @@ def test_confs_are_written_with_their_owners_and_a_rerun_changes_nothing(real_in
     hosts[master.name].rules.insert(0, (r"install -d", result()))
     assert s06.db_config(task_run(ctx, master)).status == Status.UNCHANGED
     assert s06.repo_config(task_run(ctx, repo)).status == Status.UNCHANGED
+
+
+def _cipher_ctx(real_inventory: Path, reads: bool) -> tuple[Context, FakeHost]:
+    """The backup host's pgbackrest.conf holds another cipher pass than postgres.env, over an existing repository;
+    ``reads``: postgres.env's pass is the one that reads the repository."""
+    ctx, hosts = make_ctx(real_inventory)
+    repo = hosts["backup-01"]
+    stanza = ctx.credentials["PATRONI_CLUSTER_NAME"]
+    repo.rules[:0] = [(r"sed -n 's/\^repo1-cipher-pass=", result(hashlib.sha256(b"the old pass").hexdigest() + "\n")),
+                      (r"backup\.info", result("present\n")),
+                      (r"PGBACKREST_REPO1_CIPHER_PASS", _info(stanza, 0, backups=1) if reads else result(json.dumps([{
+                          "name": stanza, "status": {"code": 99, "message": "other"}, "repo": [{"status": {
+                              "code": 99, "message": "[FormatError] unable to load info file '\x14\x01'"}}]}])))]
+    return ctx, repo
+
+
+def test_a_cipher_pass_that_cannot_read_the_repository_is_never_written_over_it(real_inventory: Path) -> None:
+    ctx, repo = _cipher_ctx(real_inventory, reads=False)
+    with pytest.raises(TaskError, match="made with another BACKUP_CIPHER_PASS.*restore postgres.env from your backup"):
+        s06.repo_config(task_run(ctx, ctx.backup_host))
+    assert backup.CONF_PATH not in repo.files  # nothing written
+    secret = ctx.credentials["BACKUP_CIPHER_PASS"]
+    assert not [script for script in repo.scripts if secret in script]  # asked through stdin, never in a command
+    assert [stdin for _script, stdin in repo.connection.calls if secret.encode() in stdin]
+
+
+def test_postgres_envs_cipher_pass_is_put_back_when_it_is_the_one_that_reads(real_inventory: Path) -> None:
+    ctx, repo = _cipher_ctx(real_inventory, reads=True)
+    assert s06.repo_config(task_run(ctx, ctx.backup_host)).status == Status.CHANGED
+    assert f"repo1-cipher-pass={ctx.credentials['BACKUP_CIPHER_PASS']}" in repo.text(backup.CONF_PATH).splitlines()
+
+
+def test_a_repository_pgbackrest_cannot_read_is_never_recreated(real_inventory: Path) -> None:
+    def unreadable(script: str) -> Result:
+        return result(json.dumps([{"name": ctx.credentials["PATRONI_CLUSTER_NAME"], "status": {"code": 99, "message":
+                                   "other"}, "db": [], "repo": [{"status": {"code": 99, "message":
+                                   "[FormatError] unable to load info file\u0014"}}]}]).replace("\\u0014", "\x14"))
+    ctx, repo = _stanza_ctx(real_inventory, unreadable)
+    with pytest.raises(TaskError, match="cannot be read with this BACKUP_CIPHER_PASS.*never deletes or recreates"):
+        s06.ensure_stanza(task_run(ctx))
+    assert not [s for s in repo.scripts if "stanza-create" in s]
 
 
 # --- SSH checked, versions ---------------------------------------------------------------------------

@@ -447,7 +447,8 @@ class StanzaState:
 
 def stanza_state(text: str, stanza_name: str) -> StanzaState:
     try:
-        data = json.loads(text)
+        # strict=False: pgBackRest puts raw control characters in its messages (a file it could not decrypt, shown).
+        data = json.loads(text, strict=False)
     except ValueError:
         raise BackupError(f"pgbackrest info gave no JSON: {(text or '').strip()[:200]!r}") from None
     entries = [entry for entry in data if isinstance(entry, dict) and entry.get("name") == stanza_name] \
@@ -458,7 +459,12 @@ def stanza_state(text: str, stanza_name: str) -> StanzaState:
     status = entry.get("status") or {}
     databases = sorted((db for db in entry.get("db") or [] if isinstance(db, dict)), key=lambda db: db.get("id", 0))
     ids = [int(db["system-id"]) for db in databases if isinstance(db.get("system-id"), int)]
-    return StanzaState(status.get("code"), str(status.get("message", "")), ids, len(entry.get("backup") or []))
+    message = str(status.get("message", ""))
+    repo_messages = [str((repo.get("status") or {}).get("message", "")) for repo in entry.get("repo") or []
+                     if isinstance(repo, dict) and (repo.get("status") or {}).get("code") not in (0, None)]
+    if repo_messages:  # "other": the reason is the repository's
+        message = "; ".join([message, *(m.splitlines()[0][:300] for m in repo_messages if m)])
+    return StanzaState(status.get("code"), message, ids, len(entry.get("backup") or []))
 
 
 # What a repository directory may hold for kbpg to take it: nothing, or this stanza only.
@@ -501,8 +507,9 @@ def repo_refusal(repo: RepoDir, stanza_name: str) -> str | None:
     """Why kbpg must not take this repository directory (None: empty, package-made, or holding this stanza only)."""
     others = sorted({name for names in repo.stanzas.values() for name in names if name != stanza_name})
     if others:
-        return (f"{REPO_PATH} holds another cluster's stanza ({', '.join(others)}), not {stanza_name}: kbpg never "
-                "deletes a stanza. Give this cluster another backup host, or move that repository away yourself")
+        return (f"{REPO_PATH} holds another cluster's stanza ({', '.join(others)}; this cluster's is {stanza_name}): "
+                "kbpg never deletes a stanza. Give this cluster another backup host, or move that repository away "
+                "yourself")
     strange = sorted(name for name in repo.top if name not in ("archive", "backup"))
     if strange:
         shown = ", ".join(strange[:5]) + (" ..." if len(strange) > 5 else "")

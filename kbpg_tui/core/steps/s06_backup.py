@@ -14,6 +14,7 @@ repository exists is refused (without it the backups cannot be read).
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -76,6 +77,16 @@ def check_host(run: TaskRun) -> Outcome:
     """Backups on or off; the stanza's name; the cipher pass (refused missing while a repository exists)."""
     reason = backup.why_off(run.settings, run.ctx.selection)
     if reason is not None:
+        host = backup_host(run.ctx)
+        if host is not None:  # [backup] enabled = false: no more scheduled backups (the repository is kept)
+            timers = " ".join(backup.timer_name(kind) for kind in backup.TIMERS)
+            stopped = run.run(
+                f"for t in {timers}; do if systemctl is-enabled --quiet $t 2>/dev/null || systemctl is-active --quiet "
+                f"$t; then systemctl disable --now $t >/dev/null 2>&1; echo $t; fi; done",
+                host=host, what="stopping the backup timers").stdout.split()
+            if stopped:
+                return Outcome.changed(f"{OFF}; {', '.join(stopped)} stopped on {host.name} (its repository is kept)",
+                                       [reason])
         return Outcome.unchanged(OFF, [reason])
     host = _repo_host(run)
     stanza = _stanza(run)
@@ -257,12 +268,43 @@ def pgbackrest_version(run: TaskRun, host: Host | None = None) -> str:
     return run.run("pgbackrest version", host=host, on_line=None, what="pgbackrest version").stdout.strip()
 
 
+def refuse_cipher_change(run: TaskRun) -> None:
+    """Never put another cipher pass over an existing repository: pgBackRest cannot re-encrypt one, and its backups
+    would be unreadable (a postgres.env lost and regenerated). Only hashes are compared; the pass stays on the host."""
+    conf = shlex.quote(backup.CONF_PATH)
+    current = run.run(f"if [ -f {conf} ]; then sed -n 's/^repo1-cipher-pass=//p' {conf} | head -n 1 | tr -d '\\n' | "
+                      "sha256sum | cut -d' ' -f1; else echo none; fi", on_line=None,
+                      what="reading the repository's cipher").stdout.strip()
+    wanted = hashlib.sha256(backup.cipher_pass(run.ctx.credentials).encode()).hexdigest()
+    if current in ("none", wanted, hashlib.sha256(b"").hexdigest()):
+        return
+    stanza = _stanza(run)
+    if not _repo_exists(run, stanza):
+        return
+    # The host's file holds another pass: write postgres.env's only if it is the one that reads the repository
+    # (postgres.env restored after a bad run); asked with the pass in the environment, given through stdin.
+    answer = run.run(f"IFS= read -r PGBACKREST_REPO1_CIPHER_PASS; export PGBACKREST_REPO1_CIPHER_PASS; "
+                     f"{backup.repo_command(stanza, '--output=json', 'info')}",
+                     stdin=backup.cipher_pass(run.ctx.credentials) + "\n", check=False, on_line=None, timeout=120,
+                     what="reading the repository with postgres.env's cipher pass")
+    try:
+        readable = answer.ok and backup.stanza_state(answer.stdout, stanza).code in (0, 2)
+    except TaskError:
+        readable = False
+    if not readable:
+        raise TaskError(f"{_repo_host(run).name}: the repository of {stanza} was made with another "
+                        f"{backup.CIPHER_NAME} than credentials/postgres.env holds: restore postgres.env from your "
+                        "backup: without the value it was made with the backups cannot be read. Nothing was written "
+                        f"({backup.CONF_PATH} kept)")
+
+
 def repo_config(run: TaskRun) -> Outcome:
     """The backup host's pgbackrest.conf: the repository and its cipher pass (0640 root:pgbackrest)."""
     version = backup.parse_version(pgbackrest_version(run))
     text = backup.render_repo_conf(run.settings, _stanza(run), run.ctx.db_hosts,
                                    run.ctx.credentials["POSTGRES_SUPERUSER"], backup.cipher_pass(run.ctx.credentials),
                                    version)
+    refuse_cipher_change(run)
     changes = []
     if run.connection().upload(backup.CONF_PATH, text, mode=0o640, owner="root", group=backup.REPO_USER):
         changes.append(f"{backup.CONF_PATH} written")
@@ -337,7 +379,7 @@ def ensure_stanza(run: TaskRun) -> Outcome:
         raise TaskError(f"{repo.name}: {ANOTHER} (stanza {stanza} was made for system id {state.system_id}; this "
                         f"cluster is {system_id}). Move {backup.REPO_PATH} away yourself to start a new repository")
     changed = False
-    if state.missing or state.system_id is None:
+    if state.missing:  # only a stanza that is not there at all is created (never one pgBackRest cannot read)
         result = run.run(backup.repo_command(stanza, "stanza-create"), host=repo, check=False, on_line=None,
                          timeout=STANZA_TIMEOUT, what="pgbackrest stanza-create")
         if not result.ok:
@@ -348,7 +390,10 @@ def ensure_stanza(run: TaskRun) -> Outcome:
         changed = True
         state = read_stanza(run, stanza)
     if state.code not in (0, 2):  # 2: no valid backup yet (the first backup task starts one)
-        raise TaskError(f"{repo.name}: stanza {stanza}: pgbackrest info says {state.message!r} (code {state.code})")
+        hint = (" (the repository cannot be read with this BACKUP_CIPHER_PASS: restore the postgres.env it was made "
+                "with)") if "unable to load info file" in state.message else ""
+        raise TaskError(f"{repo.name}: stanza {stanza}: pgbackrest info says {state.message!r} (code "
+                        f"{state.code}){hint}; kbpg never deletes or recreates a stanza")
     run.ctx.state["backup_stanza"] = state
     return Outcome.of(changed, f"stanza {stanza} " + ("created" if changed else "in place")
                       + f" (system id {system_id}, {state.backups} backup(s))")
