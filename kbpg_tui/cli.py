@@ -623,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="no questions: for unattended runs (host keys must be known or pinned)")
     p.add_argument("--step", action="append", metavar="NN",
                    help="run only this step (repeatable), e.g. --step 01: 00 credentials, 01 preflight, 02 patroni, "
-                        "03 haproxy, 04 pgbouncer, 05 pgvector")
+                        "03 haproxy, 04 pgbouncer, 05 pgvector, 06 backups")
     p.add_argument("--allow-wide-subnet", action="store_true",
                    help="accept network.private_subnet or network.direct_clients wider than /16 (refused with --yes, "
                         "asked otherwise)")
