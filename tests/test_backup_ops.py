@@ -379,3 +379,24 @@ def test_ctrl_c_during_a_command_while_following_leaves_the_backup_running(tmp_p
     got = ops.backup_now(ctx, "full", wait=True, poll=0, sleep=lambda seconds: False)
     assert got.stopped_watching and not got.ok
     assert not any("systemctl stop" in s or "kill" in s for s in connection.scripts)
+
+
+@pytest.mark.parametrize("stdout, stderr", [
+    ("", "ERROR: [082]: WAL segment 0000000100000000000000A1 was not archived before the 20000ms timeout\n"
+         "       HINT: run the 'start' command if the stanza was previously stopped.\n"),
+    ("P00  ERROR: [082]: WAL segment 0000000100000000000000A1 was not archived before the 20000ms timeout\n"
+     "            HINT: run the 'start' command if the stanza was previously stopped.\n", ""),
+    ("2026-11-26 14:23:01.123 P00  ERROR: [082]: WAL segment 0000000100000000000000A1 was not archived before the "
+     "20000ms timeout\n                                    HINT: run the 'start' command if the stanza was previously "
+     "stopped.\n", "WARN: unable to check pg2: [DbConnectError] unable to connect\n"),
+])
+def test_pgbackrests_error_line_is_found_whichever_stream_and_prefix(stdout: str, stderr: str) -> None:
+    assert ops.pgbackrest_error(result(stdout, 82, stderr)) == (
+        "ERROR: [082]: WAL segment 0000000100000000000000A1 was not archived before the 20000ms timeout")
+
+
+def test_without_an_error_line_the_first_words_that_are_no_hint_are_kept() -> None:
+    got = ops.pgbackrest_error(result("", 1, "WARN: a warning\nrunuser: user pgbackrest does not exist\n"
+                                            "HINT: something\n"))
+    assert got == "runuser: user pgbackrest does not exist"
+    assert ops.pgbackrest_error(result("", 255, "")) == "exit 255, no output"

@@ -221,14 +221,19 @@ def check_script(stanza: str, archive_timeout: int) -> str:
     return bk.repo_command(stanza, f"--archive-timeout={archive_timeout}", "check")
 
 
+_ERROR_RE = re.compile(r"(?:^|\s)(?:ERROR|ASSERT): \[\d+\]")
+
+
 def pgbackrest_error(result: Result) -> str:
     """pgBackRest's own words for a failure: its ERROR line (with the code), else the output's last line."""
     text = redact((result.stderr or "") + "\n" + (result.stdout or ""))
-    for line in text.splitlines():
-        if line.startswith(("ERROR:", "ASSERT:")):
-            return line.strip()[:300]
-    tail = [line.strip() for line in text.splitlines() if line.strip()]
-    return (tail[-1] if tail else f"exit {result.exit_status}, no output")[:300]
+    for line in text.splitlines():  # on stdout (log-level-console) it comes after a timestamp and "P00  "
+        found = _ERROR_RE.search(line)
+        if found:
+            return line[found.start():].strip()[:300]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    said = [line for line in lines if not line.startswith(("HINT:", "WARN:"))] or lines
+    return (said[0] if said else f"exit {result.exit_status}, no output")[:300]
 
 
 def parse_info_output(stdout: str, stanza: str) -> tuple[float, BackupInfo]:
