@@ -279,8 +279,10 @@ def test_sigkill_of_a_run_then_cleanup_leaves_nothing(cluster: Cluster) -> None:
         assert conf.stat().st_mode & 0o777 == 0o600 and conf.stat().st_uid == pwd.getpwnam("postgres").pw_uid
         lines = [line for line in conf.read_text().splitlines() if line]
         assert f"pg1-path={run_dir}/data" in lines and any(line.startswith("repo1-cipher-pass=") for line in lines)
-        allowed = re.compile(rf"^(\[global\]|\[{STANZA}\]|repo1-[a-z-]+=.*|process-max=2|log-path=.*|lock-path=.*|log-level-[a-z]+=.*|"
-                             rf"pg1-path={re.escape(str(run_dir))}/data)$")
+        here = re.escape(str(run_dir))
+        allowed = re.compile(rf"^(\[global\]|\[{STANZA}\]|repo1-[a-z-]+=.*|process-max=2|log-path=.*|lock-path=.*|"
+                             rf"spool-path={here}/spool|log-level-[a-z]+=.*|pg1-path={here}/data)$")
+        assert f"spool-path={run_dir}/spool" in lines  # restore clears the archive queue there: not the host's spool
         assert [line for line in lines if not allowed.match(line)] == [], lines
         process.send_signal(signal.SIGKILL)
         process.wait(10)
