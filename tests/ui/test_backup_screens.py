@@ -237,3 +237,13 @@ async def test_the_plan_scrolls_down_to_the_backups(demo: Path) -> None:
         await pilot.pause()
         assert pane.scroll_y == pane.max_scroll_y > 0
         assert plan.region.bottom - pane.scroll_y <= pane.region.bottom
+
+
+async def test_the_welcome_screen_names_the_backup_host_or_its_absence(demo: Path) -> None:
+    app = KbpgApp(demo)
+    async with app.run_test(size=SIZE):
+        assert "servers.tsv     3 DB + 2 HAProxy nodes, backup host backup-01" in text_of(app, "#status")
+    without_backup_host(demo)
+    app = KbpgApp(demo)
+    async with app.run_test(size=SIZE):
+        assert "servers.tsv     3 DB + 2 HAProxy nodes, no backup host" in text_of(app, "#status")
