@@ -44,7 +44,8 @@ async def test_every_check_of_the_registry_has_its_row(demo: Path, monkeypatch) 
 async def test_a_backup_warning_is_shown_with_the_problems_and_its_figures(demo: Path) -> None:
     reason = ("backup-01: the newest backup is 3.5 d old (backup.warn_backup_age_hours = 26): are the timers running? "
               "(systemctl list-timers 'kbpg-backup-*' on the backup host); last full 4.5 d ago (20261122-010002F)")
-    results = fabricated.report().results + [CheckResult(18, "backups", "backup-01", Verdict.WARN, reason, 1.4)]
+    results = [r for r in fabricated.report().results if r.number != 18]
+    results.append(CheckResult(18, "backups", "backup-01", Verdict.WARN, reason, 1.4))
     app = KbpgApp(demo)
     async with app.run_test(size=(80, 24)) as pilot:
         screen = DiagnosticsScreen(autorun=False)
