@@ -243,7 +243,7 @@ def test_the_unit_is_bounded_and_cleans_on_any_end() -> None:
     assert words[0] == "systemd-run" and "--unit=kbpg-restore-drill-20261126-100000-abcdef.service" in words
     assert "--collect" in words
     assert "RuntimeMaxSec=1200" in words
-    assert "ExecStopPost=/usr/local/lib/kbpg/restore-drill cleanup 20261126-100000-abcdef" in words
+    assert words.count("ExecStopPost=-/usr/local/lib/kbpg/restore-drill cleanup 20261126-100000-abcdef") == 2
     assert words[-3:] == ["/usr/local/lib/kbpg/restore-drill", "run", "20261126-100000-abcdef"]
 
 
@@ -415,9 +415,25 @@ def test_a_unit_that_ends_without_a_result_fails(tmp_path: Path, real_inventory:
 
 
 def test_a_scratch_copy_still_there_fails(tmp_path: Path, real_inventory: Path) -> None:
-    one = Scenario(tmp_path, real_inventory, scratch_left=True).run()
+    scenario = Scenario(tmp_path, real_inventory, scratch_left=True)
+    one = scenario.run()
     assert not one.ok and one.scratch_removed is False
     assert any("is still there after the drill" in p for p in one.problems)
+    assert f"/usr/local/lib/kbpg/restore-drill cleanup {scenario.drill_id}" in scenario.backup.scripts
+
+
+def test_kbpg_removes_a_scratch_copy_its_unit_left(tmp_path: Path, real_inventory: Path) -> None:
+    scenario = Scenario(tmp_path, real_inventory, scratch_left=True)
+    cleanup = "/usr/local/lib/kbpg/restore-drill cleanup "
+
+    def cleaned(script: str) -> Result:
+        scenario.scratch_left = False
+        return result()
+
+    scenario.backup.rules.insert(0, ("^" + re.escape(cleanup), cleaned))
+    one = scenario.run()
+    assert one.ok and one.scratch_removed is True, one.problems
+    assert f"{cleanup}{scenario.drill_id}" in scenario.backup.scripts
 
 
 def test_busy_reported_by_the_script_is_busy(tmp_path: Path, real_inventory: Path) -> None:

@@ -535,12 +535,19 @@ def unit_name(drill_id: str) -> str:
 
 
 def systemd_run_command(drill_id: str, timeout: int, script: str = DRILL_SCRIPT) -> str:
-    """The transient unit: RuntimeMaxSec bounds it, ExecStopPost cleans on any end (done, stopped, killed)."""
-    cleanup = f"{script} cleanup {drill_id}"
+    """The transient unit: RuntimeMaxSec bounds it, ExecStopPost cleans on any end (done, stopped, killed).
+
+    The cleanup is given twice ('-': a failure does not stop the next): `systemctl kill -s KILL` of the unit also
+    killed the first ExecStopPost, spawned while systemd was still killing the cgroup (seen on the lab, systemd 257);
+    the second starts once the first is reaped. kbpg runs the same cleanup itself if the scratch copy is still there
+    when the unit has ended (:func:`run_drill`); the next drill's sweep and the tmpfiles rule at boot are the last
+    resorts."""
+    cleanup = f"-{script} cleanup {drill_id}"
     return " ".join([
         "systemd-run", f"--unit={shlex.quote(unit_name(drill_id))}", "--collect", "--quiet",
         f"--description={shlex.quote('kbpg restore drill ' + drill_id)}",
         "-p", f"RuntimeMaxSec={int(timeout)}", "-p", shlex.quote(f"ExecStopPost={cleanup}"),
+        "-p", shlex.quote(f"ExecStopPost={cleanup}"),
         "-p", "Nice=10", "-p", "KillMode=control-group",
         shlex.quote(script), "run", shlex.quote(drill_id),
     ])
@@ -701,11 +708,21 @@ def run_drill(ctx: Context, target: datetime | None, query: str | None,
             result.problems.append(f"unreadable result from the drill: {exc}")
     scratch = shlex.quote(f"{DRILL_ROOT}/run-{drill_id}")
     gone_by = time.monotonic() + GONE_WAIT
+    cleaned = False
     while True:
         answer = connection.run(f"test -e {scratch} && echo present || echo gone", on_line=None, check=False).stdout
         result.scratch_removed = answer.strip() == "gone"
-        if result.scratch_removed or time.monotonic() > gone_by:
+        if result.scratch_removed:
             break
+        if time.monotonic() > gone_by or seen.state not in RUNNING_STATES:
+            if cleaned:
+                break
+            # the unit has ended and its ExecStopPost did not remove it (killed with the unit): kbpg does it
+            sink(Message(Level.WARNING, f"{DRILL_ROOT}/run-{drill_id} outlived its unit: removing it", host.name))
+            connection.run(f"{shlex.quote(DRILL_SCRIPT)} cleanup {shlex.quote(drill_id)}", on_line=None, check=False,
+                           timeout=120, what="removing the drill's scratch copy")
+            cleaned = True
+            continue
         time.sleep(0.5)
     if not result.scratch_removed:
         result.problems.append(f"{host.name}: {DRILL_ROOT}/run-{drill_id} is still there after the drill")
