@@ -282,9 +282,9 @@ def test_the_timers_take_kbpg_tomls_schedules() -> None:
     assert "Persistent=true" in full and "WantedBy=timers.target" in full
 
 
-def test_the_drills_scratch_space_is_root_only_and_emptied_at_boot() -> None:
+def test_the_drills_scratch_space_is_root_owned_traversable_not_listable_and_emptied_at_boot() -> None:
     lines = backup.DRILL_TMPFILES_TEXT.splitlines()
-    assert "d /var/lib/kbpg-drill 0700 root root -" in lines
+    assert "d /var/lib/kbpg-drill 0711 root root -" in lines  # the repository user reaches run-<id>, lists nothing
     assert "R! /var/lib/kbpg-drill/run-*" in lines
 
 

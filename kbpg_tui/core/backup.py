@@ -409,8 +409,12 @@ def unit_files(settings: "Settings", stanza_name: str) -> list[tuple[str, str]]:
             (f"{UNIT_DIR}/{timer_name('diff')}", render_timer("diff", backup.diff_schedule))]
 
 
+# The restore drill's scratch space. 0711: the repository user must reach run-<id> (0700, its own) to restore into it
+# and run PostgreSQL there; it cannot list the directory, and inbox/ and results/ are 0700 root. R!: a reboot
+# mid-drill leaves no scratch copy.
+DRILL_ROOT_MODE = "711"
 DRILL_TMPFILES_TEXT = f"""# written by kbpg: the restore drill's scratch space; a reboot mid-drill leaves nothing
-d {DRILL_ROOT} 0700 root root -
+d {DRILL_ROOT} 0{DRILL_ROOT_MODE} root root -
 R! {DRILL_ROOT}/run-*
 """
 

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from ..backup import CONF_PATH, DRILL_ROOT, DRILL_SCRIPT, REPO_USER
+from ..backup import CONF_PATH, DRILL_ROOT, DRILL_SCRIPT, DRILL_TMPFILES_TEXT, REPO_USER
 from ..engine import Context, TaskError, TaskRun
 from ..events import EventSink, Level, Message, Progress
 from ..files import write_report_pair
@@ -48,13 +48,8 @@ EXAMPLE = "2026-11-26T10:15:30.25+00:00"
 MAX_SETTINGS = ("max_connections", "max_worker_processes", "max_wal_senders", "max_prepared_transactions",
                 "max_locks_per_transaction")
 
-# /etc/tmpfiles.d/kbpg-drill.conf on the backup host. 0711: the repository user must reach run-<id> (0700, its own)
-# to restore into it and run PostgreSQL there; it cannot list the directory, and inbox/ and results/ are 0700 root.
-# R!: a reboot mid-drill leaves no scratch copy.
-TMPFILES_RULE = f"""# written by kbpg: the restore drill's scratch space; a reboot mid-drill leaves nothing
-d {DRILL_ROOT} 0711 root root -
-R! {DRILL_ROOT}/run-*
-"""
+# /etc/tmpfiles.d/kbpg-drill.conf on the backup host (step 06 writes it): see backup.DRILL_TMPFILES_TEXT.
+TMPFILES_RULE = DRILL_TMPFILES_TEXT
 
 
 def drill_script_text() -> str:

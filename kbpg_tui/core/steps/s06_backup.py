@@ -461,13 +461,14 @@ def install_timers(run: TaskRun) -> Outcome:
         changes.append(f"{backup.DRILL_SCRIPT} written")
     tmpfiles_changed = connection.upload(backup.DRILL_TMPFILES, backup.DRILL_TMPFILES_TEXT, mode=0o644)
     root = shlex.quote(backup.DRILL_ROOT)
-    fixed = run.run(f"if [ \"$(stat -c '%U:%G %a' {root} 2>/dev/null)\" != 'root:root 700' ]; then "
-                    f"systemd-tmpfiles --create {backup.DRILL_TMPFILES}; chown root:root {root}; chmod 0700 {root}; "
+    fixed = run.run(f"if [ \"$(stat -c '%U:%G %a' {root} 2>/dev/null)\" != 'root:root {backup.DRILL_ROOT_MODE}' ]; then "
+                    f"systemd-tmpfiles --create {backup.DRILL_TMPFILES}; chown root:root {root}; "
+                    f"chmod 0{backup.DRILL_ROOT_MODE} {root}; "
                     "echo fixed; fi").stdout.strip()
     if tmpfiles_changed:
         changes.append(f"{backup.DRILL_TMPFILES} written")
     if fixed:
-        changes.append(f"{backup.DRILL_ROOT} (0700 root)")
+        changes.append(f"{backup.DRILL_ROOT} (0{backup.DRILL_ROOT_MODE} root)")
     return Outcome.of(bool(changes), "; ".join(changes) or "backup timers active, restore drill in place", warnings)
 
 
