@@ -14,9 +14,10 @@ from kbpg_tui.core import credentials as creds
 from kbpg_tui.core import events as ev
 from kbpg_tui.core import inventory as inv
 from kbpg_tui.core import logs, rotation
-from kbpg_tui.core.engine import Context, TaskRun
+from kbpg_tui.core.engine import Context, TaskError, TaskRun
 from kbpg_tui.core.events import Status
 from kbpg_tui.core.settings import Settings
+from kbpg_tui.core.ssh import Host
 from kbpg_tui.core.steps import s00_credentials as s00
 
 from .conftest import run_kbpg
@@ -75,15 +76,44 @@ def test_step_00_adds_the_backup_key_to_a_live_clusters_file_and_keeps_every_oth
     values["SOME_OPERATOR_NAME"] = "kept as it is"
     path = tmp_path / creds.ENV_FILE
     creds.write_env(path, values)
-    pool = _pool({name: LIVE for name in ("db-master-01", "db-slave-01", "db-slave-02")})
+    pool = _with_backup_host(_pool({name: LIVE for name in ("db-master-01", "db-slave-01", "db-slave-02")}), "")
     outcome = s00.ensure_credentials(_run(tmp_path, pool))
     assert outcome.status == Status.CHANGED and outcome.detail == f"added {NAME}"
     now = creds.read_env(path)
     assert len(now[NAME]) == 43
     assert {name: now[name] for name in values} == dict(values)  # nothing else changed
-    assert pool.gets == []  # adding it needs no host: the repository check is step 06's
+    assert pool.gets == ["backup-01"]  # asked whether it holds a repository (it does not)
     again = s00.ensure_credentials(_run(tmp_path, pool))
     assert again.status == Status.UNCHANGED and creds.read_env(path) == now  # never regenerated
+
+
+def _with_backup_host(pool, answer: str | None):
+    """``pool`` plus backup-01 (the company fixture's backup host) answering the repository probe with ``answer``
+    (None: it does not answer)."""
+    from .fakes import ScriptedConnection, result, unreachable
+
+    host = Host("backup-01", "10.0.0.153", "root")
+    pool.connections[host.name] = unreachable(host) if answer is None else \
+        ScriptedConnection(host, lambda script, stdin: result(answer))
+    return pool
+
+
+@pytest.mark.parametrize("answer, expected", [
+    ("/var/lib/pgbackrest/backup/keybuzz-pg\n/var/lib/pgbackrest/archive/keybuzz-pg\n",
+     r"lacks BACKUP_CIPHER_PASS, but backup-01 holds a backup repository \(/var/lib/pgbackrest/backup/keybuzz-pg, "
+     r"/var/lib/pgbackrest/archive/keybuzz-pg\) made with it: restore postgres.env from your copy"),
+    (None, r"cannot tell whether backup-01 holds a backup repository .*nothing was generated"),
+], ids=["repository", "unreachable"])
+def test_step_00_never_adds_a_new_backup_key_beside_an_existing_repository(tmp_path: Path, answer, expected) -> None:
+    values, _ = creds.generate()
+    del values[NAME]  # a lost line: a new key could not read the repository
+    path = tmp_path / creds.ENV_FILE
+    creds.write_env(path, values)
+    before = path.read_bytes()
+    pool = _with_backup_host(_pool({name: LIVE for name in ("db-master-01", "db-slave-01", "db-slave-02")}), answer)
+    with pytest.raises(TaskError, match=expected):
+        s00.ensure_credentials(_run(tmp_path, pool))
+    assert path.read_bytes() == before
 
 
 def test_credentials_generate_adds_the_backup_key_to_an_existing_file(tmp_path: Path) -> None:
