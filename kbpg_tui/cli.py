@@ -61,7 +61,8 @@ def cmd_inventory(args: argparse.Namespace) -> int:
     settings = load_answers(args)
     path = Path(args.path) if args.path else resolve(args.workdir, settings.inventory.path)
     try:
-        selection = inv.load_selection(path, settings.inventory.db_rule, settings.inventory.haproxy_rule)
+        selection = inv.load_selection(path, settings.inventory.db_rule, settings.inventory.haproxy_rule,
+                                       settings.inventory.backup_rule)
     except inv.InventoryError as exc:
         errors = exc.errors
         if args.json:
@@ -72,16 +73,24 @@ def cmd_inventory(args: argparse.Namespace) -> int:
         print(f"{len(errors)} error(s) in {exc.source}: nothing selected.", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.json:
-        print(json.dumps({"ok": True, **selection.to_dict()}, indent=2, ensure_ascii=False))
+        print(json.dumps({"ok": True, **selection.to_dict(), "backups_enabled": settings.backup.enabled}, indent=2,
+                         ensure_ascii=False))
         return EXIT_OK
-    print(f"{selection.source}: {len(selection.db_nodes)} DB nodes, {len(selection.haproxy_nodes)} HAProxy nodes")
+    backups = len(selection.backup_nodes)
+    print(f"{selection.source}: {len(selection.db_nodes)} DB nodes, {len(selection.haproxy_nodes)} HAProxy nodes, "
+          f"{backups} backup host{'' if backups == 1 else 's'}")
     for title, rule, nodes in (
         ("DB nodes", settings.inventory.db_rule, selection.db_nodes),
         ("HAProxy nodes", settings.inventory.haproxy_rule, selection.haproxy_nodes),
+        ("Backup host", settings.inventory.backup_rule, selection.backup_nodes),
     ):
         print(f"\n{title} ({', '.join(f'{k}={v}' for k, v in rule.items())}):")
         for server in nodes:
             print(f"  {server.hostname:<16} {server.ip_private:<16} ssh as {server.user_ssh:<10} (line {server.line})")
+    if not selection.backup_nodes:
+        print("  none: backups are not set up ([inventory.backup_rule] selects the backup host)")
+    elif not settings.backup.enabled:
+        print("  not used: backups are turned off in kbpg.toml ([backup] enabled = false)")
     for warning in selection.warnings:
         print(warning.render(selection.source), file=sys.stderr)
     return EXIT_OK
@@ -302,7 +311,8 @@ def cmd_install(args: argparse.Namespace) -> int:
         run.ctx.state.update(args.initial_state)
     selection = run.ctx.selection
     print(f"kbpg {getattr(args, 'verb', 'install')}: {len(selection.db_nodes)} DB nodes ({', '.join(s.hostname for s in selection.db_nodes)}), "
-          f"{len(selection.haproxy_nodes)} HAProxy nodes ({', '.join(s.hostname for s in selection.haproxy_nodes)}); log: {log_path}")
+          f"{len(selection.haproxy_nodes)} HAProxy nodes ({', '.join(s.hostname for s in selection.haproxy_nodes)})"
+          + "".join(f", backup host {s.hostname}" for s in selection.backup_nodes) + f"; log: {log_path}")
     if interactive and input("Go on? [y/N] ").strip().lower() not in ("y", "yes"):
         print("Nothing done.")
         return EXIT_OK
@@ -613,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="no questions: for unattended runs (host keys must be known or pinned)")
     p.add_argument("--step", action="append", metavar="NN",
                    help="run only this step (repeatable), e.g. --step 01: 00 credentials, 01 preflight, 02 patroni, "
-                        "03 haproxy, 04 pgbouncer, 05 pgvector")
+                        "03 haproxy, 04 pgbouncer, 05 pgvector, 06 backups")
     p.add_argument("--allow-wide-subnet", action="store_true",
                    help="accept network.private_subnet or network.direct_clients wider than /16 (refused with --yes, "
                         "asked otherwise)")
@@ -628,7 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="break it without asking (only a stale or dead holder's)")
     p.set_defaults(handler=cmd_unlock)
 
-    p = commands.add_parser("diagnose", help="probe the cluster: every check (17) in parallel, a report, exit 1 on any failure")
+    p = commands.add_parser("diagnose", help="probe the cluster: every check (18) in parallel, a report, exit 1 on any failure")
     p.add_argument("--answers", help="kbpg.toml (default: WORKDIR/kbpg.toml)")
     p.add_argument("--no-tui", action="store_true", help="print a table instead of opening the diagnostics panel")
     p.add_argument("--json", action="store_true", help="print a machine-readable report")
@@ -648,6 +658,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_ops import add_parsers  # day-2 operations: switchover, drill
 
     add_parsers(commands)
+    from .cli_backup import add_backup_parsers  # kbpg backup now|list|check
+
+    add_backup_parsers(commands)
+    from .cli_restore import add_restore_drill_parser  # kbpg restore-drill
+
+    add_restore_drill_parser(commands)
     _add_optional_commands(commands)
     return parser
 

@@ -138,8 +138,8 @@ async def on_lab(workdir: Path) -> None:
     app = KbpgApp(workdir)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("1", "g", "n", "c")
-        await wait_until(pilot, lambda: all("✓" in str(app.screen.query_one("DataTable").get_cell_at((row, 5)))
-                                            for row in range(5)), 60)
+        table = app.screen.query_one("DataTable")
+        await wait_until(pilot, lambda: all("✓" in str(table.get_cell_at((row, 5))) for row in range(table.row_count)), 60)
         await shoot(app, "03-hosts-ssh-checked", pilot)
         await pilot.press("n", "n", "s")
         await pilot.pause(20)

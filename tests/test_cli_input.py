@@ -19,7 +19,7 @@ from kbpg_tui.core.logs import register_secret
 
 from .conftest import run_kbpg
 
-STEPS = "00 Credentials, 01 Preflight, 02 Patroni cluster, 03 HAProxy, 04 PgBouncer, 05 pgvector"
+STEPS = "00 Credentials, 01 Preflight, 02 Patroni cluster, 03 HAProxy, 04 PgBouncer, 05 pgvector, 06 Backups"
 
 
 def assert_bad_input(result, *fragments: str) -> None:
@@ -122,7 +122,7 @@ def test_help_names_the_commands_that_create_the_workdir() -> None:
 # --- install --step, --allow-wide-subnet ----------------------------------------------------------
 
 @pytest.mark.parametrize("steps, bad", [
-    (["6"], "6"), (["06"], "06"), (["x"], "x"), (["02,09"], "09"), (["01", "--step", "1.5"], "1.5"), ([""], ""),
+    (["7"], "7"), (["07"], "07"), (["x"], "x"), (["02,09"], "09"), (["01", "--step", "1.5"], "1.5"), ([""], ""),
     (["٠١"], "٠١"),
 ])
 def test_install_step_must_name_an_existing_step(workdir: Path, steps: list[str], bad: str) -> None:

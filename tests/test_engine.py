@@ -195,7 +195,8 @@ def node(name, address):
 def prepare(workdir, settings, sink, prompt=None, cancel=None, selection=None):
     selection = SimpleNamespace(db_nodes=[node("db-1", "198.51.100.1"), node("db-2", "198.51.100.2"),
                                           node("db-3", "198.51.100.3")],
-                                haproxy_nodes=[node("lb-1", "198.51.100.4")], warnings=[], source="servers.tsv")
+                                haproxy_nodes=[node("lb-1", "198.51.100.4")], backup_nodes=[], warnings=[],
+                                source="servers.tsv")
     ctx = Context(settings, creds.Credentials(), selection, workdir, FakePool(), sink, cancel or threading.Event())
     return inst.Run(ctx, Engine(ctx))
 

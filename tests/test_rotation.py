@@ -35,11 +35,12 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_every_password_but_raft_is_rotated_by_default(workdir: Path) -> None:
+def test_every_password_but_raft_and_the_backup_key_is_rotated_by_default(workdir: Path) -> None:
     before = _env(workdir)
     chosen = rotation.begin(workdir)
     assert chosen.names == rotation.ROTATABLE and not chosen.resumed
-    assert set(rotation.ROTATABLE) | {"PATRONI_RAFT_PASSWORD"} == set(creds.PASSWORD_NAMES)
+    assert set(rotation.ROTATABLE) | {"PATRONI_RAFT_PASSWORD", "BACKUP_CIPHER_PASS"} == set(creds.PASSWORD_NAMES)
+    assert set(rotation.REFUSED) == {"PATRONI_RAFT_PASSWORD", "BACKUP_CIPHER_PASS"}
     for name in rotation.ROTATABLE:
         assert chosen.credentials[name] != before[name]
         assert len(chosen.credentials[name]) >= 20

@@ -132,8 +132,9 @@ def test_an_additive_name_does_not_carry_a_missing_secret_through(real_inventory
     assert path.read_bytes() == before
 
 
-def test_additive_names_are_exactly_the_monitor_role_and_the_ca_path() -> None:
-    assert creds.ADDITIVE_NAMES == {"POSTGRES_MONITOR_USER", "POSTGRES_MONITOR_PASS", "POSTGRES_SSL_ROOT_CERT"}
+def test_additive_names_are_exactly_the_monitor_role_the_ca_path_and_the_backup_key() -> None:
+    assert creds.ADDITIVE_NAMES == {"POSTGRES_MONITOR_USER", "POSTGRES_MONITOR_PASS", "POSTGRES_SSL_ROOT_CERT",
+                                    "BACKUP_CIPHER_PASS"}
     assert not creds.ADDITIVE_NAMES & set(creds.REQUIRED_NAMES)
 
 

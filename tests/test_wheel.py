@@ -89,7 +89,10 @@ def test_the_wheel_carries_every_file_of_the_package_and_the_lab_recipe(installe
         if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
     }
     expected |= {f"kbpg_tui/assets/lab/{path.name}" for path in (source / "assets" / "lab").iterdir() if path.is_file()}
+    expected |= {f"kbpg_tui/assets/backup/{path.name}" for path in (source / "assets" / "backup").iterdir()
+                 if path.is_file()}
     assert "kbpg_tui/ui/kbpg.tcss" in expected and "kbpg_tui/assets/lab/base-packages.txt" in expected
+    assert "kbpg_tui/assets/backup/restore-drill" in expected
     missing = sorted(expected - names)
     assert not missing, f"the wheel lacks {missing}"
 
@@ -126,6 +129,11 @@ def test_the_lab_recipe_is_read_through_the_installed_package(installed: Install
     assert "systemd" in base_packages.split(",")
     # Same recipe files, same hash: the installed image cache key is the checkout's.
     assert key == image.recipe_key()
+
+
+def test_the_restore_drill_script_is_read_through_the_installed_package(installed: Installed) -> None:
+    code = "from kbpg_tui.core.ops import restore_drill as rd; print(rd.drill_script_text().splitlines()[0])"
+    assert installed.run(installed.python, "-c", code).stdout.strip() == "#!/bin/bash"
 
 
 def test_lab_status_runs(installed: Installed) -> None:

@@ -58,13 +58,19 @@ PASSWORD_NAMES = (
     "PGBOUNCER_STATS_PASS",
     "PATRONI_RAFT_PASSWORD",  # Raft's port lets whoever reaches it rewrite the cluster's config: never open
     "POSTGRES_MONITOR_PASS",
+    # pgBackRest's repository encryption key (repo1-cipher-pass), on the backup host only. Not PGBACKREST_*: pgBackRest
+    # reads variables of that prefix and warns about unknown ones when postgres.env is sourced. Without it the backups
+    # cannot be read; it cannot be rotated (pgBackRest does not re-encrypt a repository).
+    "BACKUP_CIPHER_PASS",
 )
+BACKUP_CIPHER_NAME = "BACKUP_CIPHER_PASS"
 # The path of credentials/tls/ca.crt (absolute), for the applications' sslrootcert; not a secret. Step 00 writes it
 # when [tls] is enabled.
 SSL_ROOT_CERT_NAME = "POSTGRES_SSL_ROOT_CERT"
 # Names step 00 may add to the postgres.env of a cluster that already exists: each makes something new (a role, a
 # path) and changes nothing the cluster already holds. Any other missing name is refused on a live cluster.
-ADDITIVE_NAMES = frozenset({"POSTGRES_MONITOR_USER", "POSTGRES_MONITOR_PASS", SSL_ROOT_CERT_NAME})
+# BACKUP_CIPHER_PASS is additive only while the backup host holds no repository: step 06 refuses a new one otherwise.
+ADDITIVE_NAMES = frozenset({"POSTGRES_MONITOR_USER", "POSTGRES_MONITOR_PASS", SSL_ROOT_CERT_NAME, BACKUP_CIPHER_NAME})
 REQUIRED_NAMES = (
     "POSTGRES_SUPERUSER",
     "POSTGRES_SUPERPASS",
@@ -77,6 +83,8 @@ REQUIRED_NAMES = (
     "PATRONI_API_PASSWORD",
 )
 GENERATED_ENTROPY_BITS = 160  # above the 128-bit floor, still short enough to type in an emergency
+# Names generated with more entropy: the backup key encrypts data kept for months, off the cluster (AES-256).
+ENTROPY_BITS = {BACKUP_CIPHER_NAME: 256}
 MIN_TYPED_BITS = 60
 MIN_TYPED_LENGTH = 12
 
@@ -185,6 +193,9 @@ def check_value(name: str, value: str) -> str | None:
         return f"{name} must be letters, digits, '.', '_' or '-', got {value!r}"
     if name == SSL_ROOT_CERT_NAME and not os.path.isabs(value):
         return f"{name} must be an absolute path (of credentials/tls/ca.crt), got {value!r}"
+    if name == BACKUP_CIPHER_NAME and value != value.strip(" \t"):
+        # pgbackrest.conf (an INI file) drops the blanks around a value: the key would not be the one kept here
+        return f"{name} must not start or end with a space (pgBackRest's configuration file would drop it)"
     return None
 
 
@@ -233,7 +244,7 @@ def generate(existing: Credentials | None = None) -> tuple[Credentials, list[str
             generated.append(name)
     for name in PASSWORD_NAMES:
         if name not in credentials:
-            credentials[name] = generate_password()
+            credentials[name] = generate_password(ENTROPY_BITS.get(name, GENERATED_ENTROPY_BITS))
             generated.append(name)
     credentials.register_secrets()
     return credentials, generated

@@ -23,7 +23,7 @@ from typing import Callable, Iterable
 
 from .credentials import Credentials
 from .events import EventSink, Level, Message, Status, StepFinished, StepStarted, TaskFinished, TaskStarted
-from .inventory import Selection
+from .inventory import Selection, rule_text
 from .logs import redact, redacting_sink
 from .settings import Settings
 from .ssh import Cancelled, Connection, ConnectionPool, Host, LineCallback, Result, SshError, output_sink
@@ -83,8 +83,28 @@ class Context:
     def haproxy_hosts(self) -> list[Host]:
         return [Host(s.hostname, s.ip_private, s.user_ssh) for s in self.selection.haproxy_nodes]
 
+    @property
+    def backup_hosts(self) -> list[Host]:
+        """The backup host selected by [inventory.backup_rule] (0 or 1), whether or not [backup] is enabled."""
+        nodes = getattr(self.selection, "backup_nodes", ())  # a selection made by hand in a test may have none
+        return [Host(s.hostname, s.ip_private, s.user_ssh) for s in nodes]
+
+    @property
+    def backup_host(self) -> Host | None:
+        """The backup host, or None when none is selected."""
+        return next(iter(self.backup_hosts), None)
+
+    def backup_skip_reason(self) -> str | None:
+        """Why the tasks of scope "backup" do not run (no backup host, or backups turned off), or None."""
+        if not self.backup_hosts:
+            return (f"no backup host matches {rule_text(self.settings.inventory.backup_rule)} "
+                    "([inventory.backup_rule]): backups are not set up")
+        if not self.settings.backup.enabled:
+            return f"backups are turned off in kbpg.toml ([backup] enabled = false): {self.backup_hosts[0].name} unused"
+        return None
+
     def host(self, name: str) -> Host:
-        return next(h for h in self.db_hosts + self.haproxy_hosts if h.name == name)
+        return next(h for h in self.db_hosts + self.haproxy_hosts + self.backup_hosts if h.name == name)
 
 
 @dataclass
@@ -128,7 +148,7 @@ TaskFunction = Callable[[TaskRun], Outcome]
 @dataclass
 class Task:
     name: str
-    scope: str  # "db" | "haproxy" | "all" | "cluster" | "local"
+    scope: str  # "db" | "haproxy" | "all" (DB + HAProxy) | "backup" | "cluster" | "local"
     function: TaskFunction
     serial: bool = False
 
@@ -229,6 +249,8 @@ class Engine:
             return list(self.ctx.haproxy_hosts)
         if scope == "all":
             return [*self.ctx.db_hosts, *self.ctx.haproxy_hosts]
+        if scope == "backup":  # none (no backup host, backups off): the task is reported skipped
+            return [] if self.ctx.backup_skip_reason() else list(self.ctx.backup_hosts)
         if scope in ("cluster", "local"):
             return [None]
         raise ValueError(f"unknown task scope {scope!r}")
@@ -302,6 +324,14 @@ class Engine:
         finished.sort(key=lambda w: order[id(w.host)])
         return [w.report for w in finished if w.report is not None]
 
+    def _skipped(self, step: Step, task: Task) -> TaskReport:
+        """A task of scope "backup" with no backup host to run on: reported skipped, once, for the cluster."""
+        detail = redact(self.ctx.backup_skip_reason() or "no host to run on")
+        self.ctx.sink(TaskStarted(step.number, CLUSTER, task.name))
+        self.ctx.sink(TaskFinished(step.number, CLUSTER, task.name, Status.SKIPPED, detail, 0.0))
+        log.info("%s %s %s: skipped: %s", step.number, CLUSTER, task.name, detail)
+        return TaskReport(step.number, CLUSTER, task.name, Status.SKIPPED, detail, 0.0, [])
+
     def _abandoned(self, step: Step, task: Task, worker: _Worker) -> TaskReport:
         host, elapsed = worker.host, time.monotonic() - worker.started
         where = host.name if host else (LOCAL if task.scope == "local" else CLUSTER)
@@ -313,6 +343,8 @@ class Engine:
 
     def run_step(self, step: Step) -> StepReport:
         hosts = [h.name for h in self.ctx.db_hosts + self.ctx.haproxy_hosts]
+        if any(task.scope == "backup" for task in step.tasks):
+            hosts += [h.name for h in self._hosts("backup") if h is not None]
         if self.ctx.pool is not None:
             self.ctx.pool.step = step.number  # named by the events of a host that stops answering
         self.ctx.sink(StepStarted(step.number, step.title, tuple(hosts)))
@@ -320,7 +352,11 @@ class Engine:
         reports: list[TaskReport] = []
         status = Status.UNCHANGED
         for task in step.tasks:
-            batch = self._run_batch(step, task, self._hosts(task.scope))
+            targets = self._hosts(task.scope)
+            if not targets and task.scope == "backup":
+                batch = [self._skipped(step, task)]
+            else:
+                batch = self._run_batch(step, task, targets)
             reports += batch
             if self.ctx.cancel.is_set() or any(r.status == Status.CANCELLED for r in batch):
                 status = Status.CANCELLED

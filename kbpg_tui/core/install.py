@@ -76,7 +76,7 @@ def prepare(
     """Build the context of a run. Raises InventoryError / CredentialsError on bad input."""
     if selection is None:
         selection = load_selection(resolve(workdir, settings.inventory.path), settings.inventory.db_rule,
-                                   settings.inventory.haproxy_rule)
+                                   settings.inventory.haproxy_rule, settings.inventory.backup_rule)
     cancel = cancel or threading.Event()
     known_hosts = KnownHosts(resolve(workdir, settings.ssh.known_hosts))
     pool = ConnectionPool(ssh_options(workdir, settings), known_hosts, sink, prompt, sudo_passwords(workdir), cancel)

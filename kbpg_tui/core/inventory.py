@@ -37,6 +37,9 @@ COLUMNS: tuple[str, ...] = (
 
 DEFAULT_DB_RULE: dict[str, str] = {"ENV": "prod", "ROLE": "db", "SUBROLE": "postgres", "DOCKER_STACK": "patroni-node"}
 DEFAULT_HAPROXY_RULE: dict[str, str] = {"ENV": "prod", "ROLE": "lb", "SUBROLE": "internal-haproxy"}
+# The backup host (pgBackRest's repository): 0 or 1 row; none selected means no backups, not an error.
+DEFAULT_BACKUP_RULE: dict[str, str] = {"ENV": "prod", "ROLE": "backup", "SUBROLE": "backup"}
+MAX_BACKUP_HOSTS = 1
 
 # Columns a row may leave out at its end (editors that strip trailing whitespace drop an empty last field).
 OPTIONAL_COLUMNS: tuple[str, ...] = ("NOTES",)
@@ -130,16 +133,24 @@ class Selection:
     db_nodes: tuple[Server, ...]
     haproxy_nodes: tuple[Server, ...]
     warnings: tuple[Problem, ...] = ()
+    backup_nodes: tuple[Server, ...] = ()  # 0 or 1: the backup host (pgBackRest's repository)
 
     @property
     def all_nodes(self) -> tuple[Server, ...]:
+        """The cluster's nodes: DB and HAProxy (the engine's "all" scope); not the backup host."""
         return self.db_nodes + self.haproxy_nodes
+
+    @property
+    def every_node(self) -> tuple[Server, ...]:
+        """Every host kbpg connects to: the cluster's nodes and the backup host."""
+        return self.db_nodes + self.haproxy_nodes + self.backup_nodes
 
     def to_dict(self) -> dict:
         return {
             "source": self.source,
             "db_nodes": [server.to_dict() for server in self.db_nodes],
             "haproxy_nodes": [server.to_dict() for server in self.haproxy_nodes],
+            "backup_nodes": [server.to_dict() for server in self.backup_nodes],
             "warnings": [asdict(problem) for problem in self.warnings],
         }
 
@@ -334,12 +345,15 @@ def select(
     inventory: Inventory,
     db_rule: Mapping[str, str] | None = None,
     haproxy_rule: Mapping[str, str] | None = None,
+    backup_rule: Mapping[str, str] | None = None,
 ) -> Selection:
-    """Select the DB and HAProxy nodes by rule, or raise :class:`InventoryError` with every problem."""
+    """Select the DB and HAProxy nodes and the backup host by rule, or raise :class:`InventoryError` with every
+    problem. No backup host is not an error (no backups); two or more are, and so is a row that two rules select."""
     db_rule = DEFAULT_DB_RULE if db_rule is None else db_rule
     haproxy_rule = DEFAULT_HAPROXY_RULE if haproxy_rule is None else haproxy_rule
+    backup_rule = DEFAULT_BACKUP_RULE if backup_rule is None else backup_rule
     problems = list(inventory.problems)
-    problems += _check_rule(db_rule, "DB") + _check_rule(haproxy_rule, "HAProxy")
+    problems += _check_rule(db_rule, "DB") + _check_rule(haproxy_rule, "HAProxy") + _check_rule(backup_rule, "backup")
     if any(problem.severity == "error" for problem in problems):
         # A file we could not read whole cannot be trusted for a selection.
         raise InventoryError(inventory.source, problems)
@@ -349,14 +363,27 @@ def select(
     both = {server.line for server in db_nodes} & {server.line for server in haproxy_nodes}
     for line in sorted(both):
         problems.append(Problem(line, "this row matches both the DB and the HAProxy rule"))
+    backup_nodes = tuple(server for server in inventory.servers if _matches(server, backup_rule))
+    for server in backup_nodes:
+        for name, nodes in (("DB", db_nodes), ("HAProxy", haproxy_nodes)):
+            if server.line in {node.line for node in nodes}:
+                problems.append(Problem(server.line, f"this row matches both the backup rule and the {name} rule: the "
+                                                     "backup host must be a server of its own (its backups must "
+                                                     "outlive the cluster's nodes)"))
 
-    selected = db_nodes + haproxy_nodes
+    cluster_lines = {server.line for server in db_nodes + haproxy_nodes}
+    selected = db_nodes + haproxy_nodes + tuple(s for s in backup_nodes if s.line not in cluster_lines)
     for server in selected:
         problems += _check_server(server)
     problems += _duplicates(inventory.servers, {server.line for server in selected})
 
     db_rule_text = ", ".join(f"{k}={v}" for k, v in db_rule.items())
     haproxy_rule_text = ", ".join(f"{k}={v}" for k, v in haproxy_rule.items())
+    if len(backup_nodes) > MAX_BACKUP_HOSTS:
+        found = ", ".join(f"{s.hostname or '?'} (line {s.line})" for s in backup_nodes)
+        problems.append(Problem(0, f"{len(backup_nodes)} backup hosts match {rule_text(backup_rule)}; at most "
+                                   f"{MAX_BACKUP_HOSTS} (pgBackRest's repository): narrow [inventory.backup_rule]. "
+                                   f"Found: {found}"))
     if len(db_nodes) not in ALLOWED_DB_COUNTS:
         found = ", ".join(f"{s.hostname or '?'} (line {s.line})" for s in db_nodes) or "none"
         problems.append(
@@ -371,7 +398,12 @@ def select(
 
     if any(problem.severity == "error" for problem in problems):
         raise InventoryError(inventory.source, problems)
-    return Selection(inventory.source, db_nodes, haproxy_nodes, tuple(problems))
+    return Selection(inventory.source, db_nodes, haproxy_nodes, tuple(problems), backup_nodes)
+
+
+def rule_text(rule: Mapping[str, str]) -> str:
+    """A selection rule as the operator writes it: ENV=prod, ROLE=backup, SUBROLE=backup."""
+    return ", ".join(f"{column}={value}" for column, value in rule.items())
 
 
 def _duplicates(servers: list[Server], selected_lines: set[int]) -> list[Problem]:
@@ -404,6 +436,7 @@ def load_selection(
     path: str | Path,
     db_rule: Mapping[str, str] | None = None,
     haproxy_rule: Mapping[str, str] | None = None,
+    backup_rule: Mapping[str, str] | None = None,
 ) -> Selection:
     """Parse ``path`` and select the nodes; raises :class:`InventoryError`."""
-    return select(parse_file(path), db_rule, haproxy_rule)
+    return select(parse_file(path), db_rule, haproxy_rule, backup_rule)

@@ -56,7 +56,13 @@ RAFT_REASON = (
     "Patroni reads it only when it starts, which restarts PostgreSQL. Change it in a maintenance window "
     "(README, \"Rotating the Raft password\")."
 )
-REFUSED: dict[str, str] = {"PATRONI_RAFT_PASSWORD": RAFT_REASON}
+BACKUP_CIPHER_REASON = (
+    "BACKUP_CIPHER_PASS cannot be rotated: it is the encryption key of pgBackRest's repository on the backup host, "
+    "and pgBackRest cannot re-encrypt a repository: every backup and archived WAL made so far can only be read with "
+    "this value. Keep a copy of postgres.env off the backup host; to change it, start a new repository (README, "
+    "\"Backups\")."
+)
+REFUSED: dict[str, str] = {"PATRONI_RAFT_PASSWORD": RAFT_REASON, "BACKUP_CIPHER_PASS": BACKUP_CIPHER_REASON}
 # Where each rotatable secret is used, for the plan shown before a rotation.
 WHERE: dict[str, str] = {
     "POSTGRES_APP_PASS": "the app role (ALTER ROLE) and PgBouncer's auth file",

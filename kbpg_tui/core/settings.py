@@ -25,7 +25,7 @@ from typing import Any
 import tomli_w
 
 from .files import MAX_INPUT_BYTES, InputFileError, atomic_write, read_input_file
-from .inventory import COLUMNS, DEFAULT_DB_RULE, DEFAULT_HAPROXY_RULE
+from .inventory import COLUMNS, DEFAULT_BACKUP_RULE, DEFAULT_DB_RULE, DEFAULT_HAPROXY_RULE
 from .rto import PATRONI_KEYS, TIMING_PLANS
 
 SUPPORTED_PG_VERSIONS = (13, 14, 15, 16, 17)
@@ -305,6 +305,8 @@ class InventorySettings:
     path: str = _opt("servers.tsv", check=_check_text, doc="servers.tsv, relative to the work directory")
     db_rule: dict[str, str] = _opt(factory=lambda: dict(DEFAULT_DB_RULE), check=_check_rule)
     haproxy_rule: dict[str, str] = _opt(factory=lambda: dict(DEFAULT_HAPROXY_RULE), check=_check_rule)
+    backup_rule: dict[str, str] = _opt(factory=lambda: dict(DEFAULT_BACKUP_RULE), check=_check_rule,
+                                       doc="the backup host (pgBackRest's repository): 0 or 1 row; none: no backups")
 
 
 @dataclass
@@ -394,6 +396,65 @@ class TlsSettings:
                                                    "expiring within this many days; diagnostics warn from then on")
 
 
+# systemd OnCalendar expressions ("Sun *-*-* 01:00:00", "Mon..Sat *-*-* 01:00:00", "daily"); systemd-analyze calendar
+# on the backup host judges the rest. They go into unit files: no ';', quote, '#', '%', control character or newline.
+_CALENDAR_RE = re.compile(r"[A-Za-z0-9*:.,/~-][A-Za-z0-9*:.,/~ -]{0,63}")
+_CALENDAR_FORM = ("a systemd OnCalendar expression of at most 64 characters among letters, digits, spaces and "
+                  "* : . , / ~ -, e.g. \"Sun *-*-* 01:00:00\"")
+
+
+def _check_calendar(value: str) -> str | None:
+    if (char := _control_char(value)):
+        return f"{_CALENDAR_FORM} (found the control character {char})"
+    if not _CALENDAR_RE.fullmatch(value) or value.endswith(" "):
+        return _CALENDAR_FORM
+    return None
+
+
+# pgBackRest's size options (powers of 1024); archive-push-queue-max bounds.
+_SIZE_UNITS = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
+               "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
+MIN_QUEUE_BYTES, MAX_QUEUE_BYTES = 64 << 20, 64 << 40
+_QUEUE_RE = re.compile(r"([1-9][0-9]{0,8})(KiB|MiB|GiB|TiB|KB|MB|GB|TB)")
+
+
+def pgbackrest_size_bytes(value: str) -> int | None:
+    """Bytes of a pgBackRest size such as "4GiB" (pgBackRest reads KB/MB/GB/TB as powers of 1024 too), or None."""
+    match = _QUEUE_RE.fullmatch(value)
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)] if match else None
+
+
+def _check_queue_max(value: str) -> str | None:
+    size = pgbackrest_size_bytes(value)
+    if size is None or not MIN_QUEUE_BYTES <= size <= MAX_QUEUE_BYTES:
+        return "a size from 64MiB to 64TiB: a number and one of KiB, MiB, GiB, TiB (powers of 1024), e.g. \"4GiB\""
+    return None
+
+
+@dataclass
+class BackupSettings:
+    enabled: bool = _opt(True, doc="with a backup host selected ([inventory.backup_rule]): pgBackRest backups and WAL "
+                                   "archiving; false: none (step 06 skipped, archiving neutralised)")
+    full_schedule: str = _opt("Sun *-*-* 01:00:00", check=_check_calendar,
+                              doc="full backups: systemd OnCalendar (checked on the host by systemd-analyze calendar)")
+    diff_schedule: str = _opt("Mon..Sat *-*-* 01:00:00", check=_check_calendar,
+                              doc="differential backups: systemd OnCalendar")
+    retention_full: int = _opt(2, min=1, max=99, doc="full backups kept (repo1-retention-full)")
+    retention_diff: int = _opt(6, min=1, max=99, doc="differential backups kept (repo1-retention-diff)")
+    archive_timeout: int = _opt(30, min=5, max=300, doc="seconds: PostgreSQL's archive_timeout, the RPO under light "
+                                                        "load")
+    archive_push_queue_max: str = _opt("4GiB", check=_check_queue_max,
+                                       doc="WAL a DB node keeps for an unreachable repository before pgBackRest drops "
+                                           "it (protects pg_wal; a drop breaks point-in-time recovery until the next "
+                                           "backup)")
+    process_max: int = _opt(2, min=1, max=16, doc="pgBackRest processes for a backup and for archive-push")
+    warn_backup_age_hours: int = _opt(26, min=8, max=2400, doc="diagnostics warn when the newest backup is older")
+    warn_archive_lag_seconds: int = _opt(120, min=30, max=86400,
+                                         doc="diagnostics warn when the newest archived WAL is older")
+    drill_timeout: int = _opt(3600, min=300, max=86400, doc="seconds a restore drill may run (its unit's "
+                                                            "RuntimeMaxSec)")
+
+
 @dataclass
 class SshSettings:
     known_hosts: str = _opt("known_hosts", check=_check_text, doc="kbpg's own known_hosts, relative to the work directory")
@@ -417,6 +478,7 @@ class Settings:
     pgbouncer: PgbouncerSettings = field(default_factory=PgbouncerSettings)
     ssh: SshSettings = field(default_factory=SshSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
+    backup: BackupSettings = field(default_factory=BackupSettings)
 
     def __post_init__(self) -> None:
         self.notes: list[str] = []  # what reading an older kbpg.toml changed (not written back): settings_notes
@@ -582,6 +644,16 @@ def _cross_checks(settings: Settings, raw_patroni: dict, errors: list[str]) -> N
         for key in ("url", "suite", "key_file", "components"):
             if not getattr(packages, key) and not any(error.startswith(f"packages.{key}:") for error in errors):
                 errors.append(f"packages.{key}: required when packages.source = \"custom\"")
+    backup = settings.backup
+    errored = {error.split(":", 1)[0] for error in errors}
+    if backup.full_schedule == backup.diff_schedule and not errored & {"backup.full_schedule", "backup.diff_schedule"}:
+        errors.append(f"backup.diff_schedule: must differ from backup.full_schedule ({backup.diff_schedule!r}): both "
+                      "timers would start at once and one backup would fail on pgBackRest's lock")
+    if backup.warn_archive_lag_seconds <= backup.archive_timeout and not errored & {
+            "backup.warn_archive_lag_seconds", "backup.archive_timeout"}:
+        errors.append(f"backup.warn_archive_lag_seconds: must be more than backup.archive_timeout "
+                      f"({backup.warn_archive_lag_seconds} <= {backup.archive_timeout}): a quiet cluster archives a WAL "
+                      "segment only every archive_timeout seconds, so diagnostics would warn all the time")
     budget = settings.pgbouncer.default_pool_size
     if budget and budget >= settings.postgresql.max_connections:
         errors.append(

@@ -113,7 +113,8 @@ class WizardState:
     def load_inventory(self) -> None:
         inventory = inv.parse_file(self.inventory_path)
         try:
-            self.selection = inv.select(inventory, self.settings.inventory.db_rule, self.settings.inventory.haproxy_rule)
+            self.selection = inv.select(inventory, self.settings.inventory.db_rule, self.settings.inventory.haproxy_rule,
+                                        self.settings.inventory.backup_rule)
             self.inventory_problems = list(self.selection.warnings)
         except inv.InventoryError as exc:
             self.selection = None

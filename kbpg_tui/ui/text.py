@@ -36,3 +36,23 @@ def weakness(name: str, value: str) -> str | None:
     if not strength.weak:
         return None
     return "; ".join(strength.reasons) or "weak"
+
+
+def backup_plan(settings, selection) -> tuple[str, list[str]]:
+    """Where the backups go, as the plan and summary screens say it: (the backup host as "backup-01 (198.18.0.153)",
+    or why there are none), and the schedule and retention of kbpg.toml's [backup] (empty when there are none)."""
+    from ..core import inventory as inv
+
+    if selection is None:
+        return "? (servers.tsv has errors: see Hosts)", []
+    hosts = tuple(getattr(selection, "backup_nodes", ()) or ())
+    if not hosts:
+        rule = inv.rule_text(settings.inventory.backup_rule)
+        return f"none selected: backups are not set up (no row of servers.tsv matches {rule})", []
+    host = f"{hosts[0].hostname} ({hosts[0].ip_private})"
+    backup = settings.backup
+    if not backup.enabled:
+        return f"off: [backup] enabled = false in kbpg.toml ({host} selected, unused)", []
+    return host, [f"Backup schedule: full {backup.full_schedule}, differential {backup.diff_schedule}",
+                  f"Backups kept: {backup.retention_full} full, {backup.retention_diff} differential; WAL archived "
+                  f"continuously (archive_timeout {backup.archive_timeout} s)"]

@@ -26,9 +26,10 @@ from kbpg_tui.core.lab import ssh as lab_ssh
 from kbpg_tui.core.lab.topology import HOSTS
 from kbpg_tui.core.settings import load_settings
 
-CLUSTER_HOSTS = [h for h in HOSTS if h.kind in ("db", "haproxy")]
+CLUSTER_HOSTS = [h for h in HOSTS if h.kind in ("db", "haproxy", "backup")]  # every host kbpg installs onto
 DB_HOSTS = [h for h in HOSTS if h.kind == "db"]
 HAPROXY_HOSTS = [h for h in HOSTS if h.kind == "haproxy"]
+BACKUP_HOST = next(h for h in HOSTS if h.kind == "backup")
 LB = next(h for h in HOSTS if h.kind == "lb")
 REPO = Path(__file__).resolve().parents[2]
 

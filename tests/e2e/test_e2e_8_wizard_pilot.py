@@ -35,14 +35,17 @@ async def test_unknown_host_key_declined_in_the_wizard(installed: Installed, tmp
     cfg.save_settings(settings, workdir / "kbpg.toml")
     app = KbpgApp(workdir)
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.press("1", "n", "c")
-        for _ in range(5):  # one question per host, one at a time
+        await pilot.press("1", "n")
+        table = app.screen.query_one(DataTable)
+        hosts = table.row_count
+        assert hosts == 6  # 3 DB, 2 HAProxy and the backup host: each is connected to, each key asked about
+        await pilot.press("c")
+        for _ in range(hosts):  # one question per host, one at a time
             await wait_until(pilot, lambda: isinstance(app.screen, HostKeyDialog), 30)
             assert "SHA256:" in " ".join(str(w.render()) for w in app.screen.query("Static"))
             await pilot.press("d")
             await pilot.pause(0.3)
-        table = app.screen.query_one(DataTable)
-        await wait_until(pilot, lambda: all("declined" in str(table.get_cell_at((row, 5))) for row in range(5)), 30)
+        await wait_until(pilot, lambda: all("declined" in str(table.get_cell_at((row, 5))) for row in range(hosts)), 30)
     assert not (workdir / "known_hosts").exists() or "198.18.0." not in (workdir / "known_hosts").read_text()
 
 

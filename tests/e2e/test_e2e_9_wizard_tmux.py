@@ -21,7 +21,7 @@ from kbpg_tui.core import credentials as creds
 from kbpg_tui.core import lab
 from kbpg_tui.core import settings as cfg
 
-from .conftest import LB, REPO, wait_healthy
+from .conftest import CLUSTER_HOSTS, LB, REPO, wait_healthy
 
 SESSION = "kbpg-e2e-wizard"
 
@@ -79,7 +79,7 @@ def test_wizard_from_welcome_to_green_diagnostics_by_keys(fresh_lab: Path) -> No
     wait_for("Hosts", 10)
     keys("c")  # SSH check of every host (keys pinned by the lab)
     deadline = time.monotonic() + 60
-    while screen().count("✓ ok") < 5:
+    while screen().count("✓ ok") < len(CLUSTER_HOSTS):  # 3 DB, 2 HAProxy and the backup host
         assert time.monotonic() < deadline, screen()
         time.sleep(0.5)
     assert "via sudo" in screen()  # haproxy-02 is reached as kbops with sudo

@@ -14,7 +14,7 @@ from .conftest import sh
 
 pytestmark = pytest.mark.lab
 
-PACKAGES = "postgresql-17 postgresql-17-pgvector patroni python3-pysyncobj haproxy pgbouncer"
+PACKAGES = "postgresql-17 postgresql-17-pgvector patroni python3-pysyncobj haproxy pgbouncer pgbackrest"
 SOURCE_FILE = "/etc/apt/sources.list.d/kbpg-lab-test.list"
 KEY_FILE = "/etc/apt/keyrings/kbpg-lab-test.asc"
 

@@ -61,13 +61,14 @@ def test_servers_tsv_has_the_real_format(lab_workdir):
         assert row[3] not in running and row[3].startswith("198.18.0.")
 
 
-def test_inventory_selects_exactly_the_five_cluster_hosts(lab_workdir):
+def test_inventory_selects_exactly_the_six_hosts(lab_workdir):
     from kbpg_tui.core.inventory import load_selection
 
     selection = load_selection(lab_workdir / "servers.tsv")
     assert sorted(s.hostname for s in selection.db_nodes) == ["db-master-01", "db-slave-01", "db-slave-02"]
     assert sorted(s.hostname for s in selection.haproxy_nodes) == ["haproxy-01", "haproxy-02"]
-    by_name = {s.hostname: s for s in selection.all_nodes}
+    assert [s.hostname for s in selection.backup_nodes] == ["backup-01"]
+    by_name = {s.hostname: s for s in [*selection.all_nodes, *selection.backup_nodes]}
     for host in CLUSTER_HOSTS:
         assert by_name[host.name].ip_private == host.address
         assert by_name[host.name].user_ssh == host.user_ssh
@@ -87,6 +88,8 @@ def test_kbpg_toml_points_at_the_lab(lab_workdir):
     assert (lab_workdir / "lab_ssh_key").samefile(settings.ssh.key_file)
     fingerprints = json.loads((lab_workdir / "lab_host_keys.json").read_text())
     assert settings.ssh.pinned_host_keys == {host.address: fingerprints[host.address] for host in CLUSTER_HOSTS}
+    assert "198.18.0.153" in settings.ssh.pinned_host_keys  # backup-01
+    assert (settings.backup.enabled, settings.backup.warn_archive_lag_seconds, settings.backup.drill_timeout) == (True, 90, 1200)
     text = (lab_workdir / "kbpg.toml").read_text()
     password = read_env(lab_workdir / "credentials" / "sudo.env")["KBPG_SUDO_PASSWORD"]
     assert password not in text

@@ -16,11 +16,13 @@ REFUSED = ('connection failed: connection to server at "198.18.0.12", port 6432 
            "Is the server running on that host and accepting TCP/IP connections?")
 PGBOUNCER_DOWN = "haproxy-02: pgbouncer is inactive (failed since 10:41:07; last exit: status=1/FAILURE)"
 PGBOUNCER_REFUSED = f"haproxy-02:6432: app login failed: {REFUSED}"
+BACKUPS_OK = ("last full 21 h ago (20250105-010002F), last archived WAL 12 s ago on db-master-01, "
+              "pgbackrest check ok")
 SLOW_CLIENT = "LB 198.18.0.10:5432: 1 client session on the primary from 198.18.0.77, outside the allowed clients"
 
 
 def _results() -> list[CheckResult]:
-    """In probe order, as ``Diagnostics.run`` returns them (32 rows)."""
+    """In probe order, as ``Diagnostics.run`` returns them (33 rows)."""
     rows: list[tuple[int, str, str, Verdict, str]] = [(1, "inventory", "servers.tsv", PASS, "3 DB + 2 HAProxy nodes, addresses unique")]
     for host in DB + PROXIES:
         rows.append((2, "ssh and sudo", host, PASS, f"{host}: commands run as root"))
@@ -41,6 +43,7 @@ def _results() -> list[CheckResult]:
     for host in PROXIES:
         rows.append((11, "haproxy", host, PASS, f"{host}: 1 server UP in the write backend; stats need the password"))
     rows.append((12, "secret files", "credentials/postgres.env", PASS, "postgres.env 0600"))
+    rows.append((18, "backups", "backup-01", PASS, BACKUPS_OK))
     return [CheckResult(n, check, target, verdict, reason, 0.05 + (i % 7) * 0.08)
             for i, (n, check, target, verdict, reason) in enumerate(rows)]
 

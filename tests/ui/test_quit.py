@@ -196,7 +196,7 @@ def test_host_key_questions_asked_after_the_quit_are_answered_no(demo: Path, mon
     ended.set()
     [used] = pools
     hosts = len(used.gets)
-    assert hosts == 5
+    assert hosts == 6  # 3 DB, 2 HAProxy and the backup host
     answers = answered_within(used.answers, hosts)
     assert [answer for _host, answer in answers] == [False] * hosts, "a question raised instead of being answered"
 

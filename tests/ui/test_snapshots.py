@@ -41,6 +41,16 @@ def test_plan(snap_compare, demo: Path) -> None:
     assert snap_compare(KbpgApp(demo), press=["1", "n", "n"], terminal_size=SIZE)
 
 
+def test_plan_scrolled_to_the_backups(snap_compare, demo: Path) -> None:
+    """The plan's end: the backup host, the schedule and the retention of kbpg.toml's [backup]."""
+    async def scroll(pilot) -> None:
+        await pilot.press("1", "n", "n")
+        pilot.app.screen.query_one("#plan-pane").scroll_end(animate=False)
+        await pilot.pause()
+
+    assert snap_compare(KbpgApp(demo), run_before=scroll, terminal_size=SIZE)
+
+
 def test_install_before_start(snap_compare, demo: Path) -> None:
     assert snap_compare(KbpgApp(demo), press=["1", "n", "n", "n"], terminal_size=SIZE)
 

@@ -141,7 +141,7 @@ async def test_broken_servers_tsv_shows_its_errors_and_blocks_next(demo: Path) -
         # Fixed on disk, reloaded with r: the hosts appear and next works.
         (demo / "servers.tsv").write_text(servers.replace("\t198.18.0.300\t", "\t198.18.0.121\t"))
         await pilot.press("r")
-        assert app.screen.query_one(DataTable).row_count == 5
+        assert app.screen.query_one(DataTable).row_count == 6  # 3 DB, 2 HAProxy, the backup host
         assert not app.screen.query_one("#problems", Static).display
         await pilot.press("n")
         assert isinstance(app.screen, PlanScreen)
@@ -175,12 +175,12 @@ async def test_install_screen_lays_out_hosts_by_steps(demo: Path) -> None:
         assert isinstance(app.screen, InstallScreen)
         grid = app.screen.query_one("#grid", DataTable)
         assert [cell(grid, row, 0) for row in range(grid.row_count)] == [
-            "local", "cluster", "db-master-01", "db-slave-01", "db-slave-02", "haproxy-01", "haproxy-02"]
+            "local", "cluster", "db-master-01", "db-slave-01", "db-slave-02", "haproxy-01", "haproxy-02", "backup-01"]
         headers = [str(column.label) for column in grid.columns.values()]
-        assert headers == ["\nhost", "00\ncreds", "01\npreflight", "02\npatroni", "03\nhaproxy", "04\npgbouncer",
-                           "05\npgvector"]
+        assert headers == ["\nhost", "00\ncreds", "01\nchecks", "02\npatroni", "03\nhaproxy", "04\nbouncer",
+                           "05\nvector", "06\nbackups"]
         assert grid.virtual_size.width <= grid.size.width <= 80  # every step's column on screen, no sideways scrolling
-        assert grid.region.height == 2 + 7  # the two-line header and every row
+        assert grid.region.height == 2 + 8  # the two-line header and every row
         await pilot.press("r")  # nothing failed yet: retry says so instead of running
         assert not app.screen.running
 
@@ -454,10 +454,10 @@ async def test_diagnostics_show_problems_first_and_the_whole_reason_at_80x24(dem
         await pilot.pause()
         table = screen.query_one("#checks", DataTable)
         rows = check_rows(table)
-        assert len(rows) == 32
+        assert len(rows) == 33
         assert rows[:3] == [(3, "haproxy-02", "✗ FAIL"), (8, "haproxy-02:6432", "✗ FAIL"), (10, "LB 198.18.0.10:6432", "! warn")]
         assert_problems_first(rows)
-        assert "2 fail, 1 warn, 29 pass" in text_of(app, "#diag-status")
+        assert "2 fail, 1 warn, 30 pass" in text_of(app, "#diag-status")
         detail = screen.query_one("#check-detail", Static)
         assert "check 3 services — haproxy-02" in str(detail.render()) and fabricated.PGBOUNCER_DOWN in str(detail.render())
         await pilot.press("down")  # the cursor moves: the pane follows, with the long reason in full and on screen
@@ -496,7 +496,7 @@ async def test_diagnostics_run_sorts_results_as_they_arrive(demo: Path, fake_dia
                 break
         await pilot.pause()
         rows = check_rows(screen.query_one("#checks", DataTable))
-        assert len(rows) == 32 and rows[0] == (3, "haproxy-02", "✗ FAIL")
+        assert len(rows) == 33 and rows[0] == (3, "haproxy-02", "✗ FAIL")
         assert_problems_first(rows)
         assert screen.query_one("#members", DataTable).row_count == 3
         assert "FAILURES" in text_of(app, "#diag-status")
@@ -512,7 +512,7 @@ async def test_a_host_that_stops_answering_is_named_in_its_cell_and_the_output(d
                       ev.HostSilent("02", "db-slave-01", 31.0), ev.HostSilent("02", "db-slave-01", 35.4)):
             screen.post_message(EngineEvent(event))
         await pilot.pause()
-        assert str(grid.get_cell("db-slave-01", "02")) == "no answer 35s"
+        assert str(grid.get_cell("db-slave-01", "02")) == "silent 35s"
         assert str(grid.get_cell("db-slave-02", "02")) == "… packages"
         assert grid.virtual_size.width <= grid.size.width  # still no sideways scrolling
         log = screen.query_one(Log)
@@ -531,13 +531,13 @@ async def test_a_host_that_stops_answering_is_named_in_its_cell_and_the_output(d
         screen.post_message(EngineEvent(ev.TaskFinished("02", "db-slave-01", "packages", ev.Status.FAILED,
                                                         "db-slave-01 did not answer for 120 s", 150.0)))
         await pilot.pause()
-        assert str(grid.get_cell("db-slave-01", "02")) == "✗ 150.0s"
+        assert str(grid.get_cell("db-slave-01", "02")) == "✗ 150s"
         assert not screen.silent
         # An event without its step (a command outside a task) lands in the step that is running.
         for event in (ev.StepStarted("03", "HAProxy"), ev.HostSilent("", "haproxy-01", 42.0)):
             screen.post_message(EngineEvent(event))
         await pilot.pause()
-        assert str(grid.get_cell("haproxy-01", "03")) == "no answer 42s"
+        assert str(grid.get_cell("haproxy-01", "03")) == "silent 42s"
 
 
 async def test_a_long_failure_is_wrapped_whole_in_the_output_at_80_columns(demo: Path) -> None:

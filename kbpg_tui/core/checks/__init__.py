@@ -1,5 +1,6 @@
 """The diagnostics' checks, numbered like design.md's list (13 and 14: checks for the field failures; 15: synchronous
-replication; 16: TLS on every hop; 17: every secret works where it is used, its previous value refused).
+replication; 16: TLS on every hop; 17: every secret works where it is used, its previous value refused; 18:
+backups: the newest backup's age, the archive's lag and `pgbackrest check`).
 
 One module per check declares its number, name, targets and function (``CHECK``); :data:`ALL_CHECKS` is the one
 list of them. Adding a check is one module and one line here. The runner (``runner.Diagnostics``) runs their
@@ -27,9 +28,10 @@ from .c14_client_sessions import CHECK as CLIENT_SESSIONS
 from .c15_sync import CHECK as SYNCHRONOUS
 from .c16_tls import CHECK as TLS
 from .c17_secrets import CHECK as SECRETS
+from .c18_backup import CHECK as BACKUPS
 
 ALL_CHECKS: tuple[Check, ...] = (INVENTORY, SSH, SERVICES, PATRONI_CLUSTER, PATRONI_TIMING, WRITES, READ_ONLY,
                                  PGBOUNCER, ROLES, PGVECTOR, HAPROXY, SECRET_FILES, REST_AUTH, CLIENT_SESSIONS,
-                                 SYNCHRONOUS, TLS, SECRETS)
+                                 SYNCHRONOUS, TLS, SECRETS, BACKUPS)
 
 CHECK_NAMES: dict[int, str] = {check.number: check.name for check in ALL_CHECKS}

@@ -12,11 +12,12 @@ def inventory(p: ProbeContext) -> str:
     settings = p.settings
     path = resolve(p.ctx.workdir, settings.inventory.path)
     try:
-        selection = load_selection(path, settings.inventory.db_rule, settings.inventory.haproxy_rule)
+        selection = load_selection(path, settings.inventory.db_rule, settings.inventory.haproxy_rule,
+                                   settings.inventory.backup_rule)
     except InventoryError as exc:
         raise CheckFailed(f"{len(exc.errors)} error(s): " + exc.errors[0].render(exc.source)) from None
-    now = [s.hostname for s in selection.all_nodes]
-    then = [s.hostname for s in p.ctx.selection.all_nodes]
+    now = [s.hostname for s in selection.every_node]
+    then = [s.hostname for s in getattr(p.ctx.selection, "every_node", p.ctx.selection.all_nodes)]
     if now != then:
         raise CheckFailed(f"selection changed since this run started: {', '.join(now)}")
     if selection.warnings:

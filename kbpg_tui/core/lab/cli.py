@@ -31,8 +31,8 @@ def add_lab_parser(subparsers) -> argparse.ArgumentParser:
     lab = subparsers.add_parser(
         "lab",
         help="a local lab of real Debian hosts to try kbpg on",
-        description="Start, stop or show the local lab: 3 DB hosts, 2 HAProxy hosts and a cloud-LB stand-in "
-        "on 198.18.0.0/24, each a namespace host with its own systemd and sshd (needs root).",
+        description="Start, stop or show the local lab: 3 DB hosts, 2 HAProxy hosts, a backup host and a cloud-LB "
+        "stand-in on 198.18.0.0/24, each a namespace host with its own systemd and sshd (needs root).",
     )
     actions = lab.add_subparsers(dest="lab_action", metavar="{up,down,status}", required=True)
     up_parser = actions.add_parser("up", help="build the image if needed, boot the hosts, write servers.tsv, kbpg.toml and keys")

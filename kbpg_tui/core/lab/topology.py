@@ -2,8 +2,8 @@
 
 Everything lives in 198.18.0.0/24 (RFC 2544 benchmarking range): lab traffic must
 stay on this machine's own test hosts, never reach 10.x or any real network.
-The DB and HAProxy hosts mirror the real inventory's 10.0.0.x layout (.120-.122,
-.11-.12, LB .10) so that what is tried here reads like production.
+The DB, HAProxy and backup hosts mirror the real inventory's 10.0.0.x layout (.120-.122,
+.11-.12, backup-01 .153, LB .10) so that what is tried here reads like production.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class LabHost:
 
     name: str
     address: str
-    kind: str  # "db" | "haproxy" | "lb"
+    kind: str  # "db" | "haproxy" | "backup" | "lb"
     user_ssh: str = "root"
     fqdn_label: str = ""
     public_address: str = ""
@@ -82,8 +82,11 @@ HOSTS: tuple[LabHost, ...] = (
     LabHost("db-master-01", "198.18.0.120", "db", fqdn_label="db-master", public_address="198.18.1.120"),
     LabHost("db-slave-01", "198.18.0.121", "db", fqdn_label="db-slave1", public_address="198.18.1.121"),
     LabHost("db-slave-02", "198.18.0.122", "db", fqdn_label="db-slave2", public_address="198.18.1.122"),
+    # The pgBackRest repository host (the company's backup-01 is 10.0.0.153).
+    LabHost("backup-01", "198.18.0.153", "backup", fqdn_label="backup", public_address="198.18.1.153"),
 )
 
+# Every host kbpg reaches over SSH (DB, HAProxy, backup): in servers.tsv, their host keys pinned in kbpg.toml.
 CLUSTER_HOSTS: tuple[LabHost, ...] = tuple(host for host in HOSTS if host.kind != "lb")
 
 

@@ -7,7 +7,7 @@
   and up again keeps the keys kbpg has already accepted;
 - ``credentials/sudo.env``: ``KBPG_SUDO_PASSWORD`` of the sudo user (0600);
 - ``lab-repo.asc``: the public key of the lab's apt repository;
-- ``servers.tsv``: the real 12-column inventory format, decoys included;
+- ``servers.tsv``: the real 12-column inventory format (DB, HAProxy and backup hosts), decoys included;
 - ``kbpg.toml``: the lab's answers (written only if absent: the operator's edits win).
 """
 
@@ -160,11 +160,22 @@ DECOY_ROWS: tuple[tuple[str, ...], ...] = (
      "db-pool", "db", "postgres", "patroni-node", "no", "Patroni de staging (leurre ENV=staging)"),
 )
 
+# Rows the backup rule (ENV=prod, ROLE=backup, SUBROLE=backup) must not select.
+BACKUP_DECOY_ROWS: tuple[tuple[str, ...], ...] = (
+    ("staging", "198.18.1.206", "backup-staging-01", "198.18.0.206", "backup-staging.lab.kbpg.test", "root",
+     "backup", "backup", "backup", "backup-docker", "no", "Backup de staging (leurre ENV=staging)"),
+    ("prod", "198.18.1.207", "minio-sync-01", "198.18.0.207", "minio-sync.lab.kbpg.test", "root",
+     "backup", "backup", "minio-sync", "minio-sync-docker", "yes", "Sync MinIO (leurre ROLE=backup, SUBROLE=minio-sync)"),
+)
+
 
 def _cluster_row(host: LabHost) -> tuple[str, ...]:
     if host.kind == "db":
         pool, role, subrole, stack = "db-pool", "db", "postgres", "patroni-node"
         note = f"PostgreSQL {POSTGRESQL_VERSION} + Patroni (hôte du lab)"
+    elif host.kind == "backup":
+        pool, role, subrole, stack = "backup", "backup", "backup", "backup-docker"
+        note = "Point central de backup (dépôt pgBackRest du lab)"
     else:
         pool, role, subrole, stack = "haproxy-pool", "lb", "internal-haproxy", "haproxy-docker"
         note = f"HAProxy interne (derrière le LB du lab {LB_ADDRESS})"
@@ -174,7 +185,8 @@ def _cluster_row(host: LabHost) -> tuple[str, ...]:
 
 
 def render_servers_tsv() -> str:
-    """The lab's inventory: the 5 cluster hosts and decoys, in the real 12-column format.
+    """The lab's inventory: the 6 hosts kbpg reaches (3 DB, 2 HAProxy, 1 backup) and decoys, in the real
+    12-column format.
 
     Like the real file, it does not list the cloud LB (its address is in kbpg.toml).
     """
@@ -183,6 +195,9 @@ def render_servers_tsv() -> str:
     rows += DECOY_ROWS[:3]
     rows += [_cluster_row(host) for host in CLUSTER_HOSTS if host.kind == "haproxy"]
     rows += DECOY_ROWS[3:]
+    rows += BACKUP_DECOY_ROWS[:1]
+    rows += [_cluster_row(host) for host in CLUSTER_HOSTS if host.kind == "backup"]
+    rows += BACKUP_DECOY_ROWS[1:]
     # Trailing blank lines, like the real file.
     return "\n".join("\t".join(row) for row in rows) + "\n\n\n"
 
@@ -203,7 +218,7 @@ def lab_settings(workdir: Path, fingerprints: dict[str, str]):
     settings = Settings()
     settings.inventory.path = "servers.tsv"
     settings.postgresql.version = POSTGRESQL_VERSION
-    # Six hosts share this machine's 2 cores and its memory.
+    # Seven hosts share this machine's 2 cores and its memory.
     settings.postgresql.max_connections = 60
     settings.postgresql.shared_buffers = "32MB"
     settings.postgresql.parameters = {"work_mem": "2MB", "maintenance_work_mem": "16MB", "effective_cache_size": "128MB"}
@@ -215,6 +230,10 @@ def lab_settings(workdir: Path, fingerprints: dict[str, str]):
     settings.network.lb_address = LB_ADDRESS
     settings.network.private_subnet = SUBNET
     settings.patroni.timing_plan = "fast"
+    # Backups to backup-01 with the defaults, but a shorter archive lag warning and drill time limit: the lab's
+    # cluster is small and mostly idle, and its tests wait for these.
+    settings.backup.warn_archive_lag_seconds = 90
+    settings.backup.drill_timeout = 1200
     settings.ssh.key_file = str((workdir / SSH_KEY_NAME).resolve())
     settings.ssh.pinned_host_keys = {host.address: fingerprints[host.address] for host in CLUSTER_HOSTS}
     return settings

@@ -9,8 +9,9 @@ from .s02_patroni import STEP as PATRONI
 from .s03_haproxy import STEP as HAPROXY
 from .s04_pgbouncer import STEP as PGBOUNCER
 from .s05_pgvector import STEP as PGVECTOR
+from .s06_backup import STEP as BACKUP
 
-ALL_STEPS: tuple[Step, ...] = (CREDENTIALS, PREFLIGHT, PATRONI, HAPROXY, PGBOUNCER, PGVECTOR)
+ALL_STEPS: tuple[Step, ...] = (CREDENTIALS, PREFLIGHT, PATRONI, HAPROXY, PGBOUNCER, PGVECTOR, BACKUP)
 
 
 def install_steps(only: list[str] | None = None) -> list[Step]:

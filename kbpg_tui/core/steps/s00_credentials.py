@@ -7,8 +7,8 @@ import shlex
 import stat
 from concurrent.futures import ThreadPoolExecutor
 
+from .. import backup, rotation, tls
 from .. import credentials as creds
-from .. import rotation, tls
 from ..engine import Outcome, Step, Task, TaskError, TaskRun
 from ..ssh import Cancelled, Host, SshError
 from .s02_patroni import CONFIG_PATH, RAFT_DIR
@@ -55,6 +55,31 @@ def refuse_if_cluster_exists(run: TaskRun, problem: str) -> None:
         )
 
 
+def refuse_if_repository_exists(run: TaskRun, path) -> None:
+    """BACKUP_CIPHER_PASS is new only for a backup host without a repository: one made with another key would be
+    unreadable with a new one. The backup host is asked (any stanza under the repository's backup/ or archive/);
+    one that cannot be asked stops the run, like a DB node in :func:`cluster_traces`."""
+    host = run.ctx.backup_host
+    if host is None or not run.settings.backup.enabled:
+        return
+    repo = shlex.quote(backup.REPO_PATH)
+    script = f"for d in {repo}/backup/* {repo}/archive/*; do [ -e \"$d\" ] && echo \"$d\"; done; true"
+    try:
+        found = run.run(script, host=host, on_line=None, what="looking for a backup repository").stdout.split()
+    except Cancelled:
+        raise
+    except SshError as exc:
+        raise TaskError(f"cannot tell whether {host.name} holds a backup repository ({str(exc).splitlines()[0]}); "
+                        f"nothing was generated: {creds.BACKUP_CIPHER_NAME} is generated only for a backup host "
+                        "without one") from None
+    if found:
+        raise TaskError(
+            f"{path} lacks {creds.BACKUP_CIPHER_NAME}, but {host.name} holds a backup repository ({', '.join(found)}) "
+            "made with it: restore postgres.env from your copy (without that value the backups cannot be read). "
+            "Nothing was generated or written."
+        )
+
+
 def ensure_credentials(run: TaskRun) -> Outcome:
     path = env_path(run)
     rotation.refuse_if_pending(run.ctx.workdir)  # the hosts may hold newer values than postgres.env
@@ -71,6 +96,8 @@ def ensure_credentials(run: TaskRun) -> Outcome:
     lacking = [name for name in generated if existing is None or name not in creds.ADDITIVE_NAMES]
     if lacking:
         refuse_if_cluster_exists(run, f"{path} is missing" if existing is None else f"{path} lacks {', '.join(lacking)}")
+    if existing is not None and creds.BACKUP_CIPHER_NAME in generated:
+        refuse_if_repository_exists(run, path)
     problems = values.validate()
     if problems:
         raise TaskError(f"{path}: " + "; ".join(problems))

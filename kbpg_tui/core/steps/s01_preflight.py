@@ -1,7 +1,9 @@
 """Step 01: preflight. SSH and sudo on every host, OS, free ports, data directory
 filesystem and space, clock, and the network paths the cluster needs. On the DB nodes,
 what is already there (host_guards): a data or Raft directory kbpg must not use or
-touch, another PostgreSQL.
+touch, another PostgreSQL. On the backup host (if one is selected and backups are on):
+SSH and sudo, OS, clock, free space for the repository, and SSH paths both ways
+between it and every DB node (pgBackRest's own connections).
 
 Nothing is changed here; a warning is reported as a warning (never a silent pass).
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import re
 import shlex
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from ..engine import Outcome, Step, Task, TaskError, TaskRun
 from ..ssh import Host
@@ -21,6 +24,7 @@ MIN_FREE_BYTES = 1 << 30  # below this, refuse
 WARN_FREE_BYTES = 10 << 30
 MAX_CLOCK_SKEW = 30.0  # seconds: beyond this TLS, logs and timeouts go wrong
 WARN_CLOCK_SKEW = 2.0
+BACKUP_REPO_PATH = "/var/lib/pgbackrest"  # pgBackRest's repository on the backup host (backup.REPO_PATH)
 
 FACTS_SCRIPT = r"""
 . /etc/os-release
@@ -101,37 +105,13 @@ def check_host(run: TaskRun) -> Outcome:
     errors: list[str] = []
     warnings: list[str] = []
 
-    os_id, version = facts.get("os", "?"), facts.get("version", "")
-    major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 0
-    if os_id not in SUPPORTED_OS:
-        errors.append(f"OS {os_id} {version} is not supported (Debian or Ubuntu)")
-    elif major < SUPPORTED_OS[os_id]:
-        errors.append(f"{os_id} {version} is too old (needs {os_id} {SUPPORTED_OS[os_id]} or newer)")
-
-    try:
-        skew = abs(float(facts["now"]) - (asked_at + answered_at) / 2)
-    except (KeyError, ValueError):
-        skew = 0.0
-        warnings.append(f"{host.name}: could not read the clock")
-    if skew > MAX_CLOCK_SKEW:
-        errors.append(f"clock is {skew:.0f} s off this machine's; fix time sync (chrony/systemd-timesyncd)")
-    elif skew > WARN_CLOCK_SKEW:
-        warnings.append(f"{host.name}: clock is {skew:.1f} s off this machine's")
-    if facts.get("ntp") not in ("yes",):
-        warnings.append(f"{host.name}: the clock is not reported as NTP-synchronised (timedatectl: {facts.get('ntp', 'unknown')})")
+    os_id, version = _check_os_and_clock(host, facts, asked_at, answered_at, errors, warnings)
 
     if role == "db":
         fstype = facts.get("fstype", "?")
         if fstype != "xfs":
             warnings.append(f"{host.name}: the data directory {data_dir} is on {fstype}; XFS is recommended")
-        try:
-            avail = int(facts.get("avail", "0"))
-        except ValueError:
-            avail = 0
-        if avail < MIN_FREE_BYTES:
-            errors.append(f"only {avail >> 20} MiB free for {data_dir}; at least {MIN_FREE_BYTES >> 30} GiB needed")
-        elif avail < WARN_FREE_BYTES:
-            warnings.append(f"{host.name}: {avail >> 30} GiB free for {data_dir}")
+        _free_space(host, facts, data_dir, errors, warnings)
         verdict = host_guards.judge(host_guards.parse(result.stdout), data_dir, run.settings.postgresql.version)
         errors += verdict.errors
         warnings += [f"{host.name}: {warning}" for warning in verdict.warnings]
@@ -158,6 +138,42 @@ def check_host(run: TaskRun) -> Outcome:
     sudo = run.connection().sudo_mode
     summary = f"{os_id} {version}, ssh as {host.user}" + (f" (sudo: {sudo})" if sudo != "root" else "")
     return Outcome.unchanged(summary, warnings)
+
+
+def _check_os_and_clock(host: Host, facts: dict, asked_at: float, answered_at: float, errors: list[str],
+                        warnings: list[str]) -> tuple[str, str]:
+    """The OS (supported, recent enough) and the clock (close to this machine's, NTP-synchronised); returns the OS
+    id and version."""
+    os_id, version = facts.get("os", "?"), facts.get("version", "")
+    major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 0
+    if os_id not in SUPPORTED_OS:
+        errors.append(f"OS {os_id} {version} is not supported (Debian or Ubuntu)")
+    elif major < SUPPORTED_OS[os_id]:
+        errors.append(f"{os_id} {version} is too old (needs {os_id} {SUPPORTED_OS[os_id]} or newer)")
+
+    try:
+        skew = abs(float(facts["now"]) - (asked_at + answered_at) / 2)
+    except (KeyError, ValueError):
+        skew = 0.0
+        warnings.append(f"{host.name}: could not read the clock")
+    if skew > MAX_CLOCK_SKEW:
+        errors.append(f"clock is {skew:.0f} s off this machine's; fix time sync (chrony/systemd-timesyncd)")
+    elif skew > WARN_CLOCK_SKEW:
+        warnings.append(f"{host.name}: clock is {skew:.1f} s off this machine's")
+    if facts.get("ntp") not in ("yes",):
+        warnings.append(f"{host.name}: the clock is not reported as NTP-synchronised (timedatectl: {facts.get('ntp', 'unknown')})")
+    return os_id, version
+
+
+def _free_space(host: Host, facts: dict, path: str, errors: list[str], warnings: list[str]) -> None:
+    try:
+        avail = int(facts.get("avail", "0"))
+    except ValueError:
+        avail = 0
+    if avail < MIN_FREE_BYTES:
+        errors.append(f"only {avail >> 20} MiB free for {path}; at least {MIN_FREE_BYTES >> 30} GiB needed")
+    elif avail < WARN_FREE_BYTES:
+        warnings.append(f"{host.name}: {avail >> 30} GiB free for {path}")
 
 
 PROBE_SCRIPT = r"""
@@ -198,7 +214,66 @@ def check_network(run: TaskRun) -> Outcome:
     return Outcome.unchanged(f"reaches {len(targets)} ports on {len(db_hosts)} DB nodes")
 
 
+def _ssh_probe(run: TaskRun, source: Host, targets: list[Host]) -> list[str]:
+    """What ``source`` cannot reach of ``targets``' SSH ports, one line each naming both ends (only a completed
+    TCP connection counts: a refusal means no sshd there, which pgBackRest's SSH needs)."""
+    seconds = max(2, int(run.settings.ssh.connect_timeout // 2))
+    wanted = [f"{h.address}:{h.port}" for h in targets]
+    names = {f"{h.address}:{h.port}": h.name for h in targets}
+    script = PROBE_SCRIPT.replace("{targets}", " ".join(wanted)).replace("{seconds}", str(seconds))
+    result = run.run(script, host=source, what="probing the SSH paths of the backups")
+    blocked, answered = [], set()
+    for line in result.stdout.splitlines():
+        target, _, rest = line.partition(" ")
+        code, _, message = rest.partition(" ")
+        if target not in names:
+            continue
+        answered.add(target)
+        if code == "0":
+            continue
+        reason = "timed out (a firewall drops it?)" if code == "124" else (message.strip() or f"exit {code}")
+        blocked.append(f"{source.name} cannot reach {names[target]} {target} (SSH): {reason}")
+    blocked += [f"{source.name}: no answer for {names[target]} {target} (SSH)" for target in wanted
+                if target not in answered]
+    return blocked
+
+
+def check_backup_host(run: TaskRun) -> Outcome:
+    """The backup host: SSH and sudo (this connection), OS, clock, free space on the filesystem of the repository
+    (/var/lib/pgbackrest, or its nearest existing parent), and pgBackRest's SSH paths: the backup host to every DB
+    node's SSH port, every DB node to the backup host's."""
+    host = run.host
+    assert host is not None
+    script = FACTS_SCRIPT.replace("{data_dir}", shlex.quote(BACKUP_REPO_PATH))
+    asked_at = time.time()
+    result = run.run(script, what="reading the backup host's facts")
+    answered_at = time.time()
+    facts = parse_facts(result.stdout)
+    run.ctx.state.setdefault("facts", {})[host.name] = facts
+    errors: list[str] = []
+    warnings: list[str] = []
+    os_id, version = _check_os_and_clock(host, facts, asked_at, answered_at, errors, warnings)
+    _free_space(host, facts, BACKUP_REPO_PATH, errors, warnings)
+    if errors:
+        raise TaskError(f"{host.name}: " + "; ".join(errors))
+    db_hosts = run.ctx.db_hosts
+    blocked = _ssh_probe(run, host, db_hosts)
+    run.check_cancel()
+    with ThreadPoolExecutor(max_workers=max(1, len(db_hosts))) as pool:
+        for lines in pool.map(lambda db: _ssh_probe(run, db, [host]), db_hosts):
+            blocked += lines
+    if blocked:
+        raise TaskError("; ".join(blocked) + ": pgBackRest connects over SSH both ways between the backup host and "
+                                             "the DB nodes; open TCP port 22 between them")
+    sudo = run.connection().sudo_mode
+    summary = (f"{os_id} {version}, ssh as {host.user}" + (f" (sudo: {sudo})" if sudo != "root" else "")
+               + f", {int(facts.get('avail', '0')) >> 30} GiB free for {BACKUP_REPO_PATH}, SSH both ways with "
+               f"{len(db_hosts)} DB nodes")
+    return Outcome.unchanged(summary, warnings)
+
+
 STEP = Step("01", "Preflight", [
     Task("host", "all", check_host),
     Task("network", "all", check_network),
+    Task("backup host", "backup", check_backup_host),
 ])

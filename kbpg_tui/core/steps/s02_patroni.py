@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from .. import cluster, raft, raft_watch, tls
+from .. import backup, cluster, raft, raft_watch, tls
 from .. import credentials as creds
 from ..cluster import CONFIG_PATH, PATRONICTL, leader_host, psql
 from ..engine import CLUSTER, Outcome, Step, Task, TaskError, TaskRun
@@ -65,8 +65,11 @@ RestartSec=1
 
 def package_names(run: TaskRun) -> list[str]:
     version = run.settings.postgresql.version
-    return [f"postgresql-{version}", f"postgresql-{version}-pgvector", "patroni", "python3-pysyncobj",
-            "python3-cryptography"]
+    names = [f"postgresql-{version}", f"postgresql-{version}-pgvector", "patroni", "python3-pysyncobj",
+             "python3-cryptography"]
+    if backup.backups_on(run.settings, run.ctx.selection):
+        names.append("pgbackrest")  # archive-push/archive-get (step 06 configures it); same version on every node
+    return names
 
 
 # --- rendering -----------------------------------------------------------------------------
@@ -88,6 +91,9 @@ def postgresql_parameters(run: TaskRun) -> dict:
         "wal_retrieve_retry_interval": f"{plan_for(run.settings).wal_retry_s}s",
     }
     parameters.update(pg.parameters)
+    # WAL archiving to pgBackRest when backups are on (core/backup.py); archive_mode needs a restart on a cluster
+    # that ran without it: the "restarts" task below (patroni.apply_pending_restarts), step 06 then says so.
+    parameters.update(backup.archive_parameters(run.settings, run.ctx.selection, run.ctx.credentials))
     return parameters
 
 
@@ -230,6 +236,9 @@ def render_config(run: TaskRun, host: Host) -> dict:
             "parameters": parameters,
             "pg_hba": hba_rules(run),
             "pg_ident": [f"kbpg postgres {values['POSTGRES_SUPERUSER']}"],
+            # A replica past wal_keep_size catches up from the backup repository (only with backups on).
+            **({"recovery_conf": recovery} if (recovery := backup.recovery_conf(settings, run.ctx.selection,
+                                                                                 values)) else {}),
         },
         "watchdog": {"mode": "off"},
         "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False, "nosync": False},
@@ -663,12 +672,25 @@ def apply_dynamic_config(run: TaskRun) -> Outcome:
     shown = run.run(f"{PATRONICTL} show-config", host=leader, on_line=None, what="reading the dynamic configuration")
     current = yaml.safe_load(shown.stdout) or {}
     wanted = dynamic_config(run)
+    warnings = []
+    if not backup.backups_on(run.settings, run.ctx.selection):
+        # Backups turned off, or the backup host left servers.tsv: a cluster still archiving to pgBackRest would
+        # pile WAL up for a repository that is gone. archive_command becomes /bin/true (archive_mode stays on:
+        # turning it off would need a restart).
+        current_parameters = ((current.get("postgresql") or {}).get("parameters") or {}) if isinstance(current, dict) \
+            else {}
+        stop = backup.neutralised(current_parameters)
+        if stop:
+            wanted["postgresql"]["parameters"].update(stop)
+            warnings.append(f"WAL archiving stopped ({backup.why_off(run.settings, run.ctx.selection)}): "
+                            f"archive_command set to {backup.ARCHIVE_OFF}; the repository gets no more WAL")
     changed = _subset_differs(wanted, current)
     if changed:
         run.run(f"{PATRONICTL} edit-config --force --apply -", host=leader, stdin=yaml.safe_dump(wanted),
                 what="applying the dynamic configuration")
         run.ctx.state["dynamic_config_changed"] = True
-    return Outcome.of(changed, "dynamic configuration updated" if changed else "dynamic configuration up to date")
+    return Outcome.of(changed, "dynamic configuration updated" if changed else "dynamic configuration up to date",
+                      warnings)
 
 
 RESTART_WAIT_SECONDS = 180

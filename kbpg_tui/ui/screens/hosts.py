@@ -64,7 +64,8 @@ class HostsScreen(Screen):
         table = self.query_one(DataTable)
         table.clear()
         if state.selection:
-            for role, nodes in (("DB", state.selection.db_nodes), ("HAProxy", state.selection.haproxy_nodes)):
+            for role, nodes in (("DB", state.selection.db_nodes), ("HAProxy", state.selection.haproxy_nodes),
+                                ("backup", state.selection.backup_nodes)):
                 for server in nodes:
                     table.add_row(role, server.hostname, server.ip_private, server.user_ssh, str(server.line), "—",
                                   key=server.hostname)
@@ -84,9 +85,9 @@ class HostsScreen(Screen):
             self.notify("fix servers.tsv first", severity="error")
             return
         table = self.query_one(DataTable)
-        for server in state.selection.all_nodes:
+        for server in state.selection.every_node:  # the backup host too: the install connects to it
             table.update_cell(server.hostname, "ssh check", "checking…")
-        self.check_ssh(list(state.selection.all_nodes))
+        self.check_ssh(list(state.selection.every_node))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="ssh-check")
     def check_ssh(self, servers: list[Server]) -> None:

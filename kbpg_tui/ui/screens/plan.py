@@ -14,10 +14,11 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Label, Select, Static
 
 from ...core import settings as cfg
+from ...core.backup import REPO_PATH
 from ...core.rto import TIMING_PLANS, plan_for, worst_case_rto
 from ...core.steps import install_steps
 from ..state import AnswersInvalid
-from ..text import show
+from ..text import backup_plan, show
 
 # (kbpg.toml key, label) of each field, in order. What a field accepts (its choices, bounds and help) is
 # declared once, with the setting (core/settings.py); the form reads it from there (plan_fields).
@@ -45,6 +46,11 @@ FIELDS: list[tuple[str, str]] = [
     ("ports.patroni_rest", "Port: Patroni REST"),
     ("ports.raft", "Port: Raft"),
     ("ports.haproxy_stats", "Port: HAProxy stats"),
+    ("backup.enabled", "Backups"),
+    ("backup.full_schedule", "  full: schedule"),
+    ("backup.diff_schedule", "  diff: schedule"),
+    ("backup.retention_full", "  full: kept"),
+    ("backup.retention_diff", "  diff: kept"),
 ]
 
 
@@ -125,11 +131,14 @@ def plan_text(state) -> str:
     settings, selection = state.settings, state.selection
     db = ", ".join(s.hostname for s in selection.db_nodes) if selection else "?"
     proxies = ", ".join(s.hostname for s in selection.haproxy_nodes) if selection else "?"
+    backup_host, schedule = backup_plan(settings, selection)
     where = {"00": "this machine", "01": "every host", "02": f"DB: {db}", "03": f"HAProxy: {proxies}",
-             "04": f"HAProxy: {proxies}", "05": "the primary"}
+             "04": f"HAProxy: {proxies}", "05": "the primary",
+             "06": f"backup host {selection.backup_nodes[0].hostname}, DB: {db}" if schedule else "skipped (no backups)"}
     lines = ["What will happen:"]
     for step in install_steps():
-        lines.append(f"{step.label} — {where.get(step.number, '?')}: " + ", ".join(task.name for task in step.tasks))
+        names = dict.fromkeys(task.name for task in step.tasks)  # a task on two kinds of host: named once
+        lines.append(f"{step.label} — {where.get(step.number, '?')}: " + ", ".join(names))
     p = settings.patroni
     timing = plan_for(settings)
     strict = ", strict" if p.synchronous_mode_strict else ""
@@ -142,6 +151,8 @@ def plan_text(state) -> str:
               ("TLS on every hop with kbpg's own CA (credentials/tls/ca.crt): clients use sslmode=verify-full; "
                f"certificates renewed within {settings.tls.renew_days} days of expiry" if settings.tls.enabled else
                "TLS off: every connection in plaintext (turning it on later is a rolling change)"),
+              f"Backups (pgBackRest): {backup_host}" + (f", repository {REPO_PATH}" if schedule else ""),
+              *schedule,
               "Every step checks, changes only what differs, and verifies: a re-run is safe."]
     return "\n".join(lines)
 
@@ -177,7 +188,8 @@ class PlanScreen(Screen):
                         rto = RtoPlans(rto_lines(settings), id="rto-plans")
                         rto.tooltip = rto_help()
                         yield rto
-            yield Static(plan_text(self.app.state), id="plan")
+            with VerticalScroll(id="plan-pane"):  # longer than the screen: it scrolls
+                yield Static(plan_text(self.app.state), id="plan", markup=False)  # "[backup] enabled" is text
         yield Footer()
 
     def on_mount(self) -> None:

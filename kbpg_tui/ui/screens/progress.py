@@ -46,7 +46,8 @@ def step_header(step, short: dict[str, str] | None = None) -> str:
     return f"{step.number}\n{(SHORT_TITLES if short is None else short).get(step.number, title.split()[0].lower())}"
 
 
-SHORT_TITLES = {"00": "creds"}
+# Seven steps and six hosts in 80 columns: every header at most 7 wide, as wide as a finished cell ("✓ 31.4s").
+SHORT_TITLES = {"00": "creds", "01": "checks", "04": "bouncer", "05": "vector"}
 
 
 def _text(item: "str | ev.OutputLine") -> str:
@@ -78,11 +79,19 @@ class RunFailed(Message):
         self.error = error
 
 
-CELL_WIDTH = 14  # "no answer 120s": only the running step's column is this wide
+CELL_WIDTH = 10  # "… packages", "silent 35s": only the running step's column is this wide
 
 
 def no_answer(seconds: float) -> str:
-    return f"no answer {seconds:.0f}s" if seconds < 999.5 else f"no answer {seconds / 60:.0f}m"
+    """A host that does not answer, in its cell (its output says it in full): "silent 35s", "silent 4m"."""
+    return f"silent {seconds:.0f}s" if seconds < 99.5 else f"silent {seconds / 60:.0f}m"
+
+
+def duration(seconds: float) -> str:
+    """A finished cell's time, at most 5 wide so that the cell fits its 7-wide column: 0.4s, 31.4s, 312s, 21m."""
+    if seconds < 99.95:
+        return f"{seconds:.1f}s"
+    return f"{seconds:.0f}s" if seconds < 999.5 else f"{seconds / 60:.0f}m"
 
 
 SYMBOL = {ev.Status.CHANGED: "✓", ev.Status.UNCHANGED: "=", ev.Status.FAILED: "✗", ev.Status.CANCELLED: "■",
@@ -117,8 +126,12 @@ class RunScreen(Screen):
 
     @property
     def hosts(self) -> list[str]:
+        """The cluster's nodes, and the backup host when a planned step has work there (the install's 01 and 06)."""
         selection = self.app.state.selection
-        return [s.hostname for s in selection.all_nodes] if selection else []
+        if not selection:
+            return []
+        backup = any(task.scope == "backup" for step in self.planned_steps() for task in step.tasks)
+        return [s.hostname for s in selection.all_nodes + (selection.backup_nodes if backup else ())]
 
     @property
     def rows(self) -> list[str]:
@@ -131,7 +144,7 @@ class RunScreen(Screen):
         count = f"{len(selection.db_nodes)} DB + {len(selection.haproxy_nodes)} HAProxy nodes" if selection else "no hosts"
         yield Static(self.title_text(count), classes="title", id="install-title")
         yield Static("✓ changed   = unchanged   ✗ failed   ■ cancelled   … running", classes="hint")
-        # Hosts as rows and steps as columns (two-line headers): five hosts and six steps fit in 80 columns.
+        # Hosts as rows and steps as columns (two-line headers): six hosts and seven steps fit in 80 columns.
         grid = DataTable(id="grid", cursor_type="none", zebra_stripes=True, header_height=2)
         grid.add_column("\nhost", key="host")
         planned = self.planned_steps()
@@ -172,7 +185,8 @@ class RunScreen(Screen):
         if not selection:
             return 1
         counts = {"db": len(selection.db_nodes), "haproxy": len(selection.haproxy_nodes),
-                  "all": len(selection.all_nodes), "cluster": 1, "local": 1}
+                  "all": len(selection.all_nodes), "cluster": 1, "local": 1,
+                  "backup": 1}  # the backup host (at most one), or one "skipped" report for the cluster
         return sum(counts[task.scope] for step in self.planned_steps() for task in step.tasks)
 
     # running
@@ -312,11 +326,11 @@ class RunScreen(Screen):
         if ev.Status.RUNNING in statuses:
             return "…"
         if ev.Status.FAILED in statuses:
-            return Text(f"{SYMBOL[ev.Status.FAILED]} {elapsed:.1f}s", style="bold red")
+            return Text(f"{SYMBOL[ev.Status.FAILED]} {duration(elapsed)}", style="bold red")
         for status in (ev.Status.CANCELLED, ev.Status.CHANGED):
             if status in statuses:
-                return f"{SYMBOL[status]} {elapsed:.1f}s"
-        return f"= {elapsed:.1f}s"
+                return f"{SYMBOL[status]} {duration(elapsed)}"
+        return f"= {duration(elapsed)}"
 
     # output
 

@@ -43,7 +43,9 @@ class WelcomeScreen(Screen):
         else:
             lines.append(f"kbpg.toml       {'present' if state.answers_path.exists() else 'not yet (defaults)'}")
         if state.selection:
-            lines.append(f"servers.tsv     {len(state.selection.db_nodes)} DB + {len(state.selection.haproxy_nodes)} HAProxy nodes")
+            backup = state.selection.backup_nodes
+            lines.append(f"servers.tsv     {len(state.selection.db_nodes)} DB + {len(state.selection.haproxy_nodes)} HAProxy nodes"
+                         + (f", backup host {backup[0].hostname}" if backup else ", no backup host"))
         else:
             errors = [p for p in state.inventory_problems if p.severity == "error"]
             lines.append(f"servers.tsv     {state.inventory_path}: {len(errors)} problem(s), see Hosts")

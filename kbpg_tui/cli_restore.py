@@ -1,0 +1,86 @@
+"""``kbpg restore-drill``: restore the backups to a point in time on the backup host, in a scratch copy, and verify
+it (see kbpg_tui/core/ops/restore_drill.py). The cluster sees one sentinel row and one WAL switch.
+
+Exit codes: 0 restored and verified, 1 not (the report says why), 2 bad input (a time without an offset, in the
+future; a query over 64 KiB or with a NUL; no backup host; backups off; a rotation pending), 3 another restore
+drill runs on the backup host, 130 Ctrl-C (the drill's unit is stopped: its scratch copy is removed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .cli import EXIT_BUSY, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, BadInput, _cancel_on_sigint
+from .cli_ops import DrillPrinter, _prepared
+
+
+def cmd_restore_drill(args: argparse.Namespace) -> int:
+    from .core import backup
+    from .core.ops import restore_drill as rd
+
+    try:  # the operator's input first: nothing is read, written or connected to before it is right
+        target = None if args.latest or args.time is None else rd.parse_target(args.time)
+        query = rd.check_query(args.query)
+    except rd.TargetError as exc:
+        raise BadInput(str(exc)) from None
+    args.yes = True  # no question: the drill changes nothing on the cluster but one sentinel row
+    printer = DrillPrinter(stream=sys.stderr if args.json else sys.stdout)
+    run, _ = _prepared(args, "restore-drill", printer)
+    try:
+        reason = run.ctx.backup_skip_reason()
+        if reason:
+            raise BadInput(f"restore-drill: {reason}")
+        try:
+            backup.stanza(run.ctx.credentials)
+        except backup.BackupError as exc:
+            raise BadInput(str(exc)) from None
+        print(f"kbpg restore-drill: restoring on {run.ctx.backup_host.name if run.ctx.backup_host else '?'} to "
+              f"{rd.utc_text(target) if target else 'the end of the archive (--latest)'}; a sentinel row is written on "
+              "the leader first", file=printer.stream)
+        interrupted = _cancel_on_sigint(run.ctx.cancel, hold="stopping: the drill's unit is stopped first (its "
+                                                              "scratch copy is removed)")
+        try:
+            result = rd.run_drill(run.ctx, target, query)  # events through the run's redacting sink (the printer)
+        except rd.TargetError as exc:
+            raise BadInput(str(exc)) from None
+        except rd.DrillBusy as exc:
+            print(f"kbpg: {exc}", file=sys.stderr)
+            return EXIT_BUSY
+        except rd.DrillFailed as exc:
+            print(f"kbpg restore-drill: NOT done: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        finally:
+            interrupted.restore()
+    finally:
+        printer.close()
+        run.close()
+    if args.json:
+        print(json.dumps({**result.to_dict(), "reports": [str(p) for p in result.paths]}, indent=2,
+                         ensure_ascii=False))
+    else:
+        for line in result.summary_lines():
+            print(line)
+        print(f"Report: {result.paths[0] if result.paths else '-'}")
+    if interrupted.hit:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def add_restore_drill_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("restore-drill", help="restore the backups on the backup host to a moment (or the latest) "
+                                                  "in a scratch copy, verify it, remove it; a report in reports/")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--time", metavar="T", help="the moment to restore to: ISO 8601 with a UTC offset, e.g. "
+                                                  "2026-11-26T10:15:30.25+00:00 (fractions of a second allowed; not "
+                                                  "in the future)")
+    when.add_argument("--latest", action="store_true", help="the end of the archive (the default)")
+    p.add_argument("--query", metavar="SQL", help="SQL run on the restored copy, read-only as the app role (60 s "
+                                                  "statement timeout; at most 1000 rows / 1 MiB kept; at most 64 KiB)")
+    p.add_argument("--answers", help="kbpg.toml (default: WORKDIR/kbpg.toml)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (progress goes to stderr)")
+    p.set_defaults(handler=cmd_restore_drill, yes=True)
+
+
+__all__ = ["add_restore_drill_parser", "cmd_restore_drill"]
