@@ -439,6 +439,50 @@ def test_a_failing_pgbackrest_check_fails_the_task(real_inventory: Path) -> None
         s06.check_archiving(task_run(ctx))
 
 
+BUSY = ("WARN: unable to check pg1: [LockAcquireError] raised from remote-0 ssh protocol on '198.18.0.120': unable to "
+        "acquire lock on file '/tmp/pgbackrest/keybuzz-pg-archive-1.lock': Resource temporarily unavailable\n"
+        "HINT: is another pgBackRest process running?\nERROR: [056]: unable to find primary cluster - cannot proceed")
+
+
+def _busy_then(answers: list[Result]) -> Callable[[str], Result]:
+    queue = iter(answers)
+    return lambda script: next(queue)
+
+
+def test_stanza_create_and_check_are_asked_again_while_the_primary_s_archive_lock_is_busy(
+        real_inventory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI's wizard install: the primary's async archive-push held its lock as stanza-create ran ([056])."""
+    monkeypatch.setattr(s06, "BUSY_PAUSE", 0)
+    answers = iter(["missing", "made"])
+    ctx, repo = _stanza_ctx(real_inventory, lambda s: _info(stanza, 1, None) if next(answers) == "missing"
+                            else _info(stanza, 2))
+    stanza = ctx.credentials["PATRONI_CLUSTER_NAME"]
+    said: list = []
+    ctx.sink = said.append
+    repo.rules.insert(0, (r"stanza-create", _busy_then([result("", 56, BUSY), result("", 56, BUSY), result()])))
+    assert s06.ensure_stanza(task_run(ctx)).status == Status.CHANGED
+    assert len([s for s in repo.scripts if "stanza-create" in s]) == 3
+    assert any("stanza-create: done after 3 tries" in getattr(e, "text", "") for e in said), said
+    ctx, repo = _archiving_ctx(real_inventory, "on")
+    repo.rules.insert(0, (r" check$", _busy_then([result("", 56, BUSY), result()])))
+    assert s06.check_archiving(task_run(ctx)).status == Status.UNCHANGED and ctx.state["backup_archiving"]
+    assert len([s for s in repo.scripts if s.endswith(" check")]) == 2
+
+
+def test_a_lock_busy_past_the_window_fails_naming_it_and_other_errors_are_not_asked_again(
+        real_inventory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(s06, "BUSY_PAUSE", 0)
+    monkeypatch.setattr(s06, "BUSY_WINDOW", 0.05)
+    ctx, repo = _archiving_ctx(real_inventory, "on", result("", 56, BUSY))
+    with pytest.raises(TaskError, match=r"unable to find primary cluster"):
+        s06.check_archiving(task_run(ctx))
+    assert len([s for s in repo.scripts if s.endswith(" check")]) >= 2
+    ctx, repo = _archiving_ctx(real_inventory, "on", result("", 82, "ERROR: [082]: WAL segment was not archived"))
+    with pytest.raises(TaskError, match="WAL segment was not archived"):
+        s06.check_archiving(task_run(ctx))
+    assert len([s for s in repo.scripts if s.endswith(" check")]) == 1
+
+
 # --- timers -----------------------------------------------------------------------------------
 
 def test_a_schedule_systemd_refuses_is_named_by_its_key(real_inventory: Path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import shlex
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -23,12 +24,18 @@ from .. import backup
 from ..backup import PublicKey
 from ..cluster import on_leader
 from ..engine import Context, Outcome, Step, Task, TaskError, TaskRun
-from ..ssh import Host
+from ..ssh import Host, Result
 from .packages import ensure_installed, ensure_source
 
 OFF = "skipped: backups are not set up"
 CHECK_TIMEOUT = 240  # pgbackrest check: a WAL switch archived within archive-timeout (60 s), plus SSH both ways
 STANZA_TIMEOUT = 300
+# pgBackRest finds the primary through a lock on each DB node, which the primary's async archive-push holds while it
+# pushes (a fresh cluster's first WAL, or a backlog): "unable to find primary cluster" [056] or a lock refused [050]
+# then means "busy", not "no primary". Asked again, every 3 s, for this long.
+BUSY_WINDOW = 90.0
+BUSY_PAUSE = 3.0
+BUSY_MARKERS = ("[056]", "[050]", "Resource temporarily unavailable", "is another pgBackRest process running")
 
 
 def backup_host(ctx: Context) -> Host | None:
@@ -346,6 +353,25 @@ def check_ssh(run: TaskRun) -> Outcome:
 
 # --- 6. stanza --------------------------------------------------------------------------------
 
+def repo_busy_retried(run: TaskRun, stanza: str, command: str, timeout: float, window: float | None = None) -> Result:
+    """``pgbackrest COMMAND`` on the backup host, asked again while its only failure is the primary's lock being busy
+    (BUSY_MARKERS) for up to ``window`` seconds (default BUSY_WINDOW); the last result is returned (the caller names any failure)."""
+    deadline = time.monotonic() + (BUSY_WINDOW if window is None else window)
+    tries = 0
+    while True:
+        result = run.run(backup.repo_command(stanza, command), host=_repo_host(run), check=False, on_line=None,
+                         timeout=timeout, what=f"pgbackrest {command}")
+        tries += 1
+        text = result.stderr + result.stdout
+        if result.ok or not any(marker in text for marker in BUSY_MARKERS) or time.monotonic() >= deadline:
+            if tries > 1:
+                run.say(f"pgbackrest {command}: {'done' if result.ok else 'still failing'} after {tries} tries "
+                        "(the primary's archive lock was busy)")
+            return result
+        run.check_cancel()
+        time.sleep(BUSY_PAUSE)
+
+
 def read_stanza(run: TaskRun, stanza: str) -> backup.StanzaState:
     result = run.run(backup.repo_command(stanza, "--output=json", "info"), host=_repo_host(run), check=False,
                      on_line=None, timeout=120, what="pgbackrest info")
@@ -380,8 +406,7 @@ def ensure_stanza(run: TaskRun) -> Outcome:
                         f"cluster is {system_id}). Move {backup.REPO_PATH} away yourself to start a new repository")
     changed = False
     if state.missing:  # only a stanza that is not there at all is created (never one pgBackRest cannot read)
-        result = run.run(backup.repo_command(stanza, "stanza-create"), host=repo, check=False, on_line=None,
-                         timeout=STANZA_TIMEOUT, what="pgbackrest stanza-create")
+        result = repo_busy_retried(run, stanza, "stanza-create", STANZA_TIMEOUT)
         if not result.ok:
             text = (result.stderr + result.stdout).strip()
             if "do not match the database" in text or "[028]" in text:
@@ -419,8 +444,7 @@ def check_archiving(run: TaskRun) -> Outcome:
         return Outcome.unchanged("archiving not running yet", [
             f"archive_command on the leader is {command!r}, not {wanted['archive_command']!r}: re-run step 02 "
             "(kbpg install --step 02,06); pgbackrest check and the first backup were skipped"])
-    result = run.run(backup.repo_command(stanza, "check"), host=_repo_host(run), check=False, on_line=None,
-                     timeout=CHECK_TIMEOUT, what="pgbackrest check")
+    result = repo_busy_retried(run, stanza, "check", CHECK_TIMEOUT)
     if not result.ok:
         raise TaskError(f"{_repo_host(run).name}: pgbackrest check failed (WAL not archived): "
                         f"{(result.stderr + result.stdout).strip()[-500:]}")
