@@ -292,9 +292,11 @@ def cmd_install(args: argparse.Namespace) -> int:
                            "run step 00 first (kbpg install --yes, or --step 00)")
         from .core import rotation
         from .core.engine import TaskError
+        from .core.ops import restore
 
-        try:  # step 00 refuses this; without it, steps 02-04 would put the old values back
-            rotation.refuse_if_pending(args.workdir)
+        try:  # step 00 refuses these; without it, steps 02-04 would put the old values back, or start Patroni
+            rotation.refuse_if_pending(args.workdir)  # on nodes whose data directory a restore moved aside
+            restore.refuse_if_pending(args.workdir)
         except TaskError as exc:
             print(f"   error: {exc}")
             return EXIT_FAILED
@@ -661,9 +663,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_backup import add_backup_parsers  # kbpg backup now|list|check
 
     add_backup_parsers(commands)
-    from .cli_restore import add_restore_drill_parser  # kbpg restore-drill
+    from .cli_restore import add_restore_drill_parser, add_restore_parser  # kbpg restore-drill, kbpg restore
 
     add_restore_drill_parser(commands)
+    add_restore_parser(commands)
     _add_optional_commands(commands)
     return parser
 

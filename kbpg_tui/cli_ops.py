@@ -29,14 +29,20 @@ from .core import inventory as inv
 EXIT_BAD_INPUT = 2
 
 
-def _prepared(args: argparse.Namespace, log_name: str, sink: ev.EventSink, rotating: bool = False):
+def _prepared(args: argparse.Namespace, log_name: str, sink: ev.EventSink, rotating: bool = False,
+              restoring: bool = False):
     """Settings, credentials and a prepared run (no connection yet); BadInput for what the operator must fix (a
-    credential rotation pending, unless ``rotating``: postgres.env then holds values some hosts no longer take)."""
+    credential rotation pending, unless ``rotating``: postgres.env then holds values some hosts no longer take; a
+    point-in-time restore pending, unless ``restoring``: the cluster is being rebuilt)."""
     from .core import install as inst
     from .core import rotation
     from .core.logs import setup_file_logging
+    from .core.ops import restore
 
     settings = load_answers(args, required=True)
+    if not restoring and (args.workdir / restore.PENDING_FILE).exists():
+        raise BadInput(f"a point-in-time restore is pending ({args.workdir / restore.PENDING_FILE}): finish it first "
+                       f"with `kbpg restore --yes`; the cluster is being rebuilt")
     if not rotating and (args.workdir / rotation.PENDING_FILE).exists():
         raise BadInput(f"a credential rotation is pending ({args.workdir / rotation.PENDING_FILE}): finish it first "
                        f"with `kbpg credentials rotate`; `kbpg {args.command}` would use values some hosts no "

@@ -4,6 +4,11 @@ it (see kbpg_tui/core/ops/restore_drill.py). The cluster sees one sentinel row a
 Exit codes: 0 restored and verified, 1 not (the report says why), 2 bad input (a time without an offset, in the
 future; a query over 64 KiB or with a NUL; no backup host; backups off; a rotation pending), 3 another restore
 drill runs on the backup host, 130 Ctrl-C (the drill's unit is stopped: its scratch copy is removed).
+
+``kbpg restore --time T``: the cluster itself back to T (kbpg_tui/core/ops/restore.py), destructive: a restore
+drill to T first, then Patroni stopped everywhere, the data directories moved aside, the leader restored, the others
+cloned. Asked for with the cluster's name typed (or ``--yes``). Exit codes: 0 restored and verified, 1 not (the same
+command goes on from where it stopped), 2 bad input, 3 another kbpg run holds the cluster, 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -68,6 +73,80 @@ def cmd_restore_drill(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    import time
+
+    from .cli import PlainPrinter, print_summary
+    from .core import backup, runlock
+    from .core.ops import restore as rs
+    from .core.ops import restore_drill as rd
+
+    try:
+        target = None if args.time is None else rd.parse_target(args.time)
+    except rd.TargetError as exc:
+        raise BadInput(str(exc)) from None
+    if target is None and not (args.workdir / rs.PENDING_FILE).exists():
+        raise BadInput("restore: --time T is required (no restore is pending): the moment to restore the cluster to, "
+                       "e.g. 2026-11-26T10:15:30.25+00:00")
+    printer = PlainPrinter()
+    run, interactive = _prepared(args, "restore", printer, restoring=True)
+    pending = None
+    try:
+        reason = run.ctx.backup_skip_reason()
+        if reason:
+            raise BadInput(f"restore: {reason}")
+        try:
+            backup.stanza(run.ctx.credentials)
+            pending, resumed = rs.begin(args.workdir, target, args.node, [h.name for h in run.ctx.db_hosts])
+        except (backup.BackupError, rs.RestoreError) as exc:
+            raise BadInput(str(exc)) from None
+        for line in rs.describe_plan(run.ctx, pending, resumed):
+            print(line)
+        name = run.ctx.credentials["PATRONI_CLUSTER_NAME"]
+        if interactive:
+            answer = input(f"Type the cluster's name ({name}) to restore it to {pending.target}: ").strip()
+            if answer != name:
+                print("Nothing done.")
+                return EXIT_OK
+        try:
+            lock = runlock.acquire_for_run(run, f"kbpg restore --time {pending.target}")
+        except runlock.LockBusy as exc:
+            print(f"kbpg: {exc}", file=sys.stderr)
+            return EXIT_BUSY
+        except runlock.LockError as exc:
+            print(f"   error: {exc}\nNOT done: nothing was changed.")
+            return EXIT_FAILED
+        started = time.monotonic()
+        interrupted = _cancel_on_sigint(run.ctx.cancel)
+        try:
+            reports = run.engine.run(rs.steps(pending))
+        finally:
+            interrupted.restore()
+            lock.release()
+    finally:
+        if pending is not None and not pending.reached("drilled"):
+            (args.workdir / rs.PENDING_FILE).unlink(missing_ok=True)  # nothing was touched: nothing pends
+        printer.close()
+        run.close()
+    code = print_summary(reports, run.ctx.selection, started, interrupted.hit, strict=False)
+    if (args.workdir / rs.PENDING_FILE).exists():
+        print(f"The restore is not finished ({args.workdir / rs.PENDING_FILE}): run `kbpg restore --yes` again to go on.")
+    return code
+
+
+def add_restore_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("restore", help="DESTRUCTIVE: the cluster itself back to a moment (point-in-time "
+                                            "restore from the backups); a restore drill to it first; asks for the "
+                                            "cluster's name (or --yes)")
+    p.add_argument("--time", metavar="T", help="the moment: ISO 8601 with a UTC offset, e.g. "
+                                               "2026-11-26T10:15:30.25+00:00 (required, unless finishing a pending "
+                                               "restore)")
+    p.add_argument("--node", metavar="NODE", help="the DB node restored first, the new leader (default: the leader)")
+    p.add_argument("--answers", help="kbpg.toml (default: WORKDIR/kbpg.toml)")
+    p.add_argument("--yes", action="store_true", help="no question: restore now (scripts)")
+    p.set_defaults(handler=cmd_restore)
+
+
 def add_restore_drill_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("restore-drill", help="restore the backups on the backup host to a moment (or the latest) "
                                                   "in a scratch copy, verify it, remove it; a report in reports/")
@@ -83,4 +162,4 @@ def add_restore_drill_parser(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_restore_drill, yes=True)
 
 
-__all__ = ["add_restore_drill_parser", "cmd_restore_drill"]
+__all__ = ["add_restore_drill_parser", "add_restore_parser", "cmd_restore", "cmd_restore_drill"]

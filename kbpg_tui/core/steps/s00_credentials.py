@@ -83,6 +83,9 @@ def refuse_if_repository_exists(run: TaskRun, path) -> None:
 def ensure_credentials(run: TaskRun) -> Outcome:
     path = env_path(run)
     rotation.refuse_if_pending(run.ctx.workdir)  # the hosts may hold newer values than postgres.env
+    from ..ops import restore  # (not at the top: ops.restore imports the steps)
+
+    restore.refuse_if_pending(run.ctx.workdir)  # Patroni stopped, data directories moved aside: no install now
     existing = None
     if path.exists():
         try:

@@ -49,8 +49,11 @@ class InstallScreen(RunScreen):
             return
         steps = [step for step in self.planned_steps() if step.number >= self.failed_step]
         if all(step.number != "00" for step in steps):  # step 00 refuses while a rotation is pending; these would not
+            from ...core.ops import restore
+
             try:
                 rotation.refuse_if_pending(self.app.state.workdir)
+                restore.refuse_if_pending(self.app.state.workdir)  # a restore rebuilds the cluster: not now
             except TaskError as exc:
                 self.set_status(str(exc))
                 self.notify(str(exc), severity="error", timeout=15)
