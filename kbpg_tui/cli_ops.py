@@ -67,6 +67,21 @@ def _prepared(args: argparse.Namespace, log_name: str, sink: ev.EventSink, rotat
     return run, interactive
 
 
+def _take_lock(run, command: str):
+    """The cluster's run lock for ``command``, or (None, the exit code to return): 3 when another run holds it, 1
+    when it could not be taken (said on stdout: nothing was changed)."""
+    from .core import runlock
+
+    try:
+        return runlock.acquire_for_run(run, command), None
+    except runlock.LockBusy as exc:
+        print(f"kbpg: {exc}", file=sys.stderr)
+        return None, EXIT_BUSY
+    except runlock.LockError as exc:
+        print(f"   error: {exc}\nNOT done: nothing was changed.")
+        return None, EXIT_FAILED
+
+
 def _ask(question: str) -> bool:
     return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
@@ -235,7 +250,7 @@ def cmd_credentials_rotate(args: argparse.Namespace) -> int:
     import time
 
     from .cli import print_summary
-    from .core import rotation, runlock
+    from .core import rotation
 
     try:
         names = rotation.check_names(args.names)
@@ -261,15 +276,9 @@ def cmd_credentials_rotate(args: argparse.Namespace) -> int:
         if interactive and not _ask("Rotate now?"):
             print("Nothing done.")
             return EXIT_OK
-        command = "kbpg credentials rotate" + "".join(f" {name}" for name in (args.names or []))
-        try:
-            lock = runlock.acquire_for_run(run, command)
-        except runlock.LockBusy as exc:
-            print(f"kbpg: {exc}", file=sys.stderr)
-            return EXIT_BUSY
-        except runlock.LockError as exc:
-            print(f"   error: {exc}\nNOT done: nothing was changed.")
-            return EXIT_FAILED
+        lock, code = _take_lock(run, "kbpg credentials rotate" + "".join(f" {name}" for name in (args.names or [])))
+        if lock is None:
+            return code
         started = time.monotonic()
         interrupted = _cancel_on_sigint(run.ctx.cancel)
         try:

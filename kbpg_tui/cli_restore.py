@@ -18,7 +18,7 @@ import json
 import sys
 
 from .cli import EXIT_BUSY, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, BadInput, _cancel_on_sigint
-from .cli_ops import DrillPrinter, _prepared
+from .cli_ops import DrillPrinter, _prepared, _take_lock
 
 
 def cmd_restore_drill(args: argparse.Namespace) -> int:
@@ -77,7 +77,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     import time
 
     from .cli import PlainPrinter, print_summary
-    from .core import backup, runlock
+    from .core import backup
     from .core.ops import restore as rs
     from .core.ops import restore_drill as rd
 
@@ -108,14 +108,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
             if answer != name:
                 print("Nothing done.")
                 return EXIT_OK
-        try:
-            lock = runlock.acquire_for_run(run, f"kbpg restore --time {pending.target}")
-        except runlock.LockBusy as exc:
-            print(f"kbpg: {exc}", file=sys.stderr)
-            return EXIT_BUSY
-        except runlock.LockError as exc:
-            print(f"   error: {exc}\nNOT done: nothing was changed.")
-            return EXIT_FAILED
+        lock, code = _take_lock(run, f"kbpg restore --time {pending.target}")
+        if lock is None:
+            return code
         started = time.monotonic()
         interrupted = _cancel_on_sigint(run.ctx.cancel)
         try:

@@ -11,7 +11,11 @@
   measured them on the backup host, and the drill's wall time as kbpg saw it and as this script saw it;
 - RPO under a steady writer (`pgbench -R 50`, 2 clients, through LB:5432) for 2 min: the age of
   pg_stat_archiver.last_archived_time on the primary (now() - it, on the primary's clock, read as the monitor
-  role through LB:5432) sampled every 2 s: median and max.
+  role through LB:5432) sampled every 2 s: median and max;
+- `kbpg restore --time T --yes` (the cluster itself back to T, 2 s after the RPO phase): the command's wall time,
+  its phases as its report gives them (drill, stop, restore and promotion, the replicas' clone, the outage), the
+  rows of a marker table written before and after T, and the longest time a prober writing one row every 0.2 s
+  through LB:5432 (a new connection each time, 2 s connect timeout) went without a successful write.
 
 Every figure is printed as it is taken, then as one table at the end (also written as JSON with --out).
 
@@ -342,6 +346,64 @@ def rpo(figures: Figures, ctx, workdir: Path, settings, values: dict, binary: st
         print(f"! {len(errors)} sample(s) failed, first: {errors[0]}")
 
 
+def restore_in_place(figures: Figures, workdir: Path, settings, values: dict, timeout: float) -> None:
+    print("\n== point-in-time restore of the cluster: kbpg restore --time T --yes", flush=True)
+    with app_connect(workdir, settings, values) as conn:
+        conn.execute("DROP TABLE IF EXISTS bench_restore_marker")
+        conn.execute("CREATE TABLE bench_restore_marker (id int)")
+        conn.execute("INSERT INTO bench_restore_marker VALUES (1)")
+        conn.execute("CREATE TABLE IF NOT EXISTS bench_restore_probe (at timestamptz DEFAULT clock_timestamp())")
+        time.sleep(1.1)
+        row = conn.execute("SELECT clock_timestamp()").fetchone()
+        assert row is not None
+        target = row[0]
+        time.sleep(1.1)
+        conn.execute("INSERT INTO bench_restore_marker VALUES (2)")
+    successes: list[float] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            try:
+                with psycopg.connect(host=settings.network.lb_address, port=settings.ports.haproxy_write,
+                                     user=values["POSTGRES_APP_USER"], password=values["POSTGRES_APP_PASS"],
+                                     dbname=values["POSTGRES_DB"], connect_timeout=2, autocommit=True,
+                                     **tls.libpq_params(workdir, settings)) as conn:
+                    conn.execute("INSERT INTO bench_restore_probe DEFAULT VALUES")
+                    successes.append(time.monotonic())
+            except psycopg.Error:
+                pass
+            stop.wait(0.2)
+
+    prober = threading.Thread(target=probe, daemon=True)
+    prober.start()
+    started = time.monotonic()
+    result = kbpg(workdir, "restore", "--time", target.isoformat(), "--yes", timeout=timeout)
+    wall = time.monotonic() - started
+    time.sleep(3)
+    stop.set()
+    prober.join(10)
+    if result.returncode != 0:
+        raise SystemExit(f"kbpg restore failed:\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}")
+    reports = sorted((workdir / "reports").glob("restore-2*.json"))
+    report = json.loads(reports[-1].read_text()) if reports else {}
+    figures.raw["restore"] = report
+    figures.add("restore: command", round(wall, 1), "s", "`kbpg restore --time T --yes`, wall time")
+    for name, how in (("drill", "the restore drill to T first, on the backup host"),
+                      ("stop", "Patroni stopped on the 3 DB nodes"),
+                      ("restore", "Patroni started, pgbackrest restore on the restore node, recovery to T, promotion"),
+                      ("replicas", "both replicas cloned from the restored leader and streaming"),
+                      ("down", "first Patroni stopped -> restored leader running (kbpg's clock)")):
+        figures.add(f"restore: {name}", (report.get("timings") or {}).get(name), "s", how)
+    gaps = [b - a for a, b in zip(successes, successes[1:], strict=False)]
+    figures.add("restore: longest write gap at LB:5432", round(max(gaps), 1) if gaps else None, "s",
+                "a prober writing every 0.2 s through LB:5432 (new connection each time): longest time between two "
+                "successful writes")
+    with app_connect(workdir, settings, values) as conn:
+        rows = [r[0] for r in conn.execute("SELECT id FROM bench_restore_marker ORDER BY id").fetchall()]
+    figures.add("restore: marker rows after it", str(rows), "", "row 1 written before T, row 2 after: [1] expected")
+
+
 def machine_facts(settings) -> dict[str, Any]:
     memory = None
     try:
@@ -368,6 +430,7 @@ def main() -> int:
     parser.add_argument("--scale", type=int, default=70, help="pgbench scale of the load (70: just over 1 GiB)")
     parser.add_argument("--write-seconds", type=int, default=60, help="pgbench -T before the diff backup")
     parser.add_argument("--rpo-seconds", type=int, default=120, help="how long the RPO is sampled")
+    parser.add_argument("--no-restore", action="store_true", help="skip the in-place `kbpg restore` at the end")
     parser.add_argument("--stop-by", help="HH:MM UTC by which the lab must be down (the run stops early if need be)")
     args = parser.parse_args()
     stop_by = parse_stop_by(args.stop_by)
@@ -406,6 +469,8 @@ def main() -> int:
         take_backup(figures, ctx, workdir, "diff")
         drill(figures, workdir, timeout=settings.backup.drill_timeout + 300)
         rpo(figures, ctx, workdir, settings, values, binary, args.rpo_seconds)
+        if not args.no_restore:
+            restore_in_place(figures, workdir, settings, values, timeout=settings.backup.drill_timeout * 2 + 600)
         outcome["complete"] = True
     except KeyboardInterrupt:
         outcome["error"] = "stopped by --stop-by" if deadline.hit else "interrupted (Ctrl-C / SIGTERM)"
