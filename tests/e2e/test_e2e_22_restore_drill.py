@@ -45,19 +45,28 @@ def postmaster_start(installed: Installed) -> str:
     return row[0]
 
 
-def test_a_drill_to_T_has_exactly_the_rows_written_before_T(installed: Installed) -> None:
-    wait_first_backup(installed)
+def rows_around_t(installed: Installed, table: str, *after: str) -> datetime:
+    """``table`` made with rows 1-50, T read from the primary's clock 1.1 s later, 1.1 s later rows 51-100, the table
+    dropped, then the ``after`` statements: T."""
     with connect(installed.workdir, "app") as conn:
-        conn.execute("DROP TABLE IF EXISTS restore_drill_t")
-        conn.execute("CREATE TABLE restore_drill_t (id int PRIMARY KEY)")
-        conn.execute("INSERT INTO restore_drill_t SELECT generate_series(1, 50)")
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+        conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY)")
+        conn.execute(f"INSERT INTO {table} SELECT generate_series(1, 50)")
         time.sleep(1.1)
         row = conn.execute("SELECT clock_timestamp()").fetchone()  # T from the primary's clock
         assert row is not None
         target: datetime = row[0]
         time.sleep(1.1)
-        conn.execute("INSERT INTO restore_drill_t SELECT generate_series(51, 100)")
-        conn.execute("DROP TABLE restore_drill_t")
+        conn.execute(f"INSERT INTO {table} SELECT generate_series(51, 100)")
+        conn.execute(f"DROP TABLE {table}")
+        for statement in after:
+            conn.execute(statement)
+    return target
+
+
+def test_a_drill_to_T_has_exactly_the_rows_written_before_T(installed: Installed) -> None:
+    wait_first_backup(installed)
+    target = rows_around_t(installed, "restore_drill_t")
     before = leader_and_timeline(installed), postmaster_start(installed)
     started = time.monotonic()
     result = kbpg(installed.workdir, "restore-drill", "--time", target.isoformat(), "--query",

@@ -10,7 +10,6 @@ import json
 import signal
 import subprocess
 import time
-from datetime import datetime
 
 import pytest
 
@@ -27,6 +26,7 @@ from .conftest import (
     wait_healthy,
 )
 from .test_e2e_21_backup_commands import wait_first_backup
+from .test_e2e_22_restore_drill import rows_around_t
 
 pytestmark = [pytest.mark.lab, pytest.mark.e2e]
 
@@ -43,19 +43,8 @@ def test_restore_to_T_killed_midway_then_finished_by_the_same_command(installed:
     wait_first_backup(installed)
     drill = kbpg(installed.workdir, "restore-drill", "--latest", timeout=900)  # a sentinel written before T
     assert drill.returncode == 0, drill.stdout + drill.stderr
-    with connect(installed.workdir, "app") as conn:
-        conn.execute("DROP TABLE IF EXISTS restore_t")
-        conn.execute("DROP TABLE IF EXISTS restore_after_t")
-        conn.execute("CREATE TABLE restore_t (id int PRIMARY KEY)")
-        conn.execute("INSERT INTO restore_t SELECT generate_series(1, 50)")
-        time.sleep(1.1)
-        row = conn.execute("SELECT clock_timestamp()").fetchone()  # T from the primary's clock
-        assert row is not None
-        target: datetime = row[0]
-        time.sleep(1.1)
-        conn.execute("INSERT INTO restore_t SELECT generate_series(51, 100)")
-        conn.execute("DROP TABLE restore_t")
-        conn.execute("CREATE TABLE restore_after_t (id int)")
+    target = rows_around_t(installed, "restore_t", "DROP TABLE IF EXISTS restore_after_t",
+                           "CREATE TABLE restore_after_t (id int)")
     leader, timeline = leader_and_timeline(installed)
     workdir = installed.workdir
 
