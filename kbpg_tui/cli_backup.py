@@ -18,24 +18,31 @@ from .core import backup as bk
 from .core.ssh import SshError
 
 
-def _prepared_backup(args: argparse.Namespace, printer: PlainPrinter):
-    """cli_ops' prepared run (settings, postgres.env, no pending rotation), then refused (BadInput, exit 2) unless
-    backups are set up: a backup host selected, ``[backup] enabled``, a stanza name pgBackRest takes."""
+def prepared_with_backups(args: argparse.Namespace, printer: PlainPrinter, command: str, log_name: str,
+                          why_not=None, **prepared: bool):
+    """cli_ops' prepared run (settings, postgres.env, nothing pending) and whether to ask, then refused (BadInput,
+    exit 2, named by ``command``) unless backups are set up: a backup host selected, ``[backup] enabled``, a stanza
+    name pgBackRest takes. ``why_not(ctx)`` says why backups are off (default: ``kbpg backup``'s wording). Shared by
+    ``kbpg backup``, ``restore-drill`` and ``restore``."""
     from .core.ops import backup as ops
 
-    run, _interactive = _prepared(args, "backup", printer)
+    run, interactive = _prepared(args, log_name, printer, **prepared)
     try:
-        reason = ops.refusal(run.ctx)
+        reason = (why_not or ops.refusal)(run.ctx)
         if reason:
-            raise BadInput(f"backup {args.action}: {reason}")
+            raise BadInput(f"{command}: {reason}")
         try:
             bk.stanza(run.ctx)
         except bk.BackupError as exc:
-            raise BadInput(f"backup {args.action}: credentials/postgres.env: {exc}") from None
+            raise BadInput(f"{command}: credentials/postgres.env: {exc}") from None
     except BaseException:
         run.close()
         raise
-    return run
+    return run, interactive
+
+
+def _prepared_backup(args: argparse.Namespace, printer: PlainPrinter):
+    return prepared_with_backups(args, printer, f"backup {args.action}", "backup")[0]
 
 
 def _fail(args: argparse.Namespace, exc: BaseException) -> int:

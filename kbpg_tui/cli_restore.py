@@ -18,11 +18,11 @@ import json
 import sys
 
 from .cli import EXIT_BUSY, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, BadInput, _cancel_on_sigint
-from .cli_ops import DrillPrinter, _prepared, _take_lock
+from .cli_backup import prepared_with_backups
+from .cli_ops import DrillPrinter, _take_lock
 
 
 def cmd_restore_drill(args: argparse.Namespace) -> int:
-    from .core import backup
     from .core.ops import restore_drill as rd
 
     try:  # the operator's input first: nothing is read, written or connected to before it is right
@@ -32,15 +32,9 @@ def cmd_restore_drill(args: argparse.Namespace) -> int:
         raise BadInput(str(exc)) from None
     args.yes = True  # no question: the drill changes nothing on the cluster but one sentinel row
     printer = DrillPrinter(stream=sys.stderr if args.json else sys.stdout)
-    run, _ = _prepared(args, "restore-drill", printer)
+    run, _ = prepared_with_backups(args, printer, "restore-drill", "restore-drill",
+                                   why_not=lambda ctx: ctx.backup_skip_reason())
     try:
-        reason = run.ctx.backup_skip_reason()
-        if reason:
-            raise BadInput(f"restore-drill: {reason}")
-        try:
-            backup.stanza(run.ctx.credentials)
-        except backup.BackupError as exc:
-            raise BadInput(str(exc)) from None
         print(f"kbpg restore-drill: restoring on {run.ctx.backup_host.name if run.ctx.backup_host else '?'} to "
               f"{rd.utc_text(target) if target else 'the end of the archive (--latest)'}; a sentinel row is written on "
               "the leader first", file=printer.stream)
@@ -77,7 +71,6 @@ def cmd_restore(args: argparse.Namespace) -> int:
     import time
 
     from .cli import PlainPrinter, print_summary
-    from .core import backup
     from .core.ops import restore as rs
     from .core.ops import restore_drill as rd
 
@@ -89,16 +82,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise BadInput("restore: --time T is required (no restore is pending): the moment to restore the cluster to, "
                        "e.g. 2026-11-26T10:15:30.25+00:00")
     printer = PlainPrinter()
-    run, interactive = _prepared(args, "restore", printer, restoring=True)
+    run, interactive = prepared_with_backups(args, printer, "restore", "restore",
+                                             why_not=lambda ctx: ctx.backup_skip_reason(), restoring=True)
     pending = None
     try:
-        reason = run.ctx.backup_skip_reason()
-        if reason:
-            raise BadInput(f"restore: {reason}")
         try:
-            backup.stanza(run.ctx.credentials)
             pending, resumed = rs.begin(args.workdir, target, args.node, [h.name for h in run.ctx.db_hosts])
-        except (backup.BackupError, rs.RestoreError) as exc:
+        except rs.RestoreError as exc:
             raise BadInput(str(exc)) from None
         for line in rs.describe_plan(run.ctx, pending, resumed):
             print(line)

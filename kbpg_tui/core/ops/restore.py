@@ -252,13 +252,15 @@ def _stop_patroni(pending: Pending):
         if pending.down_at is None:
             pending.down_at = time.time()
             _save(run, pending)
+
+        def one(host: Host) -> bool:
+            state = run.run("systemctl is-active patroni || true", host=host, on_line=None).stdout.strip()
+            if state in ("inactive", "failed"):
+                return False
+            run.run("systemctl stop patroni", host=host, timeout=STOP_TIMEOUT, what="stopping patroni")
+            return True
+
         for group in (order[:-1], order[-1:]):
-            def one(host: Host) -> bool:
-                state = run.run("systemctl is-active patroni || true", host=host, on_line=None).stdout.strip()
-                if state in ("inactive", "failed"):
-                    return False
-                run.run("systemctl stop patroni", host=host, timeout=STOP_TIMEOUT, what="stopping patroni")
-                return True
             with ThreadPoolExecutor(max_workers=max(1, len(group))) as pool:
                 stopped += [h.name for h, did in zip(group, pool.map(one, group), strict=True) if did]
         still = []
