@@ -667,6 +667,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_restore_drill_parser(commands)
     add_restore_parser(commands)
+    from .cli_nodes import add_nodes_parser  # kbpg nodes plan
+
+    add_nodes_parser(commands)
     _add_optional_commands(commands)
     return parser
 

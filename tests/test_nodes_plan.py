@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
+
 from kbpg_tui.core.inventory import Selection, Server
 from kbpg_tui.core.nodes import DbNode, Membership, describe, haproxy_addresses, plan
+from kbpg_tui.core.ssh import Host
+
+from .fakes import FakePool, ScriptedConnection, result
 
 PORT = 7000
 DB3 = {"db-master-01": "198.18.0.120", "db-slave-01": "198.18.0.121", "db-slave-02": "198.18.0.122"}
@@ -191,3 +199,121 @@ def test_haproxy_addresses_are_pg_hbas_every_role_lines_less_the_db_nodes_and_di
            "host all all 127.0.0.1/32 scram-sha-256"]
     assert haproxy_addresses(hba, ["198.18.0.50/32"]) == ["198.18.0.11", "198.18.0.12"]
     assert haproxy_addresses(hba, []) == ["198.18.0.11", "198.18.0.12", "198.18.0.50"]
+
+
+# --- read_membership and `kbpg nodes plan`, in-process: the DB nodes scripted, Patroni's /cluster made up ----------
+
+HBA = "".join(f"h: hostssl {what} 198.18.0.{n}/32 scram-sha-256\n" for n in (120, 121, 122)
+              for what in ('replication "kb_repl"', "all all")) + "".join(
+    f"h: hostssl all all {ip}/32 scram-sha-256\n" for ip in HAPROXY.values())
+
+
+def node_output(name: str, members: dict[str, str]) -> str:
+    me = f"{members[name]}:{PORT}"
+    partners = {f"{ip}:{PORT}": 2 for other, ip in members.items() if other != name}
+    status = {"leader": f"{members['db-master-01']}:{PORT}", "raft_term": 3, "self": me, "partners": partners}
+    return HBA + f"r:unit active 300\nr:status {json.dumps(status)}\n"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    from kbpg_tui import cli
+    from kbpg_tui.core.lab.topology import LB_ADDRESS, SUBNET
+    from kbpg_tui.core.lab.workdir import write_servers_tsv
+
+    write_servers_tsv(tmp_path)
+    (tmp_path / "kbpg.toml").write_text(f'[network]\nlb_address = "{LB_ADDRESS}"\nprivate_subnet = "{SUBNET}"\n')
+    assert cli.main(["--workdir", str(tmp_path), "credentials", "generate"]) == 0
+    return tmp_path
+
+
+@pytest.fixture
+def cluster_of(monkeypatch: pytest.MonkeyPatch):
+    """cluster_of(running, down=()): the DB nodes of ``running`` (name -> address) answer as Raft members of it (those
+    ``down`` do not answer SSH); any other host answers as a host without Patroni; /cluster lists ``running``."""
+    from kbpg_tui.core import cluster, install
+    from kbpg_tui.core.ssh import SshError
+
+    def setup(running: dict[str, str], down: tuple[str, ...] = ()) -> list[str]:
+        asked: list[str] = []
+
+        class Pool(FakePool):
+            def get(self, host: Host):
+                asked.append(f"{host.name} {host.address}")
+                if host.name in down:
+                    raise SshError(f"{host.name} ({host.address}): no SSH answer within 10 s")
+                text = (node_output(host.name, running) if running.get(host.name) == host.address
+                        else "r:unit inactive 0\n")
+                return ScriptedConnection(host, lambda script, stdin: result(text))
+
+        real = install.prepare
+
+        def prepare(*args, **kwargs):
+            run = real(*args, **kwargs)
+            run.ctx.pool = Pool()
+            return run
+
+        monkeypatch.setattr(install, "prepare", prepare)
+        members = tuple(cluster.Member(name, ip, "leader" if name == "db-master-01" else "replica",
+                                       "running" if name == "db-master-01" else "streaming", 1, 0)
+                        for name, ip in running.items() if name not in down)
+        monkeypatch.setattr(cluster, "read_cluster", lambda ctx, hosts=None, timeout=3.0: cluster.ClusterState(members))
+        return asked
+    return setup
+
+
+def edit_tsv(workdir: Path, old: str, new: str) -> None:
+    path = workdir / "servers.tsv"
+    text = path.read_text()
+    assert f"\t{old}\t" in text
+    path.write_text(text.replace(f"\t{old}\t", f"\t{new}\t"))
+
+
+def test_read_membership_tells_each_node_and_who_answers(workdir: Path, cluster_of) -> None:
+    from kbpg_tui.core import install, nodes
+    from kbpg_tui.core.settings import load_settings as load
+
+    cluster_of(DB3, down=("db-slave-02",))
+    run = install.prepare(workdir, load(workdir / "kbpg.toml"), lambda event: None)
+    found = nodes.read_membership(run.ctx)
+    assert found.raft_members == [f"{ip}:{PORT}" for ip in DB3.values()]
+    assert found.raft_reachable == found.raft_members  # db-slave-02's SSH is down, its partners see its Raft
+    assert found.haproxy_admitted == list(HAPROXY.values())
+    slave2 = found.node("db-slave-02")
+    assert slave2 is not None and not slave2.reachable and "no SSH answer" in slave2.detail
+    master = found.node("db-master-01")
+    assert master is not None and master.role == "leader" and master.raft_self == "198.18.0.120:7000"
+
+
+def test_nodes_plan_exits_0_when_nothing_differs(workdir: Path, cluster_of, capsys) -> None:
+    from kbpg_tui import cli
+
+    cluster_of(DB3)
+    assert cli.main(["--workdir", str(workdir), "nodes", "plan"]) == 0
+    assert "Nothing to do: servers.tsv and the running cluster agree." in capsys.readouterr().out
+
+
+def test_nodes_plan_exits_1_with_the_steps_when_a_host_is_replaced(workdir: Path, cluster_of, capsys) -> None:
+    from kbpg_tui import cli
+
+    asked = cluster_of(DB3)
+    edit_tsv(workdir, "198.18.0.121", "198.18.0.123")
+    assert cli.main(["--workdir", str(workdir), "nodes", "plan"]) == 1
+    out = capsys.readouterr().out
+    assert "DB nodes to replace: db-slave-01: 198.18.0.121 -> 198.18.0.123" in out
+    assert "1. add db-slave-01 (198.18.0.123)" in out and "2. remove db-slave-01's old address 198.18.0.121:7000" in out
+    assert "db-slave-01 198.18.0.123" in asked  # the new host is asked; the old one is read from Patroni and Raft
+    assert cli.main(["--workdir", str(workdir), "nodes", "plan", "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert [a["kind"] for a in data["plan"]["actions"]] == ["add", "remove"] and data["plan"]["changes"] is True
+
+
+def test_nodes_plan_exits_2_naming_why_a_plan_is_refused(workdir: Path, cluster_of, capsys) -> None:
+    from kbpg_tui import cli
+
+    cluster_of(DB3)
+    edit_tsv(workdir, "198.18.0.121", "198.18.0.123")
+    edit_tsv(workdir, "198.18.0.122", "198.18.0.124")
+    assert cli.main(["--workdir", str(workdir), "nodes", "plan"]) == 2
+    err = capsys.readouterr().err
+    assert "refused: 2 of the 3 Raft members would leave in one plan" in err
