@@ -6,7 +6,6 @@ kbpg.toml (--answers), nothing on the cluster changes."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
