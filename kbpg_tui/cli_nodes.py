@@ -44,7 +44,10 @@ def cmd_nodes_plan(args: argparse.Namespace) -> int:
         if membership.haproxy_admitted is not None:
             print(f"HAProxy nodes pg_hba admits: {', '.join(membership.haproxy_admitted) or 'none'}")
         for line in nodes.describe(result):
-            print(line, file=sys.stderr if line.startswith("refused: ") else sys.stdout)
+            if not line.startswith("refused: "):
+                print(line)
+    for reason in result.refused:
+        print(f"kbpg nodes plan: refused: {reason}", file=sys.stderr)
     if result.refused:
         return EXIT_BAD_INPUT
     return EXIT_FAILED if result.changes else EXIT_OK

@@ -316,4 +316,4 @@ def test_nodes_plan_exits_2_naming_why_a_plan_is_refused(workdir: Path, cluster_
     edit_tsv(workdir, "198.18.0.122", "198.18.0.124")
     assert cli.main(["--workdir", str(workdir), "nodes", "plan"]) == 2
     err = capsys.readouterr().err
-    assert "refused: 2 of the 3 Raft members would leave in one plan" in err
+    assert "kbpg nodes plan: refused: 2 of the 3 Raft members would leave in one plan" in err

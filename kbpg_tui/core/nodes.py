@@ -25,6 +25,7 @@ Where each fact comes from:
 from __future__ import annotations
 
 import ipaddress
+import shlex
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -155,7 +156,7 @@ HBA_PREFIX = "h: "
 
 def _node_script(data_dir: str) -> str:
     """pg_hba.conf's lines (prefixed), then Raft's probe (which ends the script when Patroni is not active)."""
-    return f"sed 's/^/{HBA_PREFIX}/' {data_dir}/pg_hba.conf 2>/dev/null\n" + raft.PROBE
+    return f"sed 's/^/{HBA_PREFIX}/' {shlex.quote(data_dir + '/pg_hba.conf')} 2>/dev/null\n" + raft.PROBE
 
 
 def read_membership(ctx: Context, timeout: float = 20.0) -> Membership:
