@@ -366,7 +366,7 @@ def plan(selection: Selection, membership: Membership) -> Plan:
     steps: list[tuple[str, str, str, str]] = []  # (kind, node, address, text)
 
     def leave(name: str, address: str, new: str | None, answers: bool) -> None:
-        state = "" if answers else ", not answering"
+        state = "" if answers else " (not answering)"
         if name == "-":
             steps.append(("raft-remove", name, address, f"remove the stale address {address}{state} from Raft (it "
                                                          "is no DB node's)"))
@@ -374,7 +374,7 @@ def plan(selection: Selection, membership: Membership) -> Plan:
             steps.append(("remove", name, address, f"remove {name}'s old address {address}{state} from Raft and "
                                                    "Patroni's cluster"))
         else:
-            steps.append(("remove", name, address, f"remove {name} ({address}{state}) from Raft and Patroni's "
+            steps.append(("remove", name, address, f"remove {name} ({address}){state} from Raft and Patroni's "
                                                    "cluster"))
 
     def join(name: str, ip: str) -> None:
