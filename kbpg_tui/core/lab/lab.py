@@ -379,20 +379,20 @@ def up(workdir: Path, progress: ProgressSink | None = None, rebuild_image: bool 
         try:
             _boot(image, host_keys, operator, sudo_password, reporter, state, booted)
             _wait_ready(workdir, reporter, booted)
+            files.write_servers_tsv(workdir)
+            fingerprints = {host.address: host_keys[host.name].fingerprint for host in ALL_HOSTS}
+            if files.write_kbpg_toml(workdir, fingerprints):
+                reporter.info(f"wrote {workdir / 'kbpg.toml'}")
+            else:
+                reporter.info(f"kept the existing {workdir / 'kbpg.toml'}")
+                added = files.add_spare_pins(workdir, fingerprints)
+                if added:
+                    reporter.info(f"pinned the spares' host keys in it ({', '.join(added)})")
         except BaseException:
             reporter.warning("`up` failed: taking down what it made")
             _save_console_logs(workdir)
             _down_locked(reporter)
             raise
-        files.write_servers_tsv(workdir)
-        fingerprints = {host.address: host_keys[host.name].fingerprint for host in HOSTS}
-        if files.write_kbpg_toml(workdir, fingerprints):
-            reporter.info(f"wrote {workdir / 'kbpg.toml'}")
-        else:
-            reporter.info(f"kept the existing {workdir / 'kbpg.toml'}")
-            added = files.add_spare_pins(workdir, {host.address: host_keys[host.name].fingerprint for host in ALL_HOSTS})
-            if added:
-                reporter.info(f"pinned the spares' host keys in it ({', '.join(added)})")
         state["phase"] = "up"
         state["up_seconds"] = round(time.monotonic() - started, 1)
         _write_state(state)
