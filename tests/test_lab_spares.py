@@ -152,7 +152,8 @@ def test_the_lab_is_up_with_its_spares_not_started(fake_machine):
     by_name = {host.name: host for host in result.hosts}
     assert list(by_name) == [host.name for host in ALL_HOSTS]
     for name in SPARES:
-        assert by_name[name].spare and by_name[name].stopped and not by_name[name].running
+        assert by_name[name].spare and by_name[name].stopped and by_name[name].never_started
+        assert not by_name[name].running
     assert not any(by_name[name].spare or by_name[name].stopped for name in BASE)
     table = result.render()
     assert "spare, not started: kbpg lab start-host haproxy-spare-01" in table
@@ -173,6 +174,18 @@ def test_a_host_stopped_for_good_keeps_the_lab_up_and_shows_as_stopped(fake_mach
     assert "stopped for good: kbpg lab start-host db-slave-01" in table
     line = next(line for line in table.splitlines() if line.startswith("db-spare-01"))
     assert "(spare)" in line
+
+
+def test_a_spare_stopped_after_it_ran_shows_as_stopped_not_as_never_started(fake_machine):
+    running, record = fake_machine
+    running.update(BASE)
+    record(BASE + ["db-spare-01"], stopped=["db-spare-01"])
+    result = lab_mod.status(probe_ssh=False)
+    assert result.state == "up"
+    spare = next(host for host in result.hosts if host.name == "db-spare-01")
+    assert spare.stopped and not spare.never_started
+    line = next(line for line in result.render().splitlines() if line.startswith("db-spare-01"))
+    assert "stopped for good: kbpg lab start-host db-spare-01" in line
 
 
 def test_a_host_that_died_unasked_is_still_a_partial_lab(fake_machine):

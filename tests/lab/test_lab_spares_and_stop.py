@@ -157,7 +157,7 @@ def test_stop_host_is_a_dead_server_and_start_host_brings_it_back(spares_up, lab
     assert out.split() == ["blank", target.name]
 
 
-def test_a_cluster_host_stopped_for_good_comes_back_with_the_lab_whole(lab_workdir, connect):
+def test_a_cluster_host_stopped_for_good_comes_back_with_the_lab_whole(lab_workdir, connect, tmp_path):
     """The same on one of the lab's own hosts: the lab is `up` without it, and whole again after start-host."""
     target = host_by_name("db-slave-02")
     try:
@@ -167,9 +167,14 @@ def test_a_cluster_host_stopped_for_good_comes_back_with_the_lab_whole(lab_workd
         up_again = lab.up(lab_workdir)  # a second `up` changes nothing, and names the host down
         assert not up_again.changed and f"stopped for good: {target.name}" in up_again.message
     finally:
+        started = time.monotonic()
         back = lab.start_host(target.name)
+        TIMINGS[f"start-host {target.name} (its disk kept)"] = time.monotonic() - started
     assert back.state == "up"
     assert all(host.running for host in back.hosts if not host.spare)
+    console = tmp_path / f"{target.name}.console.log"
+    console.write_bytes(hosts_mod.host_paths(target).console.read_bytes())
+    print(f"\n{target.name}'s console: {console}")
     client = connect(target)
     code, out, _ = sh(client, "hostname; systemctl is-system-running --wait")
     assert (code, out.split()) == (0, [target.name, "running"])

@@ -64,6 +64,7 @@ class HostStatus:
     failed_units: list[str] = field(default_factory=list)
     spare: bool = False  # one of the spares (not in the lab's servers.tsv)
     stopped: bool = False  # down on purpose: a spare not started, or a host `kbpg lab stop-host` took down
+    never_started: bool = False  # a spare this lab has not booted yet
 
 
 @dataclass
@@ -96,7 +97,7 @@ class LabStatus:
             if host.failed_units:
                 state += " (failed: " + ", ".join(host.failed_units) + ")"
             if host.stopped and not host.running:
-                state = ("spare, not started" if host.spare else "stopped for good") + f": kbpg lab start-host {host.name}"
+                state = ("spare, not started" if host.never_started else "stopped for good") + f": kbpg lab start-host {host.name}"
             elif host.spare:
                 state += " (spare)"
             lines.append(
@@ -284,7 +285,7 @@ def _down_on_purpose(state: dict) -> set[str]:
     return {host.name for host in ALL_HOSTS if host.name not in started} | set(state.get("stopped", []))
 
 
-def _host_status(host: LabHost, bridge_up: bool, stopped: bool = False) -> HostStatus:
+def _host_status(host: LabHost, bridge_up: bool, stopped: bool = False, never_started: bool = False) -> HostStatus:
     running = hosts_mod.init_pid(host) is not None
     return HostStatus(
         host.name,
@@ -297,6 +298,7 @@ def _host_status(host: LabHost, bridge_up: bool, stopped: bool = False) -> HostS
         ssh=running and bridge_up and ssh_mod.ssh_answers(host.address, timeout=0.5),
         spare=host in SPARE_HOSTS,
         stopped=stopped,
+        never_started=never_started,
     )
 
 
@@ -323,7 +325,11 @@ def status(workdir: Path | None = None, probe_ssh: bool = True) -> LabStatus:
     key_dir = Path(recorded_workdir) if recorded_workdir else workdir
     bridge_up = BRIDGE_NAME in hosts_mod.link_names()
     down_on_purpose = _down_on_purpose(state)
-    host_states = [_host_status(host, bridge_up, host.name in down_on_purpose) for host in ALL_HOSTS]
+    started = state.get("hosts", {})
+    host_states = [
+        _host_status(host, bridge_up, host.name in down_on_purpose, bool(state) and host.name not in started)
+        for host in ALL_HOSTS
+    ]
     if probe_ssh and key_dir is not None and (key_dir / files.SSH_KEY_NAME).exists():
         reachable = [host for host in host_states if host.ssh]
         with ThreadPoolExecutor(max_workers=len(ALL_HOSTS)) as pool:
