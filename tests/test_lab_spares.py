@@ -291,3 +291,38 @@ def test_starting_a_running_host_changes_nothing(fake_machine, monkeypatch):
     monkeypatch.setattr(lab_mod, "check_environment", lambda need_build: None)
     result = lab_mod.start_host("db-master-01")
     assert not result.changed and "already running: nothing changed" in result.message
+
+
+@pytest.mark.parametrize("with_spares", [False, True])
+def test_up_boots_the_spares_only_when_asked_and_pins_their_keys_either_way(fake_machine, tmp_path, monkeypatch, with_spares):
+    running, _record = fake_machine
+    repo_key = tmp_path / "repo.asc"
+    repo_key.write_text("-----BEGIN PGP PUBLIC KEY BLOCK-----\n")
+
+    class Image:
+        key = "k"
+
+    Image.repo_key = repo_key  # type: ignore[attr-defined]
+    monkeypatch.setattr(lab_mod, "check_environment", lambda need_build: None)
+    monkeypatch.setattr(lab_mod.image_mod, "cached_image", lambda key=None: Image())
+    monkeypatch.setattr(lab_mod.image_mod, "ensure_image", lambda reporter, rebuild=False: Image())
+    booted: list[str] = []
+
+    def boot(image, host_keys, operator, sudo_password, reporter, state, hosts):
+        for host in hosts:
+            state["hosts"][host.name] = {"address": host.address}
+            booted.append(host.name)
+            running.add(host.name)
+
+    monkeypatch.setattr(lab_mod, "_boot", boot)
+    monkeypatch.setattr(lab_mod, "_wait_ready", lambda workdir, reporter, hosts: None)
+    monkeypatch.setattr(hosts_mod, "leftovers", lambda: {"netns": [], "links": []})  # nothing of a lab yet
+    workdir = tmp_path / "work"
+    result = lab_mod.up(workdir, with_spares=with_spares)
+    assert result.up and result.changed
+    assert booted == [host.name for host in (ALL_HOSTS if with_spares else HOSTS)]
+    keys = json.loads((workdir / lab_files.HOST_KEYS_JSON).read_text())
+    pinned = load_settings(workdir / "kbpg.toml").ssh.pinned_host_keys
+    assert pinned == {host.address: keys[host.address] for host in PINNED_HOSTS}
+    spares = [host for host in result.hosts if host.spare]
+    assert all(host.stopped == (not with_spares) for host in spares)
