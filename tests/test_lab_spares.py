@@ -326,3 +326,20 @@ def test_up_boots_the_spares_only_when_asked_and_pins_their_keys_either_way(fake
     assert pinned == {host.address: keys[host.address] for host in PINNED_HOSTS}
     spares = [host for host in result.hosts if host.spare]
     assert all(host.stopped == (not with_spares) for host in spares)
+
+
+def test_every_host_has_a_fixed_mac_of_its_own_and_gets_it(monkeypatch):
+    """A host started again keeps its MAC: its peers' ARP entries stay right (a new one cost ~30 s of silence)."""
+    macs = [host.mac for host in ALL_HOSTS]
+    assert len(set(macs)) == len(macs)
+    for mac in macs:
+        first = int(mac.split(":")[0], 16)
+        assert first & 0x02 and not first & 0x01  # locally administered, unicast
+    assert host_by_name("db-spare-01").mac == "02:6b:62:12:00:7b"
+    commands: list[list[str]] = []
+    monkeypatch.setattr(hosts_mod, "run", lambda argv, **kwargs: commands.append([str(a) for a in argv]))
+    host = host_by_name("db-slave-02")
+    hosts_mod.create_network(host)
+    assert ["ip", "-n", host.netns, "link", "set", "eth0", "address", host.mac] in commands
+    assert commands.index(["ip", "-n", host.netns, "link", "set", "eth0", "address", host.mac]) < commands.index(
+        ["ip", "-n", host.netns, "link", "set", "eth0", "up"])

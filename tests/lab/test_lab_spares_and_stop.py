@@ -111,6 +111,8 @@ def test_stop_host_is_a_dead_server_and_start_host_brings_it_back(spares_up, lab
     client = connect(target)
     code, _, _ = sh(client, "echo kept > /root/disk-marker && sync")
     assert code == 0
+    _, mac, _ = sh(client, "cat /sys/class/net/eth0/address")
+    assert mac.strip() == target.mac
     transport = client.get_transport()
     assert transport is not None and transport.is_active()
 
@@ -141,8 +143,8 @@ def test_stop_host_is_a_dead_server_and_start_host_brings_it_back(spares_up, lab
     TIMINGS["start-host (its disk kept)"] = time.monotonic() - started
     assert back.returncode == 0, back.stderr + back.stdout
     client = connect(target)
-    _, marker, _ = sh(client, "cat /root/disk-marker; systemctl is-system-running --wait")
-    assert marker.split() == ["kept", "running"]
+    _, marker, _ = sh(client, "cat /root/disk-marker; systemctl is-system-running --wait; cat /sys/class/net/eth0/address")
+    assert marker.split() == ["kept", "running", target.mac]  # the same MAC: its peers' ARP entries stay right
     code, _, _ = sh(peer, f"nc -z -w2 {target.address} 22")
     assert code == 0
     assert lab.status(probe_ssh=False).state == "up"

@@ -201,6 +201,7 @@ def create_network(host: LabHost) -> None:
     run(["ip", "link", "set", host.veth_host, "master", BRIDGE_NAME, "up"], what="attach the veth to the bridge")
     inside = ["ip", "-n", host.netns]
     run([*inside, "link", "set", host.veth_peer, "name", "eth0"], what="rename the host's veth")
+    run([*inside, "link", "set", "eth0", "address", host.mac], what="give the host its fixed MAC")
     run([*inside, "addr", "add", f"{host.address}/{PREFIX_LEN}", "dev", "eth0"], what="address the host")
     run([*inside, "link", "set", "eth0", "up"], what="bring the host's link up")
     run([*inside, "link", "set", "lo", "up"], what="bring the host's loopback up")

@@ -71,6 +71,13 @@ class LabHost:
         return f"{NAME_PREFIX}-p{self.octet}"
 
     @property
+    def mac(self) -> str:
+        """The host's fixed MAC (locally administered, from its address): a host stopped and started again, or
+        brought down and up with the lab, keeps it, so its peers' ARP entries stay right (a new MAC left them
+        sending to the old one for up to ~30 s)."""
+        return f"02:6b:62:12:00:{self.octet:02x}"
+
+    @property
     def fqdn(self) -> str:
         return f"{self.fqdn_label or self.name}.{DOMAIN}"
 
