@@ -343,3 +343,39 @@ def test_every_host_has_a_fixed_mac_of_its_own_and_gets_it(monkeypatch):
     assert ["ip", "-n", host.netns, "link", "set", "eth0", "address", host.mac] in commands
     assert commands.index(["ip", "-n", host.netns, "link", "set", "eth0", "address", host.mac]) < commands.index(
         ["ip", "-n", host.netns, "link", "set", "eth0", "up"])
+
+
+@pytest.mark.parametrize("argv, expected", [(["up"], False), (["up", "--with-spares"], True)])
+def test_lab_up_with_spares_reaches_up(monkeypatch, tmp_path, argv, expected):
+    seen: list[bool] = []
+
+    def fake_up(workdir, progress=None, rebuild_image=False, with_spares=False):
+        seen.append(with_spares)
+        raise LabError("stop here", 2)
+
+    monkeypatch.setattr(lab_cli, "up", fake_up)
+    code, _out, err = _cli(*argv)
+    assert (code, seen) == (2, [expected]) and "stop here" in err
+
+
+def test_stop_and_start_host_reach_the_lab_with_the_name_and_fresh(monkeypatch):
+    calls: list[tuple] = []
+
+    def stop(name, progress=None):
+        calls.append(("stop", name))
+        return _fake_up()
+
+    def start(name, progress=None, fresh=False):
+        calls.append(("start", name, fresh))
+        return _fake_up()
+
+    monkeypatch.setattr(lab_cli, "stop_host", stop)
+    monkeypatch.setattr(lab_cli, "start_host", start)
+    assert _cli("stop-host", "db-slave-01")[0] == 0
+    assert _cli("start-host", "db-slave-01")[0] == 0
+    assert _cli("start-host", "--fresh", "haproxy-spare-01")[0] == 0
+    assert calls == [("stop", "db-slave-01"), ("start", "db-slave-01", False), ("start", "haproxy-spare-01", True)]
+
+
+def _fake_up() -> lab_mod.LabStatus:
+    return lab_mod.LabStatus("up", [])
