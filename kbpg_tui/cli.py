@@ -640,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="break it without asking (only a stale or dead holder's)")
     p.set_defaults(handler=cmd_unlock)
 
-    p = commands.add_parser("diagnose", help="probe the cluster: every check (18) in parallel, a report, exit 1 on any failure")
+    p = commands.add_parser("diagnose", help="probe the cluster: every check (19) in parallel, a report, exit 1 on any failure")
     p.add_argument("--answers", help="kbpg.toml (default: WORKDIR/kbpg.toml)")
     p.add_argument("--no-tui", action="store_true", help="print a table instead of opening the diagnostics panel")
     p.add_argument("--json", action="store_true", help="print a machine-readable report")
@@ -667,6 +667,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_restore_drill_parser(commands)
     add_restore_parser(commands)
+    from .cli_nodes import add_nodes_parser  # kbpg nodes plan
+
+    add_nodes_parser(commands)
     _add_optional_commands(commands)
     return parser
 

@@ -39,13 +39,13 @@ def _diagnostics(real_inventory: Path, values: creds.Credentials | None = None, 
 
 # --- one list of checks ------------------------------------------------------------------------------------
 
-def test_every_check_is_in_the_one_list_numbered_1_to_18() -> None:
-    assert [c.number for c in ALL_CHECKS] == list(range(1, 19))
+def test_every_check_is_in_the_one_list_numbered_1_to_19() -> None:
+    assert [c.number for c in ALL_CHECKS] == list(range(1, 20))
     assert CHECK_NAMES == {1: "inventory", 2: "ssh and sudo", 3: "services", 4: "patroni cluster",
                            5: "patroni timing", 6: "writes through the LB", 7: "read-only port", 8: "pgbouncer",
                            9: "roles and database", 10: "pgvector", 11: "haproxy", 12: "secret files",
                            13: "patroni rest auth", 14: "client sessions", 15: "synchronous replication", 16: "tls",
-                           17: "secrets", 18: "backups"}
+                           17: "secrets", 18: "backups", 19: "raft members"}
     assert diag.CHECK_NAMES is CHECK_NAMES and diag.Diagnostics is Diagnostics  # the names the CLI and UI import
 
 
@@ -80,7 +80,7 @@ def test_the_probes_of_the_company_inventory(real_inventory: Path) -> None:
             + [f"{n}:6432" for n in proxies] + [f"{n} REST :8008" for n in db] + [f"{n} stats :8404" for n in proxies],
         17: ["POSTGRES_APP_PASS", "POSTGRES_MONITOR_PASS", "POSTGRES_SUPERPASS", "POSTGRES_REPL_PASS",
              "PATRONI_API_PASSWORD", "HAPROXY_STATS_PASSWORD", "PGBOUNCER_ADMIN_PASS", "PGBOUNCER_STATS_PASS"],
-        18: ["backup-01"],
+        18: ["backup-01"], 19: db,
     }
 
 
@@ -141,7 +141,7 @@ def test_a_probe_that_hangs_is_failed_at_the_backstop_and_the_others_finish() ->
 
 def test_only_runs_the_checks_asked_for(real_inventory: Path) -> None:
     diagnostics = _diagnostics(real_inventory)
-    assert {p.number for p in diagnostics.probes()} == set(range(1, 19))
+    assert {p.number for p in diagnostics.probes()} == set(range(1, 20))
     diagnostics.probes = lambda: [_probe(1, "servers.tsv", lambda: "one"),  # type: ignore[method-assign]
                                   _probe(2, "db-master-01", lambda: pytest.fail("not asked for"))]
     assert [r.number for r in diagnostics.run(only={1}).results] == [1]

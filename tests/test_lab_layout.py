@@ -10,10 +10,10 @@ from pathlib import Path
 
 from kbpg_tui.core.inventory import load_selection
 from kbpg_tui.core.lab import workdir as lab_files
-from kbpg_tui.core.lab.topology import CLUSTER_HOSTS, HOSTS, SUBNET, host_by_name
+from kbpg_tui.core.lab.topology import ALL_HOSTS, CLUSTER_HOSTS, HOSTS, PINNED_HOSTS, SUBNET, host_by_name
 from kbpg_tui.core.settings import BackupSettings, load_settings
 
-FINGERPRINTS = {host.address: lab_files.new_key_pair(host.name).fingerprint for host in HOSTS}
+FINGERPRINTS = {host.address: lab_files.new_key_pair(host.name).fingerprint for host in ALL_HOSTS}
 
 
 def _rows(tmp_path: Path) -> list[list[str]]:
@@ -57,7 +57,7 @@ def test_the_lab_kbpg_toml_pins_backup_01_and_has_the_lab_backup_settings(tmp_pa
     assert lab_files.write_kbpg_toml(tmp_path, FINGERPRINTS)
     settings = load_settings(tmp_path / "kbpg.toml")
     assert settings.ssh.pinned_host_keys["198.18.0.153"] == FINGERPRINTS["198.18.0.153"]
-    assert set(settings.ssh.pinned_host_keys) == {host.address for host in CLUSTER_HOSTS}
+    assert set(settings.ssh.pinned_host_keys) == {host.address for host in PINNED_HOSTS}  # the spares' too
     # The defaults, but a shorter archive lag warning and drill time limit: the lab's cluster is small and idle.
     expected = BackupSettings()
     expected.warn_archive_lag_seconds = 90

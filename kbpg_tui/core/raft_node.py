@@ -11,6 +11,11 @@ import importlib
 import json
 
 STATUS_KEYS = ("leader", "raft_term", "commit_idx", "last_applied", "state", "has_quorum")
+# The membership, as the member itself has it (pysyncobj 0.3.14's getStatus): "self" (its own node, "host:port"),
+# "partner_nodes_count" and one "partner_node_status_server_<host:port>" per partner (2 connected, 0 not: 0.3.14
+# never says 1, "connecting", which later versions may). Answered as "self" (a string), "partners" ({"host:port":
+# 0/1/2}) and "partner_nodes_count".
+PARTNER_PREFIX = "partner_node_status_server_"
 
 
 def ask_raft(config_path: str, timeout: float) -> str:
@@ -37,4 +42,10 @@ def ask_raft(config_path: str, timeout: float) -> str:
         return f"r:silent {address} {' '.join(error.split())[:80]}"
     if not isinstance(status, dict):  # a refused connection returns None, it does not raise
         return f"r:silent {address} connection refused"
-    return "r:status " + json.dumps({key: status.get(key) for key in STATUS_KEYS}, default=str)
+    answer = {key: status.get(key) for key in STATUS_KEYS}
+    me = status.get("self")
+    answer["self"] = None if me is None else str(me)  # a pysyncobj Node: its str() is its "host:port"
+    answer["partners"] = {key[len(PARTNER_PREFIX):]: value for key, value in status.items()
+                          if isinstance(key, str) and key.startswith(PARTNER_PREFIX)}
+    answer["partner_nodes_count"] = status.get("partner_nodes_count")
+    return "r:status " + json.dumps(answer, default=str)

@@ -51,10 +51,12 @@ def test_hosts_have_no_outside_route(connect):
 def test_status_lists_every_host_running(lab_workdir):
     result = lab.status(lab_workdir)
     assert result.state == "up"
-    assert [host.name for host in result.hosts] == HOST_IDS
-    for host in result.hosts:
+    # The lab's hosts, then the spares (booted on demand: `kbpg lab start-host`).
+    assert [host.name for host in result.hosts] == HOST_IDS + [host.name for host in lab.SPARE_HOSTS]
+    for host in result.hosts[: len(HOSTS)]:
         assert host.running and host.ssh, host
         assert host.system_state == "running" and host.failed_units == []
+        assert not host.spare and not host.stopped
     table = result.render()
     for host in HOSTS:
         assert host.name in table and host.address in table

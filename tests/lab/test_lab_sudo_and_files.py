@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from kbpg_tui.core.credentials import read_env
-from kbpg_tui.core.lab.topology import CLUSTER_HOSTS, HOSTS, LB_ADDRESS, REPO_URL, host_by_name
+from kbpg_tui.core.lab.topology import ALL_HOSTS, CLUSTER_HOSTS, HOSTS, LB_ADDRESS, PINNED_HOSTS, REPO_URL, host_by_name
 
 from .conftest import sh
 
@@ -26,7 +26,7 @@ def test_key_and_secret_files_are_private(lab_workdir):
     assert _mode(lab_workdir / "credentials" / "sudo.env") == 0o600
     assert _mode(lab_workdir / ".kbpg-lab" / "host-keys") == 0o700
     fingerprints = json.loads((lab_workdir / "lab_host_keys.json").read_text())
-    assert set(fingerprints) == {host.address for host in HOSTS}
+    assert set(fingerprints) == {host.address for host in ALL_HOSTS}  # the spares' too
     assert all(value.startswith("SHA256:") for value in fingerprints.values())
     assert "BEGIN PGP PUBLIC KEY BLOCK" in (lab_workdir / "lab-repo.asc").read_text()
 
@@ -87,7 +87,7 @@ def test_kbpg_toml_points_at_the_lab(lab_workdir):
     assert settings.network.private_subnet == "198.18.0.0/24"
     assert (lab_workdir / "lab_ssh_key").samefile(settings.ssh.key_file)
     fingerprints = json.loads((lab_workdir / "lab_host_keys.json").read_text())
-    assert settings.ssh.pinned_host_keys == {host.address: fingerprints[host.address] for host in CLUSTER_HOSTS}
+    assert settings.ssh.pinned_host_keys == {host.address: fingerprints[host.address] for host in PINNED_HOSTS}
     assert "198.18.0.153" in settings.ssh.pinned_host_keys  # backup-01
     assert (settings.backup.enabled, settings.backup.warn_archive_lag_seconds, settings.backup.drill_timeout) == (True, 90, 1200)
     text = (lab_workdir / "kbpg.toml").read_text()

@@ -1,6 +1,7 @@
 """The diagnostics' checks, numbered like design.md's list (13 and 14: checks for the field failures; 15: synchronous
 replication; 16: TLS on every hop; 17: every secret works where it is used, its previous value refused; 18:
-backups: the newest backup's age, the archive's lag and `pgbackrest check`).
+backups: the newest backup's age, the archive's lag and `pgbackrest check`; 19: Raft's membership is the selected
+DB nodes).
 
 One module per check declares its number, name, targets and function (``CHECK``); :data:`ALL_CHECKS` is the one
 list of them. Adding a check is one module and one line here. The runner (``runner.Diagnostics``) runs their
@@ -29,9 +30,10 @@ from .c15_sync import CHECK as SYNCHRONOUS
 from .c16_tls import CHECK as TLS
 from .c17_secrets import CHECK as SECRETS
 from .c18_backup import CHECK as BACKUPS
+from .c19_raft_members import CHECK as RAFT_MEMBERS
 
 ALL_CHECKS: tuple[Check, ...] = (INVENTORY, SSH, SERVICES, PATRONI_CLUSTER, PATRONI_TIMING, WRITES, READ_ONLY,
                                  PGBOUNCER, ROLES, PGVECTOR, HAPROXY, SECRET_FILES, REST_AUTH, CLIENT_SESSIONS,
-                                 SYNCHRONOUS, TLS, SECRETS, BACKUPS)
+                                 SYNCHRONOUS, TLS, SECRETS, BACKUPS, RAFT_MEMBERS)
 
 CHECK_NAMES: dict[int, str] = {check.number: check.name for check in ALL_CHECKS}

@@ -3,20 +3,46 @@
 Part of the core: no Textual here. Plain functions reporting progress through
 an event sink (``kbpg_tui.core.events.Progress`` / ``Message``):
 
-    up(workdir, progress=sink) -> LabStatus
+    up(workdir, progress=sink, with_spares=False) -> LabStatus
     down(workdir=None, progress=sink) -> LabStatus
     status(workdir=None, probe_ssh=True) -> LabStatus
+    stop_host(name, progress=sink) -> LabStatus        (a dead server: link cut, processes killed)
+    start_host(name, progress=sink, fresh=False) -> LabStatus   (a spare, or a stopped host back)
     set_host_link(name, up) -> None      (cut/restore a host's network: failover drills)
     memory_usage() -> {host: bytes}
 
 All raise :class:`LabError` (with ``exit_code`` 2 where the lab cannot run here).
 """
 
-from .lab import HostStatus, LabStatus, check_environment, down, memory_usage, set_host_link, status, up
-from .topology import CLUSTER_HOSTS, HOSTS, LB_ADDRESS, REPO_COMPONENT, REPO_SUITE, REPO_URL, LabHost
+from .lab import (
+    HostStatus,
+    LabStatus,
+    check_environment,
+    down,
+    lab_host,
+    memory_usage,
+    set_host_link,
+    start_host,
+    status,
+    stop_host,
+    up,
+)
+from .topology import (
+    ALL_HOSTS,
+    CLUSTER_HOSTS,
+    HOSTS,
+    LB_ADDRESS,
+    PINNED_HOSTS,
+    REPO_COMPONENT,
+    REPO_SUITE,
+    REPO_URL,
+    SPARE_HOSTS,
+    LabHost,
+)
 from .util import LabError
 
 __all__ = [
+    "ALL_HOSTS",
     "CLUSTER_HOSTS",
     "HOSTS",
     "HostStatus",
@@ -24,13 +50,18 @@ __all__ = [
     "LabError",
     "LabHost",
     "LabStatus",
+    "PINNED_HOSTS",
     "REPO_COMPONENT",
     "REPO_SUITE",
     "REPO_URL",
+    "SPARE_HOSTS",
     "check_environment",
     "down",
+    "lab_host",
     "memory_usage",
     "set_host_link",
+    "start_host",
     "status",
+    "stop_host",
     "up",
 ]

@@ -1,4 +1,4 @@
-"""`kbpg lab up | down | status` for the plain command line.
+"""`kbpg lab up | down | status | stop-host | start-host` for the plain command line.
 
 The main CLI calls :func:`add_lab_parser` with its subparsers object; the
 parsed arguments carry ``handler`` (:func:`run_lab`), which returns the exit
@@ -18,7 +18,7 @@ from typing import TextIO
 
 from kbpg_tui.core.events import Event, Message, Progress
 
-from .lab import down, status, up
+from .lab import down, lab_host, start_host, status, stop_host, up
 from .util import LabError
 
 EXIT_OK = 0
@@ -27,19 +27,28 @@ EXIT_CANNOT_RUN = 2  # not root, a missing tool, no namespaces
 
 
 def add_lab_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``lab up|down|status`` on an argparse subparsers object."""
+    """Register ``lab up|down|status|stop-host|start-host`` on an argparse subparsers object."""
     lab = subparsers.add_parser(
         "lab",
         help="a local lab of real Debian hosts to try kbpg on",
         description="Start, stop or show the local lab: 3 DB hosts, 2 HAProxy hosts, a backup host and a cloud-LB "
-        "stand-in on 198.18.0.0/24, each a namespace host with its own systemd and sshd (needs root).",
+        "stand-in on 198.18.0.0/24, each a namespace host with its own systemd and sshd (needs root); and spare "
+        "hosts (db-spare-01, db-spare-02, haproxy-spare-01), not in servers.tsv, booted on demand.",
     )
-    actions = lab.add_subparsers(dest="lab_action", metavar="{up,down,status}", required=True)
+    actions = lab.add_subparsers(dest="lab_action", metavar="{up,down,status,stop-host,start-host}", required=True)
     up_parser = actions.add_parser("up", help="build the image if needed, boot the hosts, write servers.tsv, kbpg.toml and keys")
     up_parser.add_argument("--rebuild-image", action="store_true", help="rebuild the cached host image and repository first")
+    up_parser.add_argument("--with-spares", action="store_true", help="boot the spare hosts too (else: kbpg lab start-host NAME)")
     actions.add_parser("down", help="stop the hosts and remove everything the lab made on this machine")
     status_parser = actions.add_parser("status", help="list the hosts and their state")
     status_parser.add_argument("--json", action="store_true", help="machine-readable output")
+    stop_parser = actions.add_parser(
+        "stop-host", help="take one host down for good, as a dead server (its link cut, its processes killed)"
+    )
+    stop_parser.add_argument("name", metavar="NAME", help="a lab host (kbpg lab status lists them)")
+    start_parser = actions.add_parser("start-host", help="boot a spare, or a stopped host again (with its disk as it was)")
+    start_parser.add_argument("name", metavar="NAME", help="a lab host (kbpg lab status lists them)")
+    start_parser.add_argument("--fresh", action="store_true", help="on a blank disk: a new server with the same name, address and host key")
     lab.set_defaults(handler=run_lab)
     return lab
 
@@ -76,7 +85,16 @@ def run_lab(args: argparse.Namespace, out: TextIO | None = None) -> int:
     sink = _printer(out)
     try:
         if args.lab_action == "up":
-            result = up(workdir, progress=sink, rebuild_image=getattr(args, "rebuild_image", False))
+            result = up(workdir, progress=sink, rebuild_image=getattr(args, "rebuild_image", False),
+                        with_spares=getattr(args, "with_spares", False))
+            print(result.render(), file=out)
+            return EXIT_OK if result.up else EXIT_FAILED
+        if args.lab_action in ("stop-host", "start-host"):
+            lab_host(args.name)  # an unknown name is refused before anything else is looked at
+            if args.lab_action == "stop-host":
+                result = stop_host(args.name, progress=sink)
+            else:
+                result = start_host(args.name, progress=sink, fresh=getattr(args, "fresh", False))
             print(result.render(), file=out)
             return EXIT_OK if result.up else EXIT_FAILED
         if args.lab_action == "down":

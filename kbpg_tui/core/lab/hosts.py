@@ -201,6 +201,7 @@ def create_network(host: LabHost) -> None:
     run(["ip", "link", "set", host.veth_host, "master", BRIDGE_NAME, "up"], what="attach the veth to the bridge")
     inside = ["ip", "-n", host.netns]
     run([*inside, "link", "set", host.veth_peer, "name", "eth0"], what="rename the host's veth")
+    run([*inside, "link", "set", "eth0", "address", host.mac], what="give the host its fixed MAC")
     run([*inside, "addr", "add", f"{host.address}/{PREFIX_LEN}", "dev", "eth0"], what="address the host")
     run([*inside, "link", "set", "eth0", "up"], what="bring the host's link up")
     run([*inside, "link", "set", "lo", "up"], what="bring the host's loopback up")
@@ -343,6 +344,66 @@ def stop_hosts(hosts: list[LabHost], timeout: float | None = None) -> dict[str, 
         left = {host.name: cgroup_pids(host_cgroup(host)) for host in pending}
         raise LabError(f"processes still alive after SIGKILL: {left}")
     return outcome
+
+
+def kill_host(host: LabHost, timeout: float = 10.0) -> None:
+    """Take one host down as a server dies: no poweroff, nothing said to its peers.
+
+    Its link goes first (deleting the bridge side of its veth deletes the pair: no FIN or RST
+    from its dying sockets reaches anyone, its address simply stops answering), then every
+    process of its cgroup is SIGKILLed, then its namespace and cgroup are removed. Its
+    directories (its disk: the overlay's upper layer) stay, for ``start`` to boot it again.
+    Also clears what a crashed start or stop of this host left behind.
+    """
+    if host.veth_host in link_names():
+        run(["ip", "link", "del", host.veth_host], what=f"remove {host.name}'s link")
+    cgroup = host_cgroup(host)
+    if cgroup_pids(cgroup):
+        kill_cgroup(cgroup)
+    if host.netns in netns_names():
+        for pid in run(["ip", "netns", "pids", host.netns], check=False).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+
+    def gone() -> bool:
+        _reap()
+        return not cgroup_pids(cgroup) and (
+            host.netns not in netns_names() or not run(["ip", "netns", "pids", host.netns], check=False).stdout.split()
+        )
+
+    if not wait_until(gone, timeout, 0.05):
+        raise LabError(f"{host.name}: processes still alive after SIGKILL: {cgroup_pids(cgroup)}")
+    if host.netns in netns_names():
+        run(["ip", "netns", "del", host.netns], what=f"ip netns del {host.netns}")
+    # A cgroup whose last process has just died may still be busy for a moment.
+    errors: list[LabError] = []
+
+    def removed() -> bool:
+        try:
+            _remove_cgroup(cgroup)
+            return True
+        except LabError as exc:
+            errors[:] = [exc]
+            return False
+
+    if not wait_until(removed, 5.0, 0.05):
+        raise errors[0]
+
+
+def host_leftovers(host: LabHost) -> list[str]:
+    """What of one host exists on this machine now, its directories aside (empty: nothing runs, no network)."""
+    found = []
+    if cgroup_pids(host_cgroup(host)):
+        found.append(f"processes {cgroup_pids(host_cgroup(host))}")
+    if host_cgroup(host).is_dir():
+        found.append(f"cgroup {host_cgroup(host)}")
+    if host.netns in netns_names():
+        found.append(f"netns {host.netns}")
+    if host.veth_host in link_names():
+        found.append(f"link {host.veth_host}")
+    return found
 
 
 def kill_cgroup(cgroup: Path) -> None:

@@ -1,8 +1,13 @@
-"""`kbpg lab up | down | status`: the orchestration.
+"""`kbpg lab up | down | status | stop-host | start-host`: the orchestration.
 
 ``up`` records what it is about to make in a state file *before* making it, so
 that ``down`` can undo a crashed ``up``; ``down`` also sweeps by name prefix
 (netns, links, cgroups) so it cleans up even without that file.
+
+Hosts down on purpose: the spares (``topology.SPARE_HOSTS``), which ``up`` does not
+boot unless asked, and hosts taken down by ``stop_host`` as dead servers. The state
+file knows them (a host absent from ``state["hosts"]`` or listed in
+``state["stopped"]``), so the lab is still "up" without them; ``start_host`` boots one.
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ from . import image as image_mod
 from . import ssh as ssh_mod
 from . import workdir as files
 from .topology import (
+    ALL_HOSTS,
     BRIDGE_NAME,
     HOSTS,
     LOCK_FILE,
     REPO_URL,
     RUN_ROOT,
+    SPARE_HOSTS,
     STATE_FILE,
     SUDO_UID,
     SUDO_USER,
@@ -55,6 +62,9 @@ class HostStatus:
     ssh: bool = False  # sshd answers on port 22
     system_state: str = ""  # `systemctl is-system-running`, when asked and reachable
     failed_units: list[str] = field(default_factory=list)
+    spare: bool = False  # one of the spares (not in the lab's servers.tsv)
+    stopped: bool = False  # down on purpose: a spare not started, or a host `kbpg lab stop-host` took down
+    never_started: bool = False  # a spare this lab has not booted yet
 
 
 @dataclass
@@ -81,13 +91,17 @@ class LabStatus:
         lines = [f"lab: {self.state}" + (f" (work dir {self.workdir})" if self.workdir else "")]
         if self.message:
             lines.append(self.message)
-        lines.append(f"{'HOST':<14}{'ADDRESS':<15}{'ROLE':<9}{'USER':<7}{'SYSTEMD':<9}{'SSH':<5}STATE")
+        lines.append(f"{'HOST':<18}{'ADDRESS':<15}{'ROLE':<9}{'USER':<7}{'SYSTEMD':<9}{'SSH':<5}STATE")
         for host in self.hosts:
             state = host.system_state or "-"
             if host.failed_units:
                 state += " (failed: " + ", ".join(host.failed_units) + ")"
+            if host.stopped and not host.running:
+                state = ("spare, not started" if host.never_started else "stopped for good") + f": kbpg lab start-host {host.name}"
+            elif host.spare:
+                state += " (spare)"
             lines.append(
-                f"{host.name:<14}{host.address:<15}{host.kind:<9}{host.user_ssh:<7}"
+                f"{host.name:<18}{host.address:<15}{host.kind:<9}{host.user_ssh:<7}"
                 f"{'running' if host.running else 'stopped':<9}{'yes' if host.ssh else 'no':<5}{state}"
             )
         return "\n".join(lines)
@@ -259,7 +273,19 @@ def _prepare_upper(host: LabHost, lowers: list[Path], host_key: files.KeyPair, o
 # --- up / down / status --------------------------------------------------------
 
 
-def _host_status(host: LabHost, bridge_up: bool) -> HostStatus:
+def _down_on_purpose(state: dict) -> set[str]:
+    """Names of the hosts the lab runs without: never started by ``up`` (the spares) or stopped by ``stop_host``.
+
+    Only for a lab that ``up`` recorded; a state file written before the lab had spares lists no spare in
+    ``hosts``, so they count as not started there too.
+    """
+    if not state:
+        return set()
+    started = state.get("hosts", {})
+    return {host.name for host in ALL_HOSTS if host.name not in started} | set(state.get("stopped", []))
+
+
+def _host_status(host: LabHost, bridge_up: bool, stopped: bool = False, never_started: bool = False) -> HostStatus:
     running = hosts_mod.init_pid(host) is not None
     return HostStatus(
         host.name,
@@ -270,6 +296,9 @@ def _host_status(host: LabHost, bridge_up: bool) -> HostStatus:
         # Only through the lab's bridge: without it a packet to 198.18.0.x would
         # follow this machine's default route out, and lab traffic stays here.
         ssh=running and bridge_up and ssh_mod.ssh_answers(host.address, timeout=0.5),
+        spare=host in SPARE_HOSTS,
+        stopped=stopped,
+        never_started=never_started,
     )
 
 
@@ -295,13 +324,19 @@ def status(workdir: Path | None = None, probe_ssh: bool = True) -> LabStatus:
     recorded_workdir = state.get("workdir", "")
     key_dir = Path(recorded_workdir) if recorded_workdir else workdir
     bridge_up = BRIDGE_NAME in hosts_mod.link_names()
-    host_states = [_host_status(host, bridge_up) for host in HOSTS]
+    down_on_purpose = _down_on_purpose(state)
+    started = state.get("hosts", {})
+    host_states = [
+        _host_status(host, bridge_up, host.name in down_on_purpose, bool(state) and host.name not in started)
+        for host in ALL_HOSTS
+    ]
     if probe_ssh and key_dir is not None and (key_dir / files.SSH_KEY_NAME).exists():
         reachable = [host for host in host_states if host.ssh]
-        with ThreadPoolExecutor(max_workers=len(HOSTS)) as pool:
+        with ThreadPoolExecutor(max_workers=len(ALL_HOSTS)) as pool:
             list(pool.map(lambda host: _probe_system(key_dir, host), reachable))
     running = sum(host.running for host in host_states)
-    if running == len(HOSTS) and state.get("phase") == "up":
+    # Up: every host runs but those down on purpose, which do not.
+    if state.get("phase") == "up" and all(host.running != host.stopped for host in host_states):
         lab_state = "up"
     elif running == 0 and not state and not any(hosts_mod.leftovers().values()):
         lab_state = "down"
@@ -313,9 +348,10 @@ def status(workdir: Path | None = None, probe_ssh: bool = True) -> LabStatus:
     return LabStatus(lab_state, host_states, recorded_workdir, state.get("image_key", ""), message=message)
 
 
-def up(workdir: Path, progress: ProgressSink | None = None, rebuild_image: bool = False) -> LabStatus:
+def up(workdir: Path, progress: ProgressSink | None = None, rebuild_image: bool = False, with_spares: bool = False) -> LabStatus:
     """Bring the lab up (building the image first if needed) and write the work dir files.
 
+    The spares boot too only ``with_spares`` (else ``start_host`` boots one when needed).
     A second call while the lab is up changes nothing and says so. On failure
     everything made so far is taken down again and LabError is raised.
     """
@@ -326,6 +362,9 @@ def up(workdir: Path, progress: ProgressSink | None = None, rebuild_image: bool 
         current = status(workdir, probe_ssh=False)
         if current.state == "up":
             current.message = f"the lab is already up (work dir {current.workdir}): nothing changed"
+            stopped = [host.name for host in current.hosts if host.stopped and not host.spare]
+            if stopped:
+                current.message += f"; stopped for good: {', '.join(stopped)} (kbpg lab start-host NAME)"
             reporter.info(current.message)
             return current
         if current.state == "partial":
@@ -342,20 +381,24 @@ def up(workdir: Path, progress: ProgressSink | None = None, rebuild_image: bool 
         # Recorded before anything is made: `down` after a crash knows what to look for.
         state = {"phase": "starting", "workdir": str(workdir), "image_key": image.key, "started_at": time.time(), "hosts": {}}
         _write_state(state)
+        booted = ALL_HOSTS if with_spares else HOSTS
         try:
-            _boot(image, host_keys, operator, sudo_password, reporter, state)
-            _wait_ready(workdir, reporter)
+            _boot(image, host_keys, operator, sudo_password, reporter, state, booted)
+            _wait_ready(workdir, reporter, booted)
+            files.write_servers_tsv(workdir)
+            fingerprints = {host.address: host_keys[host.name].fingerprint for host in ALL_HOSTS}
+            if files.write_kbpg_toml(workdir, fingerprints):
+                reporter.info(f"wrote {workdir / 'kbpg.toml'}")
+            else:
+                reporter.info(f"kept the existing {workdir / 'kbpg.toml'}")
+                added = files.add_spare_pins(workdir, fingerprints)
+                if added:
+                    reporter.info(f"pinned the spares' host keys in it ({', '.join(added)})")
         except BaseException:
             reporter.warning("`up` failed: taking down what it made")
             _save_console_logs(workdir)
             _down_locked(reporter)
             raise
-        files.write_servers_tsv(workdir)
-        fingerprints = {host.address: host_keys[host.name].fingerprint for host in HOSTS}
-        if files.write_kbpg_toml(workdir, fingerprints):
-            reporter.info(f"wrote {workdir / 'kbpg.toml'}")
-        else:
-            reporter.info(f"kept the existing {workdir / 'kbpg.toml'}")
         state["phase"] = "up"
         state["up_seconds"] = round(time.monotonic() - started, 1)
         _write_state(state)
@@ -369,23 +412,35 @@ def up(workdir: Path, progress: ProgressSink | None = None, rebuild_image: bool 
         return result
 
 
-def _boot(image: image_mod.Image, host_keys: dict, operator: files.KeyPair, sudo_password: str, reporter: Reporter, state: dict) -> None:
+def _lowers(image: image_mod.Image, host: LabHost) -> list[Path]:
+    return [image.lb_layer, image.rootfs] if host.kind == "lb" else [image.rootfs]
+
+
+def _boot(
+    image: image_mod.Image,
+    host_keys: dict,
+    operator: files.KeyPair,
+    sudo_password: str,
+    reporter: Reporter,
+    state: dict,
+    booted: tuple[LabHost, ...] = HOSTS,
+) -> None:
     reporter.progress("network: bridge and namespaces", 0.0)
     hosts_mod.ensure_bridge()
-    for index, host in enumerate(HOSTS):
-        lowers = [image.lb_layer, image.rootfs] if host.kind == "lb" else [image.rootfs]
+    for index, host in enumerate(booted):
+        lowers = _lowers(image, host)
         hosts_mod.create_network(host)
         _prepare_upper(host, lowers, host_keys[host.name], operator, sudo_password if host.user_ssh != "root" else None)
         pid = hosts_mod.start(host, lowers, image.repo if host.kind == "lb" else None)
         state["hosts"][host.name] = {"launcher_pid": pid, "address": host.address}
         _write_state(state)
-        reporter.progress(f"boot: {host.name} ({host.address}) started", 0.1 + 0.3 * (index + 1) / len(HOSTS))
-    for host in HOSTS:
+        reporter.progress(f"boot: {host.name} ({host.address}) started", 0.1 + 0.3 * (index + 1) / len(booted))
+    for host in booted:
         state["hosts"][host.name]["init_pid"] = hosts_mod.wait_for_init(host)
     _write_state(state)
 
 
-def _wait_ready(workdir: Path, reporter: Reporter) -> None:
+def _wait_ready(workdir: Path, reporter: Reporter, hosts: tuple[LabHost, ...] = HOSTS) -> None:
     """Every host answers SSH and its systemd has finished booting ("running", else a warning)."""
     reporter.progress("waiting for SSH and for systemd to finish booting on every host", 0.45)
     done: list[str] = []
@@ -402,11 +457,11 @@ def _wait_ready(workdir: Path, reporter: Reporter) -> None:
             client.close()
         lines = out.splitlines()
         done.append(host.name)
-        reporter.progress(f"ssh: {host.name} answers ({lines[0] if lines else '?'})", 0.45 + 0.5 * len(done) / len(HOSTS))
+        reporter.progress(f"ssh: {host.name} answers ({lines[0] if lines else '?'})", 0.45 + 0.5 * len(done) / len(hosts))
         return host.name, (lines[0].strip() if lines else ""), " ".join(line.split()[0] for line in lines[1:] if line.strip())
 
-    with ThreadPoolExecutor(max_workers=len(HOSTS)) as pool:
-        results = list(pool.map(one, HOSTS))
+    with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+        results = list(pool.map(one, hosts))
     for name, system_state, failed in results:
         if system_state != "running":
             reporter.warning(f"{name}: systemd says {system_state!r}" + (f"; failed units: {failed}" if failed else ""))
@@ -415,7 +470,7 @@ def _wait_ready(workdir: Path, reporter: Reporter) -> None:
 def _save_console_logs(workdir: Path) -> None:
     """Keep each host's console (systemd's boot messages) in <workdir>/logs/lab/ for diagnosis."""
     target = workdir / "logs" / "lab"
-    for host in HOSTS:
+    for host in ALL_HOSTS:
         console = hosts_mod.host_paths(host).console
         if console.exists():
             target.mkdir(parents=True, exist_ok=True)
@@ -451,12 +506,12 @@ def down(workdir: Path | None = None, progress: ProgressSink | None = None) -> L
 def _down_locked(reporter: Reporter) -> None:
     started = time.monotonic()
     reporter.progress("stopping the hosts (poweroff, SIGKILL after a timeout)", 0.1)
-    outcome = hosts_mod.stop_hosts(list(HOSTS))
+    outcome = hosts_mod.stop_hosts(list(ALL_HOSTS))
     killed = [name for name, how in outcome.items() if how == "killed"]
     if killed:
         reporter.warning(f"did not power off in time, killed: {', '.join(killed)}")
     reporter.progress("removing namespaces, links, cgroups and host directories", 0.7)
-    hosts_mod.sweep(list(HOSTS))
+    hosts_mod.sweep(list(ALL_HOSTS))
     STATE_FILE.unlink(missing_ok=True)
     left = {kind: items for kind, items in hosts_mod.leftovers().items() if items}
     if left:
@@ -467,9 +522,12 @@ def _down_locked(reporter: Reporter) -> None:
 def memory_usage() -> dict[str, int]:
     """Memory (PSS, bytes) of each running host's processes: what the idle lab costs this machine."""
     usage: dict[str, int] = {}
-    for host in HOSTS:
+    for host in ALL_HOSTS:
         total = 0
-        for pid in hosts_mod.cgroup_pids(hosts_mod.host_cgroup(host)):
+        pids = hosts_mod.cgroup_pids(hosts_mod.host_cgroup(host))
+        if not pids:
+            continue  # not running (a spare not started, a host stopped for good)
+        for pid in pids:
             try:
                 with open(f"/proc/{pid}/smaps_rollup", encoding="utf-8") as rollup:
                     for line in rollup:
@@ -490,9 +548,120 @@ def set_host_link(name: str, up: bool) -> None:
     The host keeps running; only its veth on the bridge goes down, so it is cut
     off from every other host and from this machine.
     """
-    host = next((host for host in HOSTS if host.name == name), None)
+    host = next((host for host in ALL_HOSTS if host.name == name), None)
     if host is None:
         raise LabError(f"no lab host called {name!r}")
     if hosts_mod.init_pid(host) is None:
         raise LabError(f"{name} is not running")
     run(["ip", "link", "set", host.veth_host, "up" if up else "down"], what=f"set {name}'s link {'up' if up else 'down'}")
+
+
+# --- one host at a time: a dead server, a spare ------------------------------------
+
+
+def lab_host(name: str) -> LabHost:
+    """The lab host called ``name``; LabError (exit 2) naming every known host otherwise."""
+    host = next((host for host in ALL_HOSTS if host.name == name), None)
+    if host is None:
+        known = ", ".join(host.name for host in ALL_HOSTS)
+        raise LabError(f"no lab host called {name!r}: the lab's hosts are {known}", 2)
+    return host
+
+
+def _need_root(action: str) -> None:
+    if os.geteuid() != 0:
+        raise LabError(f"the lab needs root: run `kbpg lab {action}` with sudo or as root", 2)
+
+
+def _recorded_lab() -> dict:
+    """The state of a lab that is up (its host changes need one); LabError (exit 2) otherwise."""
+    state = _read_state()
+    if state.get("phase") != "up":
+        raise LabError("the lab is not up: `kbpg lab up` first" + (" (`kbpg lab down` clears a partial one)" if state else ""), 2)
+    return state
+
+
+def stop_host(name: str, progress: ProgressSink | None = None) -> LabStatus:
+    """Take one host down for good, as a dead server: its link cut, every process SIGKILLed, its namespace gone.
+
+    The lab stays "up" without it (``status`` shows it stopped) until ``start_host`` boots it again;
+    ``down`` removes it with the rest. A host already stopped: nothing changes.
+    """
+    reporter = Reporter(progress)
+    host = lab_host(name)
+    _need_root("stop-host")
+    with _lab_lock():
+        state = _recorded_lab()
+        already = state.get("stopped", [])
+        if host.name in already and not hosts_mod.host_leftovers(host):
+            result = status(None, probe_ssh=False)
+            result.message = f"{host.name} is already stopped: nothing changed"
+            reporter.info(result.message)
+            return result
+        # Recorded first: a crash halfway leaves a host that `status` shows as not what it should be.
+        state["stopped"] = sorted({*already, host.name})
+        _write_state(state)
+        started = time.monotonic()
+        hosts_mod.kill_host(host)
+        left = hosts_mod.host_leftovers(host)
+        if left:
+            raise LabError(f"{host.name}: could not remove everything: {', '.join(left)}")
+        result = status(None, probe_ssh=False)
+        result.changed = True
+        result.message = (f"{host.name} ({host.address}) stopped for good in {time.monotonic() - started:.1f} s: "
+                          f"processes killed, network gone; `kbpg lab start-host {host.name}` boots it again")
+        reporter.progress(result.message, 1.0)
+        return result
+
+
+def start_host(name: str, progress: ProgressSink | None = None, fresh: bool = False) -> LabStatus:
+    """Boot one host of a lab that is up: a spare, or a host ``stop_host`` took down (with its disk as it was
+    left, as a server that comes back; ``fresh``: a blank disk, as a new server with the same name, address
+    and pinned host key). Waits for its SSH and its systemd, like ``up``. On failure the host is taken down
+    again (it stays stopped) and LabError is raised. A host already running: nothing changes.
+    """
+    reporter = Reporter(progress)
+    host = lab_host(name)
+    _need_root("start-host")
+    check_environment(need_build=False)
+    with _lab_lock():
+        state = _recorded_lab()
+        if hosts_mod.init_pid(host) is not None:
+            result = status(None, probe_ssh=False)
+            result.message = f"{host.name} is already running: nothing changed"
+            reporter.info(result.message)
+            return result
+        image = image_mod.cached_image(state.get("image_key") or None)
+        if image is None:
+            raise LabError(f"the image the lab runs ({state.get('image_key', '?')}) is no longer cached: "
+                           "`kbpg lab down`, then `kbpg lab up`")
+        workdir = Path(state["workdir"])
+        started = time.monotonic()
+        keys = files.host_keys(workdir)  # made for a spare of a lab brought up before spares existed
+        files.write_host_key_files(workdir, keys)
+        lowers = _lowers(image, host)
+        try:
+            hosts_mod.kill_host(host)  # whatever a crashed start or stop of this host left
+            paths = hosts_mod.host_paths(host)
+            if fresh or not paths.upper.is_dir():
+                if paths.work.exists():
+                    shutil.rmtree(paths.work)
+                sudo = files.sudo_password(workdir) if host.user_ssh != "root" else None
+                _prepare_upper(host, lowers, keys[host.name], files.ssh_key(workdir), sudo)
+            reporter.progress(f"boot: {host.name} ({host.address})" + (" on a blank disk" if fresh else ""), 0.1)
+            hosts_mod.create_network(host)
+            pid = hosts_mod.start(host, lowers, image.repo if host.kind == "lb" else None)
+            init = hosts_mod.wait_for_init(host)
+            _wait_ready(workdir, reporter, (host,))
+        except BaseException:
+            reporter.warning(f"{host.name} did not start: taking it down again")
+            hosts_mod.kill_host(host)
+            raise
+        state["hosts"][host.name] = {"launcher_pid": pid, "init_pid": init, "address": host.address}
+        state["stopped"] = [other for other in state.get("stopped", []) if other != host.name]
+        _write_state(state)
+        result = status(None, probe_ssh=False)
+        result.changed = True
+        result.message = f"{host.name} ({host.address}) started in {time.monotonic() - started:.1f} s"
+        reporter.progress(result.message, 1.0)
+        return result

@@ -71,6 +71,13 @@ class LabHost:
         return f"{NAME_PREFIX}-p{self.octet}"
 
     @property
+    def mac(self) -> str:
+        """The host's fixed MAC (locally administered, from its address): a host stopped and started again, or
+        brought down and up with the lab, keeps it, so its peers' ARP entries stay right (a new MAC left them
+        sending to the old one for up to ~30 s)."""
+        return f"02:6b:62:12:00:{self.octet:02x}"
+
+    @property
     def fqdn(self) -> str:
         return f"{self.fqdn_label or self.name}.{DOMAIN}"
 
@@ -89,10 +96,26 @@ HOSTS: tuple[LabHost, ...] = (
 # Every host kbpg reaches over SSH (DB, HAProxy, backup): in servers.tsv, their host keys pinned in kbpg.toml.
 CLUSTER_HOSTS: tuple[LabHost, ...] = tuple(host for host in HOSTS if host.kind != "lb")
 
+# Spare servers, to replace a DB or HAProxy node and to grow 3 -> 5 DB nodes: bare hosts like the others,
+# their host keys pinned in kbpg.toml, but NOT in servers.tsv (a test edits servers.tsv to use them) and
+# not booted by `kbpg lab up` (`kbpg lab start-host NAME` boots one: `up` stays as fast as it was).
+# Kept out of HOSTS, which every existing user reads as "the lab's cluster hosts and the LB".
+SPARE_HOSTS: tuple[LabHost, ...] = (
+    LabHost("db-spare-01", "198.18.0.123", "db", fqdn_label="db-spare1", public_address="198.18.1.123"),
+    LabHost("db-spare-02", "198.18.0.124", "db", fqdn_label="db-spare2", public_address="198.18.1.124"),
+    LabHost("haproxy-spare-01", "198.18.0.13", "haproxy", fqdn_label="haproxy-spare1", public_address="198.18.1.13"),
+)
+
+# Every host the lab can run: what `down` stops and sweeps, what `status` lists.
+ALL_HOSTS: tuple[LabHost, ...] = HOSTS + SPARE_HOSTS
+
+# Every host whose key is pinned in the lab's kbpg.toml: the cluster hosts and the spares.
+PINNED_HOSTS: tuple[LabHost, ...] = CLUSTER_HOSTS + SPARE_HOSTS
+
 
 def host_by_name(name: str) -> LabHost:
-    """The lab host called ``name``; KeyError if there is none."""
-    for host in HOSTS:
+    """The lab host called ``name`` (spares included); KeyError if there is none."""
+    for host in ALL_HOSTS:
         if host.name == name:
             return host
     raise KeyError(name)

@@ -1,14 +1,15 @@
 """What the lab writes into the work directory for kbpg (and its tests) to use.
 
 - ``lab_ssh_key`` (+ ``.pub``): the operator key authorized on every host, 0600;
-- ``lab_host_keys.json``: ``{address: "SHA256:..."}`` of each host's SSH key,
+- ``lab_host_keys.json``: ``{address: "SHA256:..."}`` of each host's SSH key (the spares' too),
   and ``lab_known_hosts`` (OpenSSH format) for the lab's own tests; the hosts'
   private host keys stay in ``.kbpg-lab/host-keys/`` so that a lab brought down
   and up again keeps the keys kbpg has already accepted;
 - ``credentials/sudo.env``: ``KBPG_SUDO_PASSWORD`` of the sudo user (0600);
 - ``lab-repo.asc``: the public key of the lab's apt repository;
 - ``servers.tsv``: the real 12-column inventory format (DB, HAProxy and backup hosts), decoys included;
-- ``kbpg.toml``: the lab's answers (written only if absent: the operator's edits win).
+- ``kbpg.toml``: the lab's answers (written only if absent: the operator's edits win; the spares'
+  pinned keys are added to an existing one that lacks them).
 """
 
 from __future__ import annotations
@@ -28,13 +29,15 @@ from kbpg_tui.core.credentials import CredentialsError, generate_password, quote
 from kbpg_tui.core.files import atomic_write
 
 from .topology import (
+    ALL_HOSTS,
     CLUSTER_HOSTS,
-    HOSTS,
     LB_ADDRESS,
+    PINNED_HOSTS,
     POSTGRESQL_VERSION,
     REPO_COMPONENT,
     REPO_SUITE,
     REPO_URL,
+    SPARE_HOSTS,
     SUBNET,
     LabHost,
 )
@@ -99,14 +102,14 @@ def host_keys(workdir: Path) -> dict[str, KeyPair]:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(workdir / PRIVATE_DIR, 0o700)
     os.chmod(directory, 0o700)
-    return {host.name: _load_or_make_key(directory / host.name, f"root@{host.name}") for host in HOSTS}
+    return {host.name: _load_or_make_key(directory / host.name, f"root@{host.name}") for host in ALL_HOSTS}
 
 
 def write_host_key_files(workdir: Path, keys: dict[str, KeyPair]) -> None:
     """``lab_host_keys.json`` ({address: fingerprint}) and ``lab_known_hosts``."""
-    fingerprints = {host.address: keys[host.name].fingerprint for host in HOSTS}
+    fingerprints = {host.address: keys[host.name].fingerprint for host in ALL_HOSTS}
     atomic_write(workdir / HOST_KEYS_JSON, (json.dumps(fingerprints, indent=2) + "\n").encode(), mode=0o644)
-    lines = [f"{host.address} {' '.join(keys[host.name].public_line.split()[:2])}" for host in HOSTS]
+    lines = [f"{host.address} {' '.join(keys[host.name].public_line.split()[:2])}" for host in ALL_HOSTS]
     atomic_write(workdir / KNOWN_HOSTS_NAME, ("\n".join(lines) + "\n").encode(), mode=0o644)
 
 
@@ -235,7 +238,8 @@ def lab_settings(workdir: Path, fingerprints: dict[str, str]):
     settings.backup.warn_archive_lag_seconds = 90
     settings.backup.drill_timeout = 1200
     settings.ssh.key_file = str((workdir / SSH_KEY_NAME).resolve())
-    settings.ssh.pinned_host_keys = {host.address: fingerprints[host.address] for host in CLUSTER_HOSTS}
+    # The spares' keys too: a test points a servers.tsv row at a spare and kbpg connects with --yes.
+    settings.ssh.pinned_host_keys = {host.address: fingerprints[host.address] for host in PINNED_HOSTS}
     return settings
 
 
@@ -250,6 +254,27 @@ def write_kbpg_toml(workdir: Path, fingerprints: dict[str, str]) -> bool:
     from_dict(to_dict(settings), str(path))  # validate before writing: a bad lab default is a bug here
     save_settings(settings, path)
     return True
+
+
+def add_spare_pins(workdir: Path, fingerprints: dict[str, str]) -> list[str]:
+    """Pin the spares' host keys in an existing ``<workdir>/kbpg.toml`` that has no pin for their addresses
+    (one written before the lab had spares); returns the addresses added.
+
+    A pin already there (the operator's) is kept; a kbpg.toml that does not load is left as it is.
+    """
+    from kbpg_tui.core.settings import SettingsError, load_settings, save_settings
+
+    path = workdir / "kbpg.toml"
+    try:
+        settings = load_settings(path)
+    except SettingsError:
+        return []
+    missing = [host.address for host in SPARE_HOSTS if host.address not in settings.ssh.pinned_host_keys]
+    if not missing:
+        return []
+    settings.ssh.pinned_host_keys.update({address: fingerprints[address] for address in missing})
+    save_settings(settings, path)
+    return missing
 
 
 def remove_private_dir(workdir: Path) -> None:

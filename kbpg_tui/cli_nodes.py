@@ -1,0 +1,67 @@
+"""``kbpg nodes plan``: servers.tsv against the running cluster (kbpg_tui.core.nodes), read only.
+
+Exit 0: nothing to do; 1: changes planned (the steps printed); 2: bad input (kbpg.toml, servers.tsv, postgres.env)
+or a plan refused (each reason printed). It takes no lock and changes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .cli import EXIT_FAILED, EXIT_OK, PlainPrinter
+from .cli_ops import EXIT_BAD_INPUT, _prepared
+
+
+def _state(node) -> str:  # noqa: ANN001 (a nodes.DbNode)
+    partners = ", ".join(f"{address}{'' if state == 2 else ' (not connected)'}"
+                         for address, state in sorted(node.raft_partners.items()))
+    return (f"  {node.name:<16} servers.tsv {node.tsv_address or '-':<15} patroni {node.patroni_address or '-':<15} "
+            f"{node.role or '-':<12} raft {node.raft_self or '-'}" + (f" partners {partners}" if partners else "")
+            + ("" if node.reachable else f"  NOT ANSWERING ({node.detail})" if node.detail else "  NOT ANSWERING"))
+
+
+def cmd_nodes_plan(args: argparse.Namespace) -> int:
+    from .core import nodes
+
+    printer = PlainPrinter(stream=sys.stderr)
+    run, _interactive = _prepared(args, "nodes", printer)
+    try:
+        membership = nodes.read_membership(run.ctx)
+        result = nodes.plan(run.ctx.selection, membership)
+    finally:
+        printer.close()
+        run.close()
+    if args.json:
+        print(json.dumps({"membership": membership.to_dict(), "plan": result.to_dict()}, indent=2,
+                         ensure_ascii=False))
+    else:
+        print(f"Raft members ({len(membership.raft_members)}): {', '.join(membership.raft_members) or 'unknown'}; "
+              f"answering: {', '.join(membership.raft_reachable) or 'none'}")
+        for node in membership.db:
+            print(_state(node))
+        if membership.haproxy_admitted is not None:
+            print(f"HAProxy nodes pg_hba admits: {', '.join(membership.haproxy_admitted) or 'none'}")
+        for line in nodes.describe(result):
+            if not line.startswith("refused: "):
+                print(line)
+    for reason in result.refused:
+        print(f"kbpg nodes plan: refused: {reason}", file=sys.stderr)
+    if result.refused:
+        return EXIT_BAD_INPUT
+    return EXIT_FAILED if result.changes else EXIT_OK
+
+
+def add_nodes_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("nodes", help="DB and HAProxy nodes: what servers.tsv changes against the running cluster")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = actions.add_parser("plan", help="what differs (DB nodes to add, replace, remove; stale Raft members; HAProxy "
+                                        "nodes) and the steps, one node at a time keeping Raft's quorum; exit 0 "
+                                        "nothing to do, 1 changes planned, 2 refused or bad input")
+    a.add_argument("--answers", help="kbpg.toml (default: WORKDIR/kbpg.toml)")
+    a.add_argument("--json", action="store_true", help="the membership and the plan as JSON")
+    a.set_defaults(handler=cmd_nodes_plan, yes=True)
+
+
+__all__ = ["add_nodes_parser", "cmd_nodes_plan"]
