@@ -71,6 +71,11 @@ class Cancelled(SshError):
     """The operator cancelled; the command's channel was closed."""
 
 
+class ConnectionLost(SshError):
+    """The host's SSH connection died under a command (or just before it); it was dropped: the next command
+    connects afresh. Whether the command ran, or how far, is unknown: only a read-only caller may run it again."""
+
+
 class HostNotAnswering(SshError):
     """The host did not answer on its SSH connection for ``ssh.silence_timeout`` s; its command was abandoned."""
 
@@ -675,7 +680,7 @@ class Connection:
             raise SshError(f"{self.host.name}: not connected")
         transport = client.get_transport()
         if transport is None or not transport.is_active():
-            raise SshError(f"{self.host.name}: the SSH connection was lost")
+            raise ConnectionLost(f"{self.host.name}: the SSH connection was lost")
         shown = _short(label or command)
         liveness = self._liveness
         watch = None
@@ -707,8 +712,8 @@ class Connection:
             raise SshError(f"{self.host.name}: SSH channel failed during `{shown}`: {exc}") from None
         if status == -1 and not transport.is_active():  # paramiko's exit status of a channel whose connection died
             self._drop(client)
-            raise SshError(f"{self.host.name} ({self.host.address}): the SSH connection was lost during `{shown}`; "
-                           f"check that {self.host.name} is reachable, then run the same command again")
+            raise ConnectionLost(f"{self.host.name} ({self.host.address}): the SSH connection was lost during `{shown}`; "
+                                 f"check that {self.host.name} is reachable, then run the same command again")
         return Result(command, status, stdout, stderr, time.monotonic() - started)
 
     def run(

@@ -12,6 +12,7 @@ logs in only on the DB nodes themselves (:meth:`ProbeContext.local_sql`, over SS
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import shlex
 import ssl
@@ -25,8 +26,10 @@ from .. import cluster, tls
 from ..cluster import PSQL, NoAnswer, http_request
 from ..engine import Context
 from ..logs import redact
-from ..ssh import Host
+from ..ssh import ConnectionLost, Host
 from .base import CheckFailed
+
+log = logging.getLogger("kbpg.diagnose")
 
 DEFAULT_TIMEOUT = 8.0
 
@@ -146,8 +149,20 @@ class ProbeContext:
     # SSH
 
     def ssh(self, host: Host, script: str, stdin: str | None = None, timeout: float | None = None) -> str:
-        connection = self.ctx.pool.get(host)
-        return connection.run(script, stdin=stdin, timeout=timeout or self.timeout).stdout
+        """The output of ``script`` run on ``host`` (a non-zero exit raises RemoteCommandError).
+
+        Every check's command only reads, so one whose SSH connection was lost under it (ConnectionLost: the
+        connection is dropped, the pool's next ``get`` connects afresh) is run once more, on a new connection; a
+        second loss is the probe's failure. A timeout, a non-zero exit, a silent host or a cancel is not retried.
+        """
+        try:
+            return self.ctx.pool.get(host).run(script, stdin=stdin, timeout=timeout or self.timeout).stdout
+        except ConnectionLost as exc:
+            if self.ctx.cancel.is_set():
+                raise
+            log.warning("%s; running the same read-only command once more on a new connection",
+                        redact(str(exc).splitlines()[0] if str(exc) else host.name))
+        return self.ctx.pool.get(host).run(script, stdin=stdin, timeout=timeout or self.timeout).stdout
 
     def sudo_mode(self, host: Host) -> str | None:
         return self.ctx.pool.get(host).sudo_mode
