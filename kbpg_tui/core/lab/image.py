@@ -38,6 +38,7 @@ from typing import Callable, Iterator
 
 from . import repo as repo_mod
 from .topology import (
+    ALL_HOSTS,
     CACHE_ROOT,
     HOSTS,
     LB_ADDRESS,
@@ -46,6 +47,7 @@ from .topology import (
     REPO_MOUNT,
     REPO_PORT,
     REPO_SUITE,
+    LabHost,
 )
 from .util import LabError, Reporter, read_list_file, remove_tree, run, unmount_all_under
 
@@ -91,13 +93,22 @@ def assets_dir() -> Traversable:
     return resources.files("kbpg_tui.assets").joinpath("lab")
 
 
-def render_lb_haproxy_cfg() -> str:
-    """The LB stand-in's HAProxy config: a plain TCP balancer over both HAProxy hosts.
+# The HAProxy hosts in the config baked into the image's LB layer: HOSTS' only, as when the image was first
+# built, so that the recipe (hence the cache key) did not change when the spares came; the LB stand-in boots
+# with LB_BACKENDS instead (:func:`lb_haproxy_cfg`, written into its upper layer at every boot).
+IMAGE_LB_BACKENDS: tuple[LabHost, ...] = tuple(host for host in HOSTS if host.kind == "haproxy")
+# What the LB stand-in balances over: every HAProxy host the lab can run, the spare too, like a cloud LB whose
+# target group holds the spare: a backend stopped or not yet serving fails its health checks and gets no traffic.
+LB_BACKENDS: tuple[LabHost, ...] = tuple(host for host in ALL_HOSTS if host.kind == "haproxy")
+LB_CONFIG_PATH = "etc/haproxy/haproxy.cfg"  # relative to the LB stand-in's root
+
+
+def render_lb_haproxy_cfg(backends: tuple[LabHost, ...] = IMAGE_LB_BACKENDS) -> str:
+    """The LB stand-in's HAProxy config: a plain TCP balancer over ``backends`` (default: the image's).
 
     In production this is the cloud's load balancer, configured outside kbpg;
     here the lab configures it. TCP checks are what a cloud LB does.
     """
-    backends = [host for host in HOSTS if host.kind == "haproxy"]
     parts = [
         "# kbpg lab: stand-in for the cloud load balancer (TCP, health-checked).",
         "global",
@@ -120,6 +131,11 @@ def render_lb_haproxy_cfg() -> str:
         parts += ["", f"listen lb_{port}", f"    bind {LB_ADDRESS}:{port}", "    balance roundrobin"]
         parts += [f"    server {host.name} {host.address}:{port} check" for host in backends]
     return "\n".join(parts) + "\n"
+
+
+def lb_haproxy_cfg() -> str:
+    """The config the LB stand-in runs: over :data:`LB_BACKENDS` (the HAProxy spare included)."""
+    return render_lb_haproxy_cfg(LB_BACKENDS)
 
 
 def recipe() -> dict:

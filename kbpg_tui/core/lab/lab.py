@@ -270,6 +270,20 @@ def _prepare_upper(host: LabHost, lowers: list[Path], host_key: files.KeyPair, o
         _add_sudo_user(upper, lowers, authorized, sudo_password)
 
 
+def _put_lb_config(host: LabHost, lowers: list[Path]) -> None:
+    """The LB stand-in's HAProxy config, written into its upper layer before each boot (a no-op for other hosts).
+
+    The image's LB layer keeps the config it was built with (the recipe, hence the cache key, unchanged); the one
+    the LB runs balances over the HAProxy spare too (:data:`.image.LB_BACKENDS`): written at every boot, a lab
+    brought up before the spare existed gets it by `stop-host lb-lab` and `start-host lb-lab`.
+    """
+    if host.kind != "lb":
+        return
+    below = _lower_stat(lowers, image_mod.LB_CONFIG_PATH)
+    mode, uid, gid = (below.st_mode & 0o7777, below.st_uid, below.st_gid) if below is not None else (0o644, 0, 0)
+    _put(hosts_mod.host_paths(host).upper, lowers, image_mod.LB_CONFIG_PATH, image_mod.lb_haproxy_cfg(), mode, uid, gid)
+
+
 # --- up / down / status --------------------------------------------------------
 
 
@@ -431,6 +445,7 @@ def _boot(
         lowers = _lowers(image, host)
         hosts_mod.create_network(host)
         _prepare_upper(host, lowers, host_keys[host.name], operator, sudo_password if host.user_ssh != "root" else None)
+        _put_lb_config(host, lowers)
         pid = hosts_mod.start(host, lowers, image.repo if host.kind == "lb" else None)
         state["hosts"][host.name] = {"launcher_pid": pid, "address": host.address}
         _write_state(state)
@@ -649,6 +664,7 @@ def start_host(name: str, progress: ProgressSink | None = None, fresh: bool = Fa
                 sudo = files.sudo_password(workdir) if host.user_ssh != "root" else None
                 _prepare_upper(host, lowers, keys[host.name], files.ssh_key(workdir), sudo)
             reporter.progress(f"boot: {host.name} ({host.address})" + (" on a blank disk" if fresh else ""), 0.1)
+            _put_lb_config(host, lowers)
             hosts_mod.create_network(host)
             pid = hosts_mod.start(host, lowers, image.repo if host.kind == "lb" else None)
             init = hosts_mod.wait_for_init(host)

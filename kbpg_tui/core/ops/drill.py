@@ -77,22 +77,25 @@ class DrillRefused(Exception):
 def lab_refusal(ctx: Context) -> str | None:
     """Why ``cut`` may not run here (None: every selected host is a running host of this machine's lab).
 
-    Decided from servers.tsv and the lab's own layout only: nothing is connected to before it passes.
+    Decided from servers.tsv and the lab's own layout only: nothing is connected to before it passes. A selected
+    host is the lab host at its address, spares included, whatever servers.tsv calls it: a replaced node keeps
+    its hostname and takes a spare's address (db-slave-02 at db-spare-01's 198.18.0.123).
     """
     from ..lab import hosts as lab_hosts
-    from ..lab.topology import HOSTS, LB_ADDRESS
+    from ..lab.topology import ALL_HOSTS, LB_ADDRESS
 
-    lab = {(h.name, h.address): h for h in HOSTS}
-    strangers = [f"{h.name} ({h.address})" for h in ctx.db_hosts + ctx.haproxy_hosts if (h.name, h.address) not in lab]
+    lab = {h.address: h for h in ALL_HOSTS}
+    strangers = [f"{h.name} ({h.address})" for h in ctx.db_hosts + ctx.haproxy_hosts if h.address not in lab]
     if strangers or ctx.settings.network.lb_address != LB_ADDRESS:
         shown = ", ".join(strangers[:4]) + (" ..." if len(strangers) > 4 else "")
         return ("cut: refused: it takes a network link down, which kbpg can do only to the hosts of its local lab; "
                 + (f"{shown} {'is' if len(strangers) == 1 else 'are'} not lab hosts" if strangers
                    else f"the LB {ctx.settings.network.lb_address} is not the lab's {LB_ADDRESS}")
                 + ". On real servers use kill or stop, or cut the link yourself")
-    down = [h.name for h in ctx.db_hosts if lab_hosts.init_pid(lab[(h.name, h.address)]) is None]
+    down = [h.name if lab[h.address].name == h.name else f"{h.name} (the lab's {lab[h.address].name})"
+            for h in ctx.db_hosts if lab_hosts.init_pid(lab[h.address]) is None]
     if down:
-        return f"cut: the lab hosts {', '.join(down)} are not running (kbpg lab up)"
+        return f"cut: the lab hosts {', '.join(down)} are not running (kbpg lab up, kbpg lab start-host NAME)"
     return None
 
 
