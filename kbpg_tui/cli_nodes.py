@@ -1,7 +1,11 @@
-"""``kbpg nodes plan``: servers.tsv against the running cluster (kbpg_tui.core.nodes), read only.
+"""``kbpg nodes plan``: servers.tsv against the running cluster (kbpg_tui.core.nodes), read only; ``kbpg nodes
+apply``: the same plan carried out (kbpg_tui.core.ops.nodes_apply).
 
-Exit 0: nothing to do; 1: changes planned (the steps printed); 2: bad input (kbpg.toml, servers.tsv, postgres.env)
-or a plan refused (each reason printed). It takes no lock and changes nothing.
+plan — exit 0: nothing to do; 1: changes planned (the steps printed); 2: bad input (kbpg.toml, servers.tsv,
+postgres.env) or a plan refused (each reason printed). It takes no lock and changes nothing.
+apply — exit 0: done (or nothing to do), servers.tsv and the cluster agree; 1: a step failed (named; run it again:
+the plan is made anew from the cluster); 2: bad input or a plan refused; 3: another kbpg run holds the cluster;
+130: interrupted.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import json
 import sys
 
 from .cli import EXIT_FAILED, EXIT_OK, PlainPrinter
-from .cli_ops import EXIT_BAD_INPUT, _prepared
+from .cli_ops import EXIT_BAD_INPUT, _ask, _prepared, _take_lock
 
 
 def _state(node) -> str:  # noqa: ANN001 (a nodes.DbNode)
@@ -37,20 +41,70 @@ def cmd_nodes_plan(args: argparse.Namespace) -> int:
         print(json.dumps({"membership": membership.to_dict(), "plan": result.to_dict()}, indent=2,
                          ensure_ascii=False))
     else:
-        print(f"Raft members ({len(membership.raft_members)}): {', '.join(membership.raft_members) or 'unknown'}; "
-              f"answering: {', '.join(membership.raft_reachable) or 'none'}")
-        for node in membership.db:
-            print(_state(node))
-        if membership.haproxy_admitted is not None:
-            print(f"HAProxy nodes pg_hba admits: {', '.join(membership.haproxy_admitted) or 'none'}")
-        for line in nodes.describe(result):
-            if not line.startswith("refused: "):
-                print(line)
+        print_plan(membership, result)
     for reason in result.refused:
         print(f"kbpg nodes plan: refused: {reason}", file=sys.stderr)
     if result.refused:
         return EXIT_BAD_INPUT
     return EXIT_FAILED if result.changes else EXIT_OK
+
+
+def print_plan(membership, result) -> None:  # noqa: ANN001 (nodes.Membership, nodes.Plan)
+    from .core import nodes
+
+    print(f"Raft members ({len(membership.raft_members)}): {', '.join(membership.raft_members) or 'unknown'}; "
+          f"answering: {', '.join(membership.raft_reachable) or 'none'}")
+    for node in membership.db:
+        print(_state(node))
+    if membership.haproxy_admitted is not None:
+        print(f"HAProxy nodes pg_hba admits: {', '.join(membership.haproxy_admitted) or 'none'}")
+    for line in nodes.describe(result):
+        if not line.startswith("refused: "):
+            print(line)
+
+
+def cmd_nodes_apply(args: argparse.Namespace) -> int:
+    from .cli import _cancel_on_sigint
+    from .core import nodes
+    from .core.ops import nodes_apply
+
+    printer = PlainPrinter()
+    run, interactive = _prepared(args, "nodes", printer)
+    result = None
+    try:
+        membership = nodes.read_membership(run.ctx)
+        plan = nodes.plan(run.ctx.selection, membership)
+        print_plan(membership, plan)
+        for reason in plan.refused:
+            print(f"kbpg nodes apply: refused: {reason}", file=sys.stderr)
+        if plan.refused:
+            return EXIT_BAD_INPUT
+        if not plan.changes:
+            return EXIT_OK
+        if interactive and not _ask(f"Carry out these {len(plan.actions)} steps on the live cluster?"):
+            print("Nothing done.")
+            return EXIT_OK
+        lock, code = _take_lock(run, "kbpg nodes apply")
+        if lock is None:
+            return code
+        interrupted = _cancel_on_sigint(run.ctx.cancel)
+        try:
+            result = nodes_apply.apply(run, membership, plan)
+        finally:
+            interrupted.restore()
+            lock.release()
+    finally:
+        printer.close()
+        run.close()
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    for line in nodes_apply.summary_lines(result):
+        print(line)
+    if interrupted.hit and not result.ok:
+        from .cli import EXIT_INTERRUPTED
+
+        return EXIT_INTERRUPTED
+    return EXIT_OK if result.ok else EXIT_FAILED
 
 
 def add_nodes_parser(commands: argparse._SubParsersAction) -> None:
@@ -62,6 +116,14 @@ def add_nodes_parser(commands: argparse._SubParsersAction) -> None:
     a.add_argument("--answers", help="kbpg.toml (default: WORKDIR/kbpg.toml)")
     a.add_argument("--json", action="store_true", help="the membership and the plan as JSON")
     a.set_defaults(handler=cmd_nodes_plan, yes=True)
+    b = actions.add_parser("apply", help="carry out the plan on the live cluster, one node at a time (new DB nodes "
+                                         "installed and joined to Raft, leaving ones stopped and removed from Raft, "
+                                         "the leader's node switched over first), then the install's steps on the "
+                                         "new set of nodes; asks first (or --yes)")
+    b.add_argument("--answers", help="kbpg.toml (default: WORKDIR/kbpg.toml)")
+    b.add_argument("--yes", action="store_true", help="no question (required without a terminal)")
+    b.add_argument("--json", action="store_true", help="what was done, as JSON, at the end")
+    b.set_defaults(handler=cmd_nodes_apply)
 
 
-__all__ = ["add_nodes_parser", "cmd_nodes_plan"]
+__all__ = ["add_nodes_parser", "cmd_nodes_apply", "cmd_nodes_plan", "print_plan"]

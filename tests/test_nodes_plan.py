@@ -54,14 +54,15 @@ def test_nothing_to_do_when_servers_tsv_and_the_cluster_agree() -> None:
     assert describe(result) == ["Nothing to do: servers.tsv and the running cluster agree."]
 
 
-def test_a_live_replica_replaced_joins_first_then_the_old_address_leaves() -> None:
+def test_a_live_replica_replaced_under_its_name_leaves_first_then_its_new_address_joins() -> None:
+    # Patroni knows a member by its name: the old host's Patroni must be gone before the new one starts under it.
     result = plan(selection({**DB3, "db-slave-01": "198.18.0.123"}), membership(DB3))
     assert not result.refused
     assert result.db_replace == ["db-slave-01: 198.18.0.121 -> 198.18.0.123"]
-    assert kinds(result) == [("add", "db-slave-01"), ("remove", "db-slave-01")]
-    add, remove = result.actions
-    assert (add.address, add.members, add.reachable, add.majority) == ("198.18.0.123:7000", 4, 4, 3)
-    assert (remove.address, remove.members, remove.reachable) == ("198.18.0.121:7000", 3, 3)
+    assert kinds(result) == [("remove", "db-slave-01"), ("add", "db-slave-01")]
+    remove, add = result.actions
+    assert (remove.address, remove.members, remove.reachable, remove.majority) == ("198.18.0.121:7000", 2, 2, 2)
+    assert (add.address, add.members, add.reachable) == ("198.18.0.123:7000", 3, 3)
 
 
 def test_a_dead_replica_still_listed_by_patroni_leaves_raft_before_its_replacement_joins() -> None:
@@ -87,11 +88,11 @@ def test_a_dead_host_gone_from_patroni_is_paired_with_its_hostname_by_kbpgs_cert
                                                               ("add", "198.18.0.123:7000")]
 
 
-def test_the_leaders_node_replaced_gets_a_switchover_after_its_replacement_joined_and_before_it_leaves() -> None:
+def test_the_leaders_node_replaced_gets_a_switchover_before_it_leaves_then_its_new_address_joins() -> None:
     result = plan(selection({**DB3, "db-master-01": "198.18.0.124"}), membership(DB3))
     assert not result.refused
-    assert kinds(result) == [("add", "db-master-01"), ("switchover", "db-master-01"), ("remove", "db-master-01")]
-    assert result.actions[2].address == "198.18.0.120:7000"
+    assert kinds(result) == [("switchover", "db-master-01"), ("remove", "db-master-01"), ("add", "db-master-01")]
+    assert [a.address for a in result.actions[1:]] == ["198.18.0.120:7000", "198.18.0.124:7000"]
 
 
 def test_three_to_five_adds_one_node_at_a_time_keeping_the_quorum() -> None:
@@ -301,11 +302,11 @@ def test_nodes_plan_exits_1_with_the_steps_when_a_host_is_replaced(workdir: Path
     assert cli.main(["--workdir", str(workdir), "nodes", "plan"]) == 1
     out = capsys.readouterr().out
     assert "DB nodes to replace: db-slave-01: 198.18.0.121 -> 198.18.0.123" in out
-    assert "1. add db-slave-01 (198.18.0.123)" in out and "2. remove db-slave-01's old address 198.18.0.121:7000" in out
+    assert "1. remove db-slave-01's old address 198.18.0.121:7000" in out and "2. add db-slave-01 (198.18.0.123)" in out
     assert "db-slave-01 198.18.0.123" in asked  # the new host is asked; the old one is read from Patroni and Raft
     assert cli.main(["--workdir", str(workdir), "nodes", "plan", "--json"]) == 1
     data = json.loads(capsys.readouterr().out)
-    assert [a["kind"] for a in data["plan"]["actions"]] == ["add", "remove"] and data["plan"]["changes"] is True
+    assert [a["kind"] for a in data["plan"]["actions"]] == ["remove", "add"] and data["plan"]["changes"] is True
 
 
 def test_nodes_plan_exits_2_naming_why_a_plan_is_refused(workdir: Path, cluster_of, capsys) -> None:

@@ -300,8 +300,9 @@ def plan(selection: Selection, membership: Membership) -> Plan:
 
     Order: a dead member leaves Raft before anything joins (removing a member that does not answer keeps as many
     answering members and lowers the majority; a node added first would make the quorum depend on its joining);
-    then the new DB nodes join one at a time; then live members leave (a replaced one after its replacement has
-    joined: add before remove), the node Patroni's leader runs on last, after a switchover. Each step that changes
+    then the new DB nodes join one at a time; then live members leave, the node Patroni's leader runs on last, after a
+    switchover (a live node replaced under its own name leaves first and its replacement joins right after: Patroni
+    knows a member by its name, two hosts cannot hold one). Each step that changes
     Raft is checked: the members that answer after it must be a majority of its new membership (a node that joins is
     counted as answering: the step waits for it). Refusals (``refused``, a sentence each) also: fewer than 3 DB nodes,
     a count other than 3 or 5, more members leaving in one plan than the cluster can lose ((N-1)//2 of N: one of 3),
@@ -393,12 +394,14 @@ def plan(selection: Selection, membership: Membership) -> Plan:
             join(name, wanted[name])
     alive.sort(key=lambda item: item[1] == leader_raft)  # the leader's node last
     for name, address, new in alive:
-        if new is not None:
-            join(name, new)  # add before remove
         if address == leader_raft:
             steps.append(("switchover", name, address, f"switch over: Patroni's leader {leader.name if leader else ''} "
                                                        f"runs at {address}, which leaves"))
         leave(name, address, new, answers=True)
+        if new is not None:
+            # Remove before add: a Patroni member is its name, and the old host still runs one under that name; the
+            # old one is stopped and leaves first (the membership is then one smaller, with all of it answering).
+            join(name, new)
 
     # Quorum, step by step.
     if len(reachable) < majority(len(current)):

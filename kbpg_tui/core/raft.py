@@ -48,6 +48,21 @@ print(ask_raft({PATRONI_CONFIG!r}, {ASK_TIMEOUT!r}))
 PY""")
 
 
+def change_script(command: str, address: str) -> str:
+    """Run on a DB node: a Raft membership change (raft_node.change_raft) sent to its own Raft member; prints one
+    "r:changed", "r:refused" or "r:unknown" line. ``command``: "add" or "remove"; ``address``: "host:port"."""
+    if command not in ("add", "remove"):
+        raise ValueError(command)
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(address)
+    return ("python3 - <<'PY'\n" + ASK_SOURCE
+            + f"\nprint(change_raft({PATRONI_CONFIG!r}, {CHANGE_TIMEOUT!r}, {command!r}, {address!r}))\nPY")
+
+
+CHANGE_TIMEOUT = 15.0  # seconds a membership change may take to commit
+
+
 @dataclass
 class RaftStatus:
     """One member's Raft. ``answers``: True (it answered), False (silent: its thread is gone or stuck), None
@@ -162,5 +177,6 @@ def watchdog_files() -> list[tuple[str, str, int]]:
             (WATCH_TIMER, WATCH_TIMER_TEXT, 0o644)]
 
 
-__all__ = ["MIN_UP", "PROBE", "RaftStatus", "parse", "ask", "silent_text", "STOPPED", "WATCH_UNIT", "watchdog_files",
+__all__ = ["CHANGE_TIMEOUT", "change_script",
+           "MIN_UP", "PROBE", "RaftStatus", "parse", "ask", "silent_text", "STOPPED", "WATCH_UNIT", "watchdog_files",
            "watchdog_script"]

@@ -49,3 +49,31 @@ def ask_raft(config_path: str, timeout: float) -> str:
                           if isinstance(key, str) and key.startswith(PARTNER_PREFIX)}
     answer["partner_nodes_count"] = status.get("partner_nodes_count")
     return "r:status " + json.dumps(answer, default=str)
+
+
+def change_raft(config_path: str, timeout: float, command: str, address: str) -> str:
+    """A membership change sent to the node's own Raft (pysyncobj forwards it to Raft's leader): ``command`` "add"
+    or "remove", ``address`` "host:port". One line: "r:changed COMMAND ADDRESS" (Raft committed it), "r:refused
+    COMMAND ADDRESS ANSWER" (Raft answered no) or "r:unknown WHAT" (nothing to ask, or no answer)."""
+    try:
+        yaml = importlib.import_module("yaml")
+        utility = importlib.import_module("pysyncobj.utility")
+        with open(config_path) as f:
+            raft = (yaml.safe_load(f) or {}).get("raft") or {}
+    except Exception as exc:
+        return "r:unknown " + type(exc).__name__
+    me = raft.get("self_addr")
+    if not me:
+        return "r:unknown no raft.self_addr"
+    password = raft.get("password")
+    try:
+        answer = utility.TcpUtility(password, timeout).executeCommand(me, [command, address])
+    except Exception as exc:
+        error = str(exc) or type(exc).__name__
+        if password:
+            error = error.replace(str(password), "[password]")
+        return f"r:unknown {' '.join(error.split())[:80]}"
+    text = " ".join(str(answer).split())[:120]
+    if text.startswith("SUCCESS"):
+        return f"r:changed {command} {address}"
+    return f"r:refused {command} {address} {text}"

@@ -814,7 +814,8 @@ class ConnectionPool:
         self.sudo_passwords = sudo_passwords or (lambda host: None)
         self.cancel = cancel
         self.step = ""  # the step running now (the engine sets it), named by HostSilent / HostAnswering
-        self._connections: dict[str, Connection] = {}
+        # By name and address: a host replaced under its own name (kbpg nodes apply) is another connection.
+        self._connections: dict[tuple[str, str], Connection] = {}
         self._lock = threading.Lock()
         self._prompt_lock = threading.Lock()  # one host-key question on screen at a time
 
@@ -825,12 +826,12 @@ class ConnectionPool:
 
     def get(self, host: Host) -> Connection:
         with self._lock:
-            connection = self._connections.get(host.name)
+            connection = self._connections.get((host.name, host.address))
             if connection is None:
                 connection = Connection(host, self.options, self.known_hosts, self.sink,
                                         self._serial_prompt if self.prompt else None,
                                         self.sudo_passwords(host), self.cancel, lambda: self.step)
-                self._connections[host.name] = connection
+                self._connections[(host.name, host.address)] = connection
         return connection.connect()
 
     def close(self) -> None:

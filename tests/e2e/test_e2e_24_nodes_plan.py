@@ -54,7 +54,7 @@ def test_the_installed_cluster_has_nothing_to_do_and_raft_names_its_three_member
     assert data["plan"]["actions"] == [] and data["plan"]["refused"] == []
 
 
-def test_a_replica_moved_to_a_spare_address_is_planned_add_then_remove(installed: Installed) -> None:
+def test_a_replica_moved_to_a_spare_address_is_planned_remove_then_add(installed: Installed) -> None:
     members = wait_healthy(installed.workdir)
     replica = next(m["Member"] for m in members if m["Role"] != "Leader")
     old = next(h.address for h in DB_HOSTS if h.name == replica)
@@ -62,7 +62,7 @@ def test_a_replica_moved_to_a_spare_address_is_planned_add_then_remove(installed
     code, data, err = plan(installed, {replica: spare})
     assert code == 1, err
     steps = [(a["kind"], a["node"], a["address"]) for a in data["plan"]["actions"]]
-    assert steps == [("add", replica, f"{spare}:{RAFT}"), ("remove", replica, f"{old}:{RAFT}")]
+    assert steps == [("remove", replica, f"{old}:{RAFT}"), ("add", replica, f"{spare}:{RAFT}")]
     assert data["plan"]["db_replace"] == [f"{replica}: {old} -> {spare}"]
 
 
