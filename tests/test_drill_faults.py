@@ -219,3 +219,75 @@ def test_a_round_whose_cluster_does_not_come_back_looks_for_silent_rafts_meanwhi
     first_whole = looks.index("whole?")
     assert first_whole >= 3  # asked while waiting for a new primary
     assert sum(1 for x in looks[first_whole:] if x != "whole?") >= 2  # and while waiting for the cluster whole
+
+
+# --- cut on a lab whose node was replaced by a spare ----------------------------------------------------
+# A replaced node keeps its hostname and takes a spare's address (issue 16): servers.tsv's db-slave-02 at
+# 198.18.0.123 is the lab host db-spare-01. The cut and its restore act on the lab host at the leader's address;
+# by name they would cut the old db-slave-02 (198.18.0.122), or fail on it being stopped for good.
+
+
+@pytest.fixture
+def lab_links(monkeypatch) -> tuple[set[str], list[str], list[tuple[list[str], str]]]:
+    """(names of the lab hosts that run, names asked whether they run, `ip` commands run with their `what`):
+    no real cgroup is read and no link is touched."""
+    from kbpg_tui.core.lab import hosts as lab_hosts
+    from kbpg_tui.core.lab import lab
+
+    running: set[str] = set()
+    asked: list[str] = []
+    commands: list[tuple[list[str], str]] = []
+
+    def init_pid(host) -> int | None:
+        asked.append(host.name)
+        return 4242 if host.name in running else None
+
+    monkeypatch.setattr(lab_hosts, "init_pid", init_pid)
+    monkeypatch.setattr(lab, "run", lambda argv, what=None, **kwargs: commands.append((list(argv), what)))
+    return running, asked, commands
+
+
+def test_cut_and_its_restore_act_on_the_spare_a_replaced_leader_runs_on(tmp_path: Path, lab_links) -> None:
+    from kbpg_tui.core.lab.topology import host_by_name
+
+    running, asked, commands = lab_links
+    running.update({"db-master-01", "db-slave-01", "db-spare-01"})  # the old db-slave-02 was stopped for good
+    leader = Host("db-slave-02", "198.18.0.123")
+    ctx = context(tmp_path, FakePool({}), EventCollector(), threading.Event())
+    fault = drill.Fault(ctx, "cut", leader, lambda what, detail: None)
+    fault.inject()
+    fault.restore()
+    spare = host_by_name("db-spare-01").veth_host
+    assert spare != host_by_name("db-slave-02").veth_host
+    assert [argv for argv, _ in commands] == [["ip", "link", "set", spare, "down"], ["ip", "link", "set", spare, "up"]]
+    assert commands[0][1] == "set db-slave-02 (the lab's db-spare-01)'s link down"
+    assert set(asked) == {"db-spare-01"}
+    assert fault.restored
+
+
+def test_cut_of_a_replaced_leader_whose_spare_is_down_is_named_and_touches_no_link(tmp_path: Path, lab_links) -> None:
+    from kbpg_tui.core.lab import LabError
+
+    running, asked, commands = lab_links
+    running.update({"db-master-01", "db-slave-01", "db-slave-02"})  # the old host runs, the spare does not
+    ctx = context(tmp_path, FakePool({}), EventCollector(), threading.Event())
+    fault = drill.Fault(ctx, "cut", Host("db-slave-02", "198.18.0.123"), lambda what, detail: None)
+    with pytest.raises(LabError, match=r"db-slave-02 \(the lab's db-spare-01\) is not running"):
+        fault.inject()
+    assert commands == [] and asked == ["db-spare-01"]
+
+
+def test_set_host_link_by_address_and_still_by_name(lab_links) -> None:
+    from kbpg_tui.core.lab import LabError, lab
+    from kbpg_tui.core.lab.topology import host_by_name
+
+    running, _asked, commands = lab_links
+    running.update({"db-slave-02", "db-spare-01"})
+    lab.set_host_link("db-slave-02", up=False)  # the lab's own callers (tests/lab) name the lab host
+    lab.set_host_link("db-slave-02", up=False, address="198.18.0.122")  # not replaced: the same host
+    assert [argv[3] for argv, _ in commands] == [host_by_name("db-slave-02").veth_host] * 2
+    assert commands[1][1] == "set db-slave-02's link down"
+    with pytest.raises(LabError, match="no lab host at 10.0.0.123: the lab's hosts are .*db-spare-01 198.18.0.123") as caught:
+        lab.set_host_link("db-slave-02", up=False, address="10.0.0.123")
+    assert caught.value.exit_code == 2 and len(commands) == 2
+    assert lab.lab_host_at("198.18.0.13").name == "haproxy-spare-01"

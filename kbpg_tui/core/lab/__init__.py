@@ -8,7 +8,8 @@ an event sink (``kbpg_tui.core.events.Progress`` / ``Message``):
     status(workdir=None, probe_ssh=True) -> LabStatus
     stop_host(name, progress=sink) -> LabStatus        (a dead server: link cut, processes killed)
     start_host(name, progress=sink, fresh=False) -> LabStatus   (a spare, or a stopped host back)
-    set_host_link(name, up) -> None      (cut/restore a host's network: failover drills)
+    set_host_link(name, up, address=None) -> None   (cut/restore a host's network, by address if given: drills)
+    lab_host(name) / lab_host_at(address) -> LabHost   (spares included)
     memory_usage() -> {host: bytes}
 
 All raise :class:`LabError` (with ``exit_code`` 2 where the lab cannot run here).
@@ -20,6 +21,7 @@ from .lab import (
     check_environment,
     down,
     lab_host,
+    lab_host_at,
     memory_usage,
     set_host_link,
     start_host,
@@ -58,6 +60,7 @@ __all__ = [
     "check_environment",
     "down",
     "lab_host",
+    "lab_host_at",
     "memory_usage",
     "set_host_link",
     "start_host",

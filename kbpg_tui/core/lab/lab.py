@@ -557,18 +557,27 @@ def memory_usage() -> dict[str, int]:
 
 
 
-def set_host_link(name: str, up: bool) -> None:
+def set_host_link(name: str, up: bool, address: str | None = None) -> None:
     """Cut (``up=False``) or restore a host's network link, as a failover drill does to a leader.
 
     The host keeps running; only its veth on the bridge goes down, so it is cut
     off from every other host and from this machine.
+
+    With ``address``, the host is the lab host at that address (spares included) and ``name`` only names it in
+    messages: a node replaced under its own name runs on a spare's host (servers.tsv's db-slave-02 at
+    198.18.0.123 is the lab's db-spare-01), so its name would find the wrong lab host.
     """
-    host = next((host for host in ALL_HOSTS if host.name == name), None)
-    if host is None:
-        raise LabError(f"no lab host called {name!r}")
+    if address is not None:
+        host = lab_host_at(address)
+        shown = name if host.name == name else f"{name} (the lab's {host.name})"
+    else:
+        found = next((host for host in ALL_HOSTS if host.name == name), None)
+        if found is None:
+            raise LabError(f"no lab host called {name!r}")
+        host, shown = found, name
     if hosts_mod.init_pid(host) is None:
-        raise LabError(f"{name} is not running")
-    run(["ip", "link", "set", host.veth_host, "up" if up else "down"], what=f"set {name}'s link {'up' if up else 'down'}")
+        raise LabError(f"{shown} is not running")
+    run(["ip", "link", "set", host.veth_host, "up" if up else "down"], what=f"set {shown}'s link {'up' if up else 'down'}")
 
 
 # --- one host at a time: a dead server, a spare ------------------------------------
@@ -580,6 +589,16 @@ def lab_host(name: str) -> LabHost:
     if host is None:
         known = ", ".join(host.name for host in ALL_HOSTS)
         raise LabError(f"no lab host called {name!r}: the lab's hosts are {known}", 2)
+    return host
+
+
+def lab_host_at(address: str) -> LabHost:
+    """The lab host at ``address`` (spares included), whatever servers.tsv calls the node there; LabError (exit 2)
+    naming every lab address otherwise."""
+    host = next((host for host in ALL_HOSTS if host.address == address), None)
+    if host is None:
+        known = ", ".join(f"{host.name} {host.address}" for host in ALL_HOSTS)
+        raise LabError(f"no lab host at {address}: the lab's hosts are {known}", 2)
     return host
 
 

@@ -240,7 +240,7 @@ class Fault:
         elif self.mode == "cut":
             from ..lab import lab
 
-            lab.set_host_link(self.leader.name, up=False)
+            lab.set_host_link(self.leader.name, up=False, address=self.leader.address)
 
     def _background(self, work: Callable[[], object]) -> None:
         def target() -> None:
@@ -271,7 +271,7 @@ class Fault:
         elif self.mode == "cut":
             from ..lab import lab
 
-            lab.set_host_link(self.leader.name, up=True)
+            lab.set_host_link(self.leader.name, up=True, address=self.leader.address)
         elif self.mode == "stop":
             self.wait(60)
             result = self.restore_pool.get(self.leader).run("systemctl start patroni", timeout=120, check=False,
