@@ -29,6 +29,7 @@ def _state(node) -> str:  # noqa: ANN001 (a nodes.DbNode)
 def cmd_nodes_plan(args: argparse.Namespace) -> int:
     from .core import nodes
 
+    args.command = "nodes plan"  # named by _prepared's refusals
     printer = PlainPrinter(stream=sys.stderr)
     run, _interactive = _prepared(args, "nodes", printer)
     try:
@@ -49,18 +50,18 @@ def cmd_nodes_plan(args: argparse.Namespace) -> int:
     return EXIT_FAILED if result.changes else EXIT_OK
 
 
-def print_plan(membership, result) -> None:  # noqa: ANN001 (nodes.Membership, nodes.Plan)
+def print_plan(membership, result, file=None) -> None:  # noqa: ANN001 (nodes.Membership, nodes.Plan, a stream)
     from .core import nodes
 
     print(f"Raft members ({len(membership.raft_members)}): {', '.join(membership.raft_members) or 'unknown'}; "
-          f"answering: {', '.join(membership.raft_reachable) or 'none'}")
+          f"answering: {', '.join(membership.raft_reachable) or 'none'}", file=file)
     for node in membership.db:
-        print(_state(node))
+        print(_state(node), file=file)
     if membership.haproxy_admitted is not None:
-        print(f"HAProxy nodes pg_hba admits: {', '.join(membership.haproxy_admitted) or 'none'}")
+        print(f"HAProxy nodes pg_hba admits: {', '.join(membership.haproxy_admitted) or 'none'}", file=file)
     for line in nodes.describe(result):
         if not line.startswith("refused: "):
-            print(line)
+            print(line, file=file)
 
 
 def cmd_nodes_apply(args: argparse.Namespace) -> int:
@@ -68,18 +69,22 @@ def cmd_nodes_apply(args: argparse.Namespace) -> int:
     from .core import nodes
     from .core.ops import nodes_apply
 
-    printer = PlainPrinter()
+    args.command = "nodes apply"  # named by _prepared's refusals
+    out = sys.stderr if args.json else sys.stdout  # with --json, stdout holds the JSON alone
+    printer = PlainPrinter(stream=out)
     run, interactive = _prepared(args, "nodes", printer)
     result = None
     try:
         membership = nodes.read_membership(run.ctx)
         plan = nodes.plan(run.ctx.selection, membership)
-        print_plan(membership, plan)
+        print_plan(membership, plan, file=out)
         for reason in plan.refused:
             print(f"kbpg nodes apply: refused: {reason}", file=sys.stderr)
         if plan.refused:
             return EXIT_BAD_INPUT
         if not plan.changes:
+            if args.json:
+                print(json.dumps({"ok": True, "actions": [], "plan": plan.to_dict()}, indent=2, ensure_ascii=False))
             return EXIT_OK
         if interactive and not _ask(f"Carry out these {len(plan.actions)} steps on the live cluster?"):
             print("Nothing done.")
@@ -99,7 +104,7 @@ def cmd_nodes_apply(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     for line in nodes_apply.summary_lines(result):
-        print(line)
+        print(line, file=out)
     if interrupted.hit and not result.ok:
         from .cli import EXIT_INTERRUPTED
 

@@ -498,34 +498,31 @@ def test_the_leaders_node_leaving_is_switched_over_to_a_streaming_replica_that_s
 HAPROXY_NAMES = {"198.18.0.11": "haproxy-01", "198.18.0.12": "haproxy-02"}  # kbpg's certificates name them
 
 
-@pytest.mark.xfail(strict=True, reason="BUG nodes_apply: during the DB steps ctx.selection keeps servers.tsv's NEW "
-                                       "HAProxy nodes (selection_of replaces only db_nodes); step 02 of an add writes "
-                                       "pg_hba from db_hosts + haproxy_hosts, so an HAProxy node that leaves loses "
-                                       "pg_hba while it still serves, before its haproxy-remove step stops it")
-def test_an_haproxy_node_that_leaves_is_still_admitted_while_a_db_node_is_added(
+def test_an_haproxy_node_that_leaves_is_stopped_before_pg_hba_stops_admitting_it_and_a_new_one_waits_for_the_end(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     wanted = target(REPLACED, {"haproxy-01": "198.18.0.13", "haproxy-02": "198.18.0.12"})
-    fake = Cluster(monkeypatch, tmp_path, wanted, membership(DB3, names=HAPROXY_NAMES), answers=("198.18.0.121",))
+    fake = Cluster(monkeypatch, tmp_path, wanted, membership(DB3, names=HAPROXY_NAMES),
+                   answers=("198.18.0.121", "198.18.0.11"))
     assert [(a.kind, a.address) for a in fake.plan.actions] == [
-        ("remove", "198.18.0.121:7000"), ("add", "198.18.0.123:7000"), ("haproxy-add", "198.18.0.13"),
-        ("haproxy-remove", "198.18.0.11")]
+        ("haproxy-remove", "198.18.0.11"), ("remove", "198.18.0.121:7000"), ("add", "198.18.0.123:7000"),
+        ("haproxy-add", "198.18.0.13")]
     seen: list[list[str]] = []
     install = fake.install
 
     def recording(only: list[str] | None) -> list[StepReport]:
         seen.append([s.ip_private for s in fake.ctx.selection.haproxy_nodes])
+        fake.log.append(("install", only))
         return install(only)
 
     fake.install = recording  # type: ignore[method-assign]
     fake.apply()
-    assert fake.installs[0][0] == ["00", "01", "02"]
-    assert "198.18.0.11" in seen[0]  # still running HAProxy and PgBouncer: pg_hba must keep admitting it
+    stopped = next(i for i, entry in enumerate(fake.log) if entry[:3] == ("ssh", "haproxy-01", "198.18.0.11"))
+    first_install = fake.log.index(("install", ["00", "01", "02"]))
+    assert stopped < first_install  # HAProxy and PgBouncer stopped there before step 02 rewrites pg_hba
+    assert seen[0] == ["198.18.0.12"]  # the DB steps: the HAProxy node that stays, not the new one (not installed)
+    assert seen[-1] == ["198.18.0.13", "198.18.0.12"]  # the install on the new set: servers.tsv's
 
 
-@pytest.mark.xfail(strict=True, reason="BUG nodes_apply: the switchover runs with servers.tsv's NEW HAProxy nodes "
-                                       "in ctx.selection: switchover.Bouncers.open needs every one's PgBouncer "
-                                       "console, and an HAProxy node not installed yet has none (\"no switchover\", "
-                                       "the same on every re-run)")
 def test_the_switchover_pauses_the_pgbouncers_that_run_not_one_servers_tsv_adds(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from kbpg_tui.core import cluster
@@ -583,8 +580,6 @@ def test_nodes_apply_without_a_terminal_and_without_yes_is_bad_input(workdir: Pa
     assert applied == [] and asked == []  # not even the cluster was read
 
 
-@pytest.mark.xfail(strict=True, reason="cli_ops._prepared names args.command ('nodes'), not the subcommand: the "
-                                       "message says `kbpg nodes`, where --yes is not an option")
 def test_the_not_a_terminal_message_names_kbpg_nodes_apply(workdir: Path, capsys,  # noqa: F811
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from kbpg_tui import cli
@@ -634,9 +629,6 @@ def test_nodes_apply_exits_by_the_result_and_prints_what_was_done(workdir: Path,
     assert [a.kind for a in outcome["result"].plan.actions] == ["remove", "add"]
 
 
-@pytest.mark.xfail(strict=True, reason="cmd_nodes_apply prints the plan (print_plan) and the engine's events on "
-                                       "stdout before the JSON, and the summary lines after it: --json's stdout is "
-                                       "not one JSON document (kbpg drill --json sends the rest to stderr)")
 def test_nodes_apply_json_prints_only_json_on_stdout(workdir: Path, cluster_of, capsys,  # noqa: F811
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from kbpg_tui import cli, cli_nodes

@@ -175,12 +175,21 @@ def test_haproxy_nodes_added_replaced_and_removed() -> None:
     replaced = plan(selection(DB3, {"haproxy-01": "198.18.0.13", "haproxy-02": "198.18.0.12"}),
                     membership(DB3, names=names))
     assert replaced.haproxy_replace == ["haproxy-01: 198.18.0.11 -> 198.18.0.13"]
-    assert [(a.kind, a.address) for a in replaced.actions] == [("haproxy-add", "198.18.0.13"),
-                                                               ("haproxy-remove", "198.18.0.11")]
+    # The old address is stopped first (the load balancer sends nobody there), the new one installed last.
+    assert [(a.kind, a.address) for a in replaced.actions] == [("haproxy-remove", "198.18.0.11"),
+                                                               ("haproxy-add", "198.18.0.13")]
     removed = plan(selection(DB3, {"haproxy-02": "198.18.0.12"}), membership(DB3, names=names))
     assert removed.haproxy_remove == ["haproxy-01 (198.18.0.11)"] and not removed.haproxy_add
     added = plan(selection(DB3, {**HAPROXY, "haproxy-03": "198.18.0.13"}), membership(DB3))
     assert added.haproxy_add == ["haproxy-03"] and kinds(added) == [("haproxy-add", "haproxy-03")]
+    both = plan(selection(DB3, {"haproxy-01": "198.18.0.13", "haproxy-02": "198.18.0.14"}),
+                membership(DB3, names=names))
+    assert any("every HAProxy node the cluster takes connections from" in reason for reason in both.refused)
+    with_db = plan(selection({**DB3, "db-slave-01": "198.18.0.123"}, {"haproxy-01": "198.18.0.13",
+                                                                      "haproxy-02": "198.18.0.12"}),
+                   membership(DB3, names=names))
+    assert kinds(with_db)[0] == ("haproxy-remove", "haproxy-01") and kinds(with_db)[-1] == ("haproxy-add",
+                                                                                            "haproxy-01")
     unknown = plan(selection(DB3, {"haproxy-01": "198.18.0.13"}),
                    Membership(PORT, membership(DB3).db, membership(DB3).raft_members,
                               membership(DB3).raft_reachable, True, None))

@@ -440,12 +440,16 @@ def plan(selection: Selection, membership: Membership) -> Plan:
             result.refused.append(f"step {len(result.actions)} ({text}) would leave {answering} of {len(now)} Raft "
                                   f"members answering, fewer than the majority {majority(len(now))}")
 
-    # HAProxy nodes.
+    # HAProxy nodes. A node that leaves is stopped first, before anything else (a load balancer's health check then
+    # sends nobody there, and pg_hba may stop admitting it); the new ones are installed last, by the install's steps
+    # on the new set of nodes. One that is replaced (its name at a new address) is both.
     admitted = membership.haproxy_admitted
     if admitted is not None:
         rows = {server.hostname: server.ip_private for server in selection.haproxy_nodes}
         old_by_name = {names[address]: address for address in admitted if address in names}
         gone = [address for address in admitted if address not in rows.values()]
+        first: list[Action] = []
+        last: list[Action] = []
         for name, ip in rows.items():
             if ip in admitted:
                 continue
@@ -453,19 +457,26 @@ def plan(selection: Selection, membership: Membership) -> Plan:
             if old in gone:
                 gone.remove(old)
                 result.haproxy_replace.append(f"{name}: {old} -> {ip}")
-                result.actions.append(Action("haproxy-add", name, ip, f"add HAProxy node {name} at its new address "
-                                             f"{ip} (HAProxy, PgBouncer, pg_hba on the DB nodes)"))
-                result.actions.append(Action("haproxy-remove", name, old, f"remove {name}'s old address {old} "
-                                             "(pg_hba on the DB nodes)"))
+                first.append(Action("haproxy-remove", name, old, f"stop HAProxy and PgBouncer on {name}'s old "
+                                    f"address {old} (if it still answers); pg_hba stops admitting it"))
+                last.append(Action("haproxy-add", name, ip, f"add HAProxy node {name} at its new address {ip} "
+                                   "(HAProxy, PgBouncer, pg_hba on the DB nodes)"))
             else:
                 result.haproxy_add.append(name)
-                result.actions.append(Action("haproxy-add", name, ip, f"add HAProxy node {name} ({ip}): HAProxy, "
-                                             "PgBouncer, pg_hba on the DB nodes"))
+                last.append(Action("haproxy-add", name, ip, f"add HAProxy node {name} ({ip}): HAProxy, PgBouncer, "
+                                   "pg_hba on the DB nodes"))
         for address in gone:
             label = f"{names[address]} ({address})" if address in names else address
             result.haproxy_remove.append(label)
-            result.actions.append(Action("haproxy-remove", names.get(address, "-"), address,
-                                         f"remove HAProxy node {label} (pg_hba on the DB nodes)"))
+            first.append(Action("haproxy-remove", names.get(address, "-"), address,
+                                f"stop HAProxy and PgBouncer on {label} (if it still answers); pg_hba stops "
+                                "admitting it"))
+        if admitted and len(first) >= len(admitted):
+            result.refused.append(f"every HAProxy node the cluster takes connections from ({', '.join(admitted)}) "
+                                  "would leave in one plan: the load balancer would have no HAProxy left while the "
+                                  "new ones are installed; change one HAProxy node in servers.tsv, apply, then the "
+                                  "next")
+        result.actions = first + result.actions + last
     return result
 
 

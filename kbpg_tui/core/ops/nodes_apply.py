@@ -58,6 +58,7 @@ class ApplyResult:
     seconds: float = 0.0
     error: str = ""
     lb_targets: list[str] = field(default_factory=list)  # HAProxy addresses, when they changed
+    install_at: float | None = None  # seconds from the start when the whole install on the new set began
 
     @property
     def ok(self) -> bool:
@@ -65,6 +66,7 @@ class ApplyResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "seconds": round(self.seconds, 1), "error": self.error, "actions": self.actions,
+                "install_at": self.install_at,
                 "switchovers": self.switchovers, "plan": self.plan.to_dict(),
                 "after": None if self.after is None else self.after.to_dict(), "lb_targets": self.lb_targets}
 
@@ -80,11 +82,13 @@ def server_for(target: Selection, name: str, address: str) -> Server:
     return dataclasses.replace(row, ip_private=address)
 
 
-def selection_of(target: Selection, members: dict[str, str]) -> Selection:
-    """servers.tsv's selection with ``members`` (name -> address, in that order) as its DB nodes."""
+def selection_of(target: Selection, members: dict[str, str], haproxy: tuple[Server, ...] | None = None) -> Selection:
+    """servers.tsv's selection with ``members`` (name -> address, in that order) as its DB nodes, and ``haproxy``
+    (default: servers.tsv's) as its HAProxy nodes."""
     order = [s.hostname for s in target.db_nodes]
     names = sorted(members, key=lambda n: (order.index(n) if n in order else len(order), n))
-    return dataclasses.replace(target, db_nodes=tuple(server_for(target, n, members[n]) for n in names))
+    return dataclasses.replace(target, db_nodes=tuple(server_for(target, n, members[n]) for n in names),
+                               haproxy_nodes=target.haproxy_nodes if haproxy is None else haproxy)
 
 
 def host_of(target: Selection, name: str, address: str) -> Host:
@@ -146,18 +150,26 @@ def wait_membership(run: TaskRun, hosts: list[Host], address: str, present: bool
 
 def change_membership(run: TaskRun, on: list[Host], command: str, address: str) -> str:
     """pysyncobj's ``add``/``remove`` of ``address``, sent on the first host of ``on`` whose Raft takes it."""
-    views = membership_views(run, on)
-    answering = [host for host in on if views.get(host.name) is not None]
-    if answering and all((address in views[h.name]) == (command == "add") for h in answering):  # type: ignore[operator]
+    def done() -> bool:
+        views = membership_views(run, on)
+        answering[:] = [host for host in on if views.get(host.name) is not None
+                        and host.address != address.rsplit(":", 1)[0]]  # a node joining does not add itself here
+        return bool(answering) and all((address in views[h.name]) == (command == "add")  # type: ignore[operator]
+                                       for h in answering)
+
+    answering: list[Host] = []
+    if done():
         return f"{address} already {'in' if command == 'add' else 'out of'} Raft's membership (nothing sent)"
     errors = []
-    for host in answering:
+    for host in list(answering):
         result = run.run(raft.change_script(command, address), host=host, on_line=None, check=False,
                          timeout=raft.CHANGE_TIMEOUT + 30, what=f"Raft: {command} {address}")
         kind, rest = parse_change(result.stdout)
         if kind == "changed":
             return f"Raft {command} {address}: committed (sent on {host.name})"
         errors.append(f"{host.name}: {kind} {rest}")
+        if done():  # an answer lost on the way (a timeout): the change went through all the same
+            return f"Raft {command} {address}: in effect (sent on {host.name}, whose answer was {kind})"
     raise TaskError(f"Raft's membership change ({command} {address}) was not taken: "
                     + ("; ".join(errors) or "no member that stays answered")
                     + ". Nothing else was changed by this step; run `kbpg nodes plan`, then the same command again")
@@ -204,14 +216,20 @@ class Applier:
         self.membership = membership
         self.plan = plan
         self.members: dict[str, str] = {n.name: n.patroni_address for n in membership.db if n.patroni_address}
+        # Until the install's steps on the new set of nodes, the HAProxy nodes are those that stay: a leaving one is
+        # stopped first (its plan step), a new one is installed at the end (a switchover on the way pauses the
+        # PgBouncers that run, not one servers.tsv adds).
+        admitted = membership.haproxy_admitted
+        self.haproxy = tuple(s for s in run.ctx.selection.haproxy_nodes if admitted is None or s.ip_private in admitted)
         # A stale Raft address paired with no Patroni member has no name: it is no DB node to configure.
         self.stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         self.result = ApplyResult(plan)
         self._install = install
+        self.started = time.monotonic()
 
     # selections
     def _use(self, members: dict[str, str] | None) -> None:
-        self.ctx.selection = self.target if members is None else selection_of(self.target, members)
+        self.ctx.selection = self.target if members is None else selection_of(self.target, members, self.haproxy)
 
     def _staying_hosts(self, leaving: str | None = None) -> list[Host]:
         """The DB nodes of the cluster now, less the Raft address ``leaving``."""
@@ -304,7 +322,7 @@ class Applier:
         return Step(f"N{number}", action.text, tasks)
 
     def apply(self) -> ApplyResult:
-        started = time.monotonic()
+        started = self.started = time.monotonic()
         engine = self.run.engine
         try:
             for number, action in enumerate(self.plan.actions, 1):
@@ -343,6 +361,7 @@ class Applier:
                     return self.result
                 self._record(number, action, Status.CHANGED, begun, "")
             # The whole install on servers.tsv as it is now.
+            self.result.install_at = round(time.monotonic() - started, 1)
             self._use(None)
             reports = self.install_steps(None)
             self.result.reports += reports
@@ -366,6 +385,7 @@ class Applier:
     def _record(self, number: int, action: nodes.Action, status: Status, begun: float, detail: str) -> None:
         self.result.actions.append({"number": number, "kind": action.kind, "node": action.node,
                                     "address": action.address, "text": action.text, "status": status.value,
+                                    "at": round(begun - self.started, 1),
                                     "seconds": round(time.monotonic() - begun, 1), "detail": detail})
 
 
