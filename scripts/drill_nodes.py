@@ -126,7 +126,7 @@ def apply_under_writers(workdir: Path, edit=None) -> dict:  # noqa: ANN001 (edit
         time.sleep(3)
         if edit is not None:
             edit()
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         result = subprocess.run([sys.executable, "-m", "kbpg_tui", "--workdir", str(workdir), "nodes", "apply",
                                  "--yes", "--json"], capture_output=True, text=True, cwd=REPO)
         wall = time.monotonic() - started
@@ -148,7 +148,8 @@ def apply_under_writers(workdir: Path, edit=None) -> dict:  # noqa: ANN001 (edit
     except ValueError:
         report = None
     after = leader_and_timeline(workdir) if result.returncode == 0 else ("", None, [])
-    return {"exit": result.returncode, "seconds": round(wall, 1), "entries": entries, "apply": report,
+    return {"exit": result.returncode, "seconds": round(wall, 1), "started": round(started_wall, 3),
+            "entries": entries, "apply": report,
             "leader_before": before[0], "timeline_before": before[1], "leader_after": after[0],
             "timeline_after": after[1], "members_after": after[2],
             "output_tail": "" if result.returncode == 0 else (result.stdout[-4000:] + result.stderr[-2000:])}
@@ -173,6 +174,7 @@ def main() -> int:
         old = next(row[COLUMNS_ADDRESS] for row in tsv_rows(workdir) if len(row) > 3 and row[2] == args.name)
         if args.stop_old:
             lab.stop_host(lab_host_at(old).name)
+            time.sleep(8)  # a dead server, as the load balancer's health checks find it (2 checks 2 s apart)
         ensure_running(args.address, fresh=args.fresh)
         figures = apply_under_writers(workdir, lambda: move(workdir, {args.name: args.address}))
         figures.update(scenario=f"replace {args.name} {old} -> {args.address}", stopped_old=args.stop_old)

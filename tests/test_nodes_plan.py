@@ -327,3 +327,21 @@ def test_nodes_plan_exits_2_naming_why_a_plan_is_refused(workdir: Path, cluster_
     assert cli.main(["--workdir", str(workdir), "nodes", "plan"]) == 2
     err = capsys.readouterr().err
     assert "kbpg nodes plan: refused: 2 of the 3 Raft members would leave in one plan" in err
+
+
+def test_certificate_names_give_an_haproxy_address_to_the_haproxy_node_not_to_a_db_node_that_lists_it(
+        tmp_path: Path) -> None:
+    # A DB node's certificate carries the LB's and every HAProxy node's address too (tls.wanted_sans).
+    from kbpg_tui.core import tls
+    from kbpg_tui.core.nodes import certificate_names
+    from kbpg_tui.core.settings import Settings
+
+    settings = Settings()
+    tls.ensure_ca(tmp_path)
+    tls.ensure_node_cert(tmp_path, "db-master-01", ["db-master-01"],
+                         ["198.18.0.120", "198.18.0.10", "198.18.0.11", "198.18.0.12"], settings)
+    tls.ensure_node_cert(tmp_path, "haproxy-01", ["haproxy-01"], ["198.18.0.11", "198.18.0.10"], settings)
+    tls.ensure_node_cert(tmp_path, "haproxy-02", ["haproxy-02"], ["198.18.0.12", "198.18.0.10"], settings)
+    names = certificate_names(tmp_path)
+    assert names["198.18.0.11"] == "haproxy-01" and names["198.18.0.12"] == "haproxy-02"
+    assert names["198.18.0.120"] == "db-master-01"

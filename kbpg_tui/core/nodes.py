@@ -138,16 +138,20 @@ def certificate_names(workdir: Path) -> dict[str, str]:
 
     names: dict[str, str] = {}
     directory = Path(workdir) / tls.TLS_DIR
+    found: list[tuple[str, tuple[str, ...]]] = []
     for path in sorted(directory.glob("*.crt")) if directory.is_dir() else []:
         if path.name == tls.CA_CERT.name:
             continue
         try:
-            info = tls.cert_info(path.read_bytes())
+            found.append((path.stem, tuple(tls.cert_info(path.read_bytes()).sans_ip)))
         except (OSError, ValueError, tls.TlsError):
             continue
-        for address in info.sans_ip:
+    # A DB node's certificate also carries the LB's and every HAProxy node's address (tls.wanted_sans): an address
+    # is the host's whose certificate carries the fewest (an HAProxy node's: its own and the LB's).
+    for name, addresses in sorted(found, key=lambda item: (len(item[1]), item[0])):
+        for address in addresses:
             if address != "127.0.0.1":
-                names.setdefault(address, path.stem)
+                names.setdefault(address, name)
     return names
 
 

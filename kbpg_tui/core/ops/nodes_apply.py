@@ -59,6 +59,7 @@ class ApplyResult:
     error: str = ""
     lb_targets: list[str] = field(default_factory=list)  # HAProxy addresses, when they changed
     install_at: float | None = None  # seconds from the start when the whole install on the new set began
+    started: float = 0.0  # the start, Unix time (the actions' "at" are seconds from it)
 
     @property
     def ok(self) -> bool:
@@ -66,7 +67,7 @@ class ApplyResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "seconds": round(self.seconds, 1), "error": self.error, "actions": self.actions,
-                "install_at": self.install_at,
+                "install_at": self.install_at, "started": round(self.started, 3),
                 "switchovers": self.switchovers, "plan": self.plan.to_dict(),
                 "after": None if self.after is None else self.after.to_dict(), "lb_targets": self.lb_targets}
 
@@ -160,16 +161,25 @@ def change_membership(run: TaskRun, on: list[Host], command: str, address: str) 
     answering: list[Host] = []
     if done():
         return f"{address} already {'in' if command == 'add' else 'out of'} Raft's membership (nothing sent)"
-    errors = []
-    for host in list(answering):
-        result = run.run(raft.change_script(command, address), host=host, on_line=None, check=False,
-                         timeout=raft.CHANGE_TIMEOUT + 30, what=f"Raft: {command} {address}")
-        kind, rest = parse_change(result.stdout)
-        if kind == "changed":
-            return f"Raft {command} {address}: committed (sent on {host.name})"
-        errors.append(f"{host.name}: {kind} {rest}")
-        if done():  # an answer lost on the way (a timeout): the change went through all the same
-            return f"Raft {command} {address}: in effect (sent on {host.name}, whose answer was {kind})"
+    errors: list[str] = []
+    deadline = time.monotonic() + RAFT_WAIT
+    # Raft refuses a change while it has no leader (the member that leaves may have been Raft's leader: the others
+    # elect one within seconds) or while another change is in flight: asked again until RAFT_WAIT.
+    while time.monotonic() < deadline and answering:
+        for host in list(answering):
+            run.check_cancel()
+            result = run.run(raft.change_script(command, address), host=host, on_line=None, check=False,
+                             timeout=raft.CHANGE_TIMEOUT + 30, what=f"Raft: {command} {address}")
+            kind, rest = parse_change(result.stdout)
+            if kind == "changed":
+                return f"Raft {command} {address}: committed (sent on {host.name})" + (
+                    f" after {len(errors)} refusal(s)" if errors else "")
+            errors.append(f"{host.name}: {kind} {rest}")
+            if done():  # an answer lost on the way (a timeout): the change went through all the same
+                return f"Raft {command} {address}: in effect (sent on {host.name}, whose answer was {kind})"
+        run.ctx.sink(Progress(f"Raft did not take {command} {address} yet ({errors[-1]}); asking again"))
+        time.sleep(2 * POLL)
+    errors = errors[-len(answering) or None:]  # the last round's answers
     raise TaskError(f"Raft's membership change ({command} {address}) was not taken: "
                     + ("; ".join(errors) or "no member that stays answered")
                     + ". Nothing else was changed by this step; run `kbpg nodes plan`, then the same command again")
@@ -323,6 +333,7 @@ class Applier:
 
     def apply(self) -> ApplyResult:
         started = self.started = time.monotonic()
+        self.result.started = time.time()
         engine = self.run.engine
         try:
             for number, action in enumerate(self.plan.actions, 1):
