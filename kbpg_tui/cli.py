@@ -315,6 +315,16 @@ def cmd_install(args: argparse.Namespace) -> int:
     print(f"kbpg {getattr(args, 'verb', 'install')}: {len(selection.db_nodes)} DB nodes ({', '.join(s.hostname for s in selection.db_nodes)}), "
           f"{len(selection.haproxy_nodes)} HAProxy nodes ({', '.join(s.hostname for s in selection.haproxy_nodes)})"
           + "".join(f", backup host {s.hostname}" for s in selection.backup_nodes) + f"; log: {log_path}")
+    if not args.step or "02" in args.step:  # servers.tsv changes a running cluster's nodes: the plan, one at a time
+        try:
+            code = _install_node_changes(args, run, interactive)
+        except BaseException:
+            run.close()
+            raise
+        if code is not None:
+            printer.close()
+            run.close()
+            return code
     if interactive and input("Go on? [y/N] ").strip().lower() not in ("y", "yes"):
         print("Nothing done.")
         return EXIT_OK
@@ -342,6 +352,55 @@ def cmd_install(args: argparse.Namespace) -> int:
         printer.close()  # work the engine stopped waiting for may still report: not after the summary
         run.close()
     return print_summary(reports, selection, started, interrupted.hit, args.strict)
+
+
+def _install_node_changes(args: argparse.Namespace, run, interactive: bool) -> int | None:  # noqa: ANN001 (a Run)
+    """When a cluster runs and servers.tsv changes its nodes: the plan shown, and carried out with the operator's yes
+    (or --yes) by ``kbpg nodes apply``'s engine, which ends with the whole install; the exit status. None: no cluster
+    yet, or nothing to change (the install goes on as usual)."""
+    from .cli_nodes import print_plan
+    from .core import nodes, runlock
+    from .core.ops import nodes_apply
+
+    membership = nodes.read_membership(run.ctx)
+    if not membership.raft_members and not membership.patroni_read:
+        return None
+    plan = nodes.plan(run.ctx.selection, membership)
+    if not plan.changes:
+        return None
+    print("servers.tsv changes the running cluster's nodes:")
+    print_plan(membership, plan)
+    for reason in plan.refused:
+        print(f"kbpg install: refused: {reason}", file=sys.stderr)
+    if plan.refused:
+        return EXIT_BAD_INPUT
+    if args.step:
+        print("kbpg install --step: the nodes change; run `kbpg nodes apply` (or a full `kbpg install`), which "
+              "carries the plan out one node at a time, then the install's steps", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if interactive and input(f"Carry out these {len(plan.actions)} steps, then the install on the new set of nodes? "
+                             "[y/N] ").strip().lower() not in ("y", "yes"):
+        print("Nothing done.")
+        return EXIT_OK
+    try:
+        lock = runlock.acquire_for_run(run, _install_command(args) + " (nodes apply)")
+    except runlock.LockError as exc:
+        if isinstance(exc, runlock.LockBusy):
+            print(f"kbpg: {exc}", file=sys.stderr)
+            return EXIT_BUSY
+        print(f"   error: {exc}\nNOT done: nothing was changed.")
+        return EXIT_FAILED
+    interrupted = _cancel_on_sigint(run.ctx.cancel)
+    try:
+        result = nodes_apply.apply(run, membership, plan)
+    finally:
+        interrupted.restore()
+        lock.release()
+    for line in nodes_apply.summary_lines(result):
+        print(line)
+    if interrupted.hit and not result.ok:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if result.ok else EXIT_FAILED
 
 
 def print_summary(reports: list, selection: inv.Selection, started: float, interrupted: bool, strict: bool) -> int:

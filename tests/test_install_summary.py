@@ -35,6 +35,7 @@ def fake_install(real_inventory: Path, tmp_path: Path, monkeypatch: pytest.Monke
     selection = inv.load_selection(real_inventory)
 
     monkeypatch.setattr(runlock, "changes_hosts", lambda steps: False)  # the run lock lives on DB nodes: none here
+    monkeypatch.setattr(cli, "_install_node_changes", lambda *a: None)  # no cluster to compare servers.tsv with
 
     def use(reports: list[StepReport]) -> Path:
         engine = SimpleNamespace(run=lambda steps: reports)

@@ -523,3 +523,28 @@ def test_step_06_comes_after_pgvector() -> None:
     from kbpg_tui.core.steps import ALL_STEPS
 
     assert [s.label for s in ALL_STEPS][-2:] == ["05 pgvector", "06 Backups"]
+
+
+def test_a_connection_closed_before_authentication_is_asked_again_until_it_answers(real_inventory: Path,
+                                                                                     monkeypatch) -> None:
+    # OpenSSH's PerSourcePenalties: a node that failed to log in once (before step 06 trusted its key) has its next
+    # connections closed for a while; they are asked again, not failed at once.
+    monkeypatch.setattr(s06, "PENALTY_PAUSE", 0.01)
+    ctx, hosts = make_ctx(real_inventory)
+    closed = result("Connection closed by 10.0.0.153 port 22\n", 255)
+    answers = iter([closed, closed])
+    hosts["db-slave-01"].rules.insert(0, (r"backup-ssh", lambda script: next(answers, None)
+                                          or result("pgBackRest 2.45.0\n")))
+    outcome = s06.check_ssh(task_run(ctx))
+    assert outcome.status == Status.UNCHANGED
+    assert len([s for s in hosts["db-slave-01"].scripts if "backup-ssh" in s]) == 3
+
+
+def test_a_connection_still_closed_after_the_window_fails_naming_it(real_inventory: Path, monkeypatch) -> None:
+    monkeypatch.setattr(s06, "PENALTY_PAUSE", 0.01)
+    monkeypatch.setattr(s06, "PENALTY_WINDOW", 0.05)
+    ctx, hosts = make_ctx(real_inventory)
+    hosts["db-slave-01"].rules.insert(0, (r"backup-ssh", result("Connection closed by 10.0.0.153 port 22\n", 255)))
+    with pytest.raises(TaskError, match=r"db-slave-01 \(postgres\) -> backup-01 \(pgbackrest\): Connection closed"):
+        s06.check_ssh(task_run(ctx))
+    assert len([s for s in hosts["db-slave-01"].scripts if "backup-ssh" in s]) > 1

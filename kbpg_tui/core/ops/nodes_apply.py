@@ -200,6 +200,19 @@ def stop_db_script(stamp: str) -> str:
             "if pgrep -u postgres -x postgres >/dev/null; then echo still-running; else echo stopped; fi\n")
 
 
+def rejoin_script(data_dir: str, raft_dir: str, stamp: str) -> str:
+    """Run on a node about to join: when kbpg removed it from a cluster before (its patroni.yml moved aside as
+    ``config.yml.removed-*``) and its Patroni is not running, its old data directory and Raft journal are moved aside
+    (``*.before-join-<stamp>``, renamed, nothing deleted): a stale timeline and an old Raft log would not join. Prints
+    "active" (Patroni runs there: nothing done), "moved PATH" per directory, or nothing."""
+    config = shlex.quote(PATRONI_CONFIG)
+    moves = "".join(f"if [ -d {shlex.quote(d)} ] && [ -n \"$(ls -A {shlex.quote(d)})\" ]; then "
+                    f"mv {shlex.quote(d)} {shlex.quote(d + '.before-join-' + stamp)}; echo moved {shlex.quote(d)}; fi\n"
+                    for d in (data_dir, raft_dir))
+    return (f"if systemctl is-active --quiet patroni; then echo active; exit 0; fi\n"
+            f"ls {config}{REMOVED_SUFFIX}* >/dev/null 2>&1 || exit 0\n" + moves)
+
+
 STOP_HAPROXY_SCRIPT = ("systemctl disable --now haproxy >/dev/null 2>&1 || true\n"
                        "systemctl disable --now pgbouncer >/dev/null 2>&1 || true\n"
                        "echo \"haproxy $(systemctl is-active haproxy) pgbouncer $(systemctl is-active pgbouncer)\"\n")
@@ -251,6 +264,9 @@ class Applier:
         # Each run of the install's steps starts from what the hosts are: facts one run found ("patroni.yml
         # changed here") are no business of the next, which would reload again for nothing.
         self.ctx.state.clear()
+        from ..steps.s02_patroni import NODES_APPLY
+
+        self.ctx.state[NODES_APPLY] = True  # step 02's refusal of node changes is not for this run
         if self._install is not None:
             return self._install(only)
         from ..steps import install_steps
@@ -308,8 +324,19 @@ class Applier:
                 hosts = self._staying_hosts()
                 detail = change_membership(run, hosts, "add", action.address)
                 return Outcome.changed(f"{detail}; {wait_membership(run, hosts, action.address, present=True)}")
+            from ..steps.host_guards import RAFT_DIR
+
+            host = host_of(self.target, action.node, ip)
+            answer = run.run(rejoin_script(self.ctx.settings.postgresql.effective_data_dir, RAFT_DIR, self.stamp),
+                             host=host, on_line=None, timeout=60, what="looking for what a removal left").stdout.split()
+            if "active" in answer:
+                raise TaskError(f"{action.node} ({ip}) runs a Patroni already: it is not a new node; stop it (or fix "
+                                "servers.tsv), then run the same command again")
+            moved = [answer[i + 1] for i, word in enumerate(answer[:-1]) if word == "moved"]
             self.members[action.node] = ip
-            return Outcome.changed(f"{action.node} ({ip}) is one of the cluster's DB nodes from now on")
+            return Outcome.changed(f"{action.node} ({ip}) is one of the cluster's DB nodes from now on"
+                                   + (f"; what kbpg's removal left there moved aside: {', '.join(moved)} "
+                                      f"(.before-join-{self.stamp})" if moved else ""))
         return task
 
     def _joined(self, action: nodes.Action) -> Callable[[TaskRun], Outcome]:

@@ -838,7 +838,34 @@ def validate_config(run: TaskRun) -> Outcome:
     return Outcome.unchanged(f"patroni --validate-config passed (ports {', '.join(set_aside)} held by this node's own Patroni/PostgreSQL)")
 
 
+NODES_APPLY = "nodes_apply"  # ctx.state's flag: the run is `kbpg nodes apply`'s own (it changes the nodes itself)
+
+
+def refuse_node_changes(run: TaskRun) -> Outcome:
+    """A cluster already runs and servers.tsv changes its nodes: refused here (the wizard, ``kbpg install --step``),
+    before anything is written. Configuring the new set of nodes as if it were new would point Raft's partners and
+    pg_hba at it while Raft's membership still holds the old addresses (a dead member kept forever, a quorum counted
+    on a host that is gone): membership changes are ``kbpg nodes apply``'s, one node at a time, which runs these
+    steps itself. A full ``kbpg install`` shows the plan and applies it with the operator's yes."""
+    from .. import nodes
+
+    if run.ctx.state.get(NODES_APPLY):
+        return Outcome.unchanged("the nodes are being changed by kbpg nodes apply")
+    membership = nodes.read_membership(run.ctx)
+    if not membership.raft_members and not membership.patroni_read:
+        return Outcome.unchanged("no cluster runs yet on the DB nodes")
+    result = nodes.plan(run.ctx.selection, membership)
+    if not result.changes:
+        return Outcome.unchanged("servers.tsv's nodes are the cluster's")
+    steps = "; ".join(f"{number}. {action.text}" for number, action in enumerate(result.actions, 1))
+    raise TaskError(f"servers.tsv changes the running cluster's nodes ({steps}): nothing was written. Run "
+                    "`kbpg nodes plan` to see the plan and `kbpg nodes apply` to carry it out one node at a time "
+                    "(or a full `kbpg install`, which shows it and asks)"
+                    + (f"; it would be refused now: {'; '.join(result.refused)}" if result.refused else ""))
+
+
 STEP = Step("02", "Patroni cluster", [
+    Task("nodes", "cluster", refuse_node_changes),
     Task("packages", "db", install_packages),
     Task("versions", "cluster", check_versions),
     Task("tls files", "db", upload_tls_files),
@@ -852,4 +879,4 @@ STEP = Step("02", "Patroni cluster", [
     Task("validate", "db", validate_config),
 ])
 
-__all__ = ["STEP", "CLUSTER", "render_config"]
+__all__ = ["NODES_APPLY", "STEP", "CLUSTER", "refuse_node_changes", "render_config"]

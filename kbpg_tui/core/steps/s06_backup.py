@@ -15,6 +15,7 @@ repository exists is refused (without it the backups cannot be read).
 from __future__ import annotations
 
 import hashlib
+import re
 import shlex
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -320,12 +321,27 @@ def repo_config(run: TaskRun) -> Outcome:
 
 # --- 5. SSH checked both ways ------------------------------------------------------------------------
 
-def _ssh_probe(run: TaskRun, source: Host, user: str, target: Host, target_user: str) -> tuple[bool, str]:
+# OpenSSH 9.8+ (PerSourcePenalties) drops every connection from an address for a while after it failed to log in:
+# a DB node that joins (kbpg nodes apply) tries pgBackRest (restore_command) before this step trusts its key, and its
+# next connections are closed before any authentication. They are asked again for up to PENALTY_WINDOW seconds.
+PENALTY_WINDOW = 60.0
+PENALTY_PAUSE = 3.0
+PENALTY_MARKER = re.compile(r"Connection closed by \S+ port \d+|kex_exchange_identification")
+
+
+def _ssh_probe(run: TaskRun, source: Host, user: str, target: Host, target_user: str,
+               window: float | None = None) -> tuple[bool, str]:
     port = f" -p {target.port}" if target.port != 22 else ""
-    result = run.run(f"runuser -u {user} -- {backup.SSH_WRAPPER}{port} {target_user}@{target.address} "
-                     "pgbackrest version 2>&1", host=source, check=False, on_line=None, timeout=60,
-                     what=f"SSH from {source.name} to {target.name}")
-    return result.ok and backup.parse_version(result.stdout) is not None, result.stdout.strip()
+    deadline = time.monotonic() + (PENALTY_WINDOW if window is None else window)
+    while True:
+        result = run.run(f"runuser -u {user} -- {backup.SSH_WRAPPER}{port} {target_user}@{target.address} "
+                         "pgbackrest version 2>&1", host=source, check=False, on_line=None, timeout=60,
+                         what=f"SSH from {source.name} to {target.name}")
+        ok = result.ok and backup.parse_version(result.stdout) is not None
+        if ok or not PENALTY_MARKER.search(result.stdout) or time.monotonic() + PENALTY_PAUSE > deadline:
+            return ok, result.stdout.strip()
+        run.check_cancel()
+        time.sleep(PENALTY_PAUSE)
 
 
 def check_ssh(run: TaskRun) -> Outcome:
