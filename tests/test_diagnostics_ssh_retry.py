@@ -51,10 +51,26 @@ def _check_3_on_haproxy_01(p: FakeProbeContext):
     return outcome
 
 
-def test_a_lost_connection_is_run_again_on_a_fresh_one_and_the_check_passes(tmp_path: Path, caplog) -> None:
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_lost_connection_is_run_again_on_a_fresh_one_and_the_check_passes(tmp_path: Path) -> None:
     p, connection = _context(tmp_path, ConnectionLost(LOST), ACTIVE)
-    with caplog.at_level(logging.WARNING, logger="kbpg.diagnose"):
+    # A handler on the logger itself: caplog's sits on the root logger, which kbpg's "kbpg" logger stops propagating
+    # to once any test has set up kbpg's file logging (logs.setup_file_logging).
+    caplog = _Records()
+    logger = logging.getLogger("kbpg.diagnose")
+    logger.addHandler(caplog)
+    try:
         outcome = _check_3_on_haproxy_01(p)
+    finally:
+        logger.removeHandler(caplog)
     assert (outcome.verdict, outcome.reason) == (Verdict.PASS, "haproxy-01: haproxy, pgbouncer active")
     assert len(connection.calls) == 2 and connection.calls[0] == connection.calls[1]  # the same command, again
     assert p.ctx.pool.gets == ["haproxy-01", "haproxy-01"]  # a connection asked for afresh (the pool reconnects)
