@@ -347,6 +347,8 @@ def test_a_dead_replica_replaced_leaves_raft_then_its_new_host_is_installed_with
         ("answers?", "db-slave-01", "198.18.0.121"),  # its OLD host: it does not answer, nothing to stop
         ("raft", "remove", "198.18.0.121:7000", ["198.18.0.120", "198.18.0.122"]),  # sent on members that stay
         ("wait", "198.18.0.121:7000", False, ["198.18.0.120", "198.18.0.122"]),
+        # On the new host: what a removal by kbpg may have left there (nothing here), then the install's 00-02.
+        ("ssh", "db-slave-01", "198.18.0.123", nodes_apply.rejoin_script("d", "r", "s").splitlines()[0]),
         ("install", ["00", "01", "02"]),
         ("wait", "198.18.0.123:7000", True, ["198.18.0.120", "198.18.0.122", "198.18.0.123"]),  # the new one too
         ("install", None),
@@ -376,7 +378,9 @@ def test_a_live_node_replaced_is_stopped_on_its_old_address_before_raft_drops_it
         ("wait", "198.18.0.121:7000", False, ["198.18.0.120", "198.18.0.122"]),
     ]
     assert ("install", ["00", "01", "02"]) in fake.log
-    assert not any(entry[0] == "ssh" and entry[2] == "198.18.0.123" for entry in fake.log)
+    rejoin = nodes_apply.rejoin_script("d", "r", "s").splitlines()[0]
+    assert [entry for entry in fake.log if entry[0] == "ssh" and entry[2] == "198.18.0.123"] == [
+        ("ssh", "db-slave-01", "198.18.0.123", rejoin)]  # nothing stopped at the new address: only the rejoin look
     assert "Patroni stopped and disabled" in done.reports[0].tasks[0].detail
 
 
@@ -416,7 +420,7 @@ def test_a_failing_install_of_the_new_node_stops_before_it_is_awaited_in_raft(mo
     fake.install_result["00,01,02"] = [report("00"), report("01", Status.FAILED, "apt-get: no route to host")]
     done = fake.apply()
     assert not done.ok
-    assert [entry[0] for entry in fake.log] == ["answers?", "raft", "wait", "install"]
+    assert [entry[0] for entry in fake.log] == ["answers?", "raft", "wait", "ssh", "install"]
     assert done.error.startswith("step 2 (add db-slave-01 (198.18.0.123)")
     assert "db-slave-01: apt-get: no route to host" in done.error
     assert [a["status"] for a in done.actions] == ["changed", "failed"]

@@ -345,3 +345,14 @@ def test_certificate_names_give_an_haproxy_address_to_the_haproxy_node_not_to_a_
     names = certificate_names(tmp_path)
     assert names["198.18.0.11"] == "haproxy-01" and names["198.18.0.12"] == "haproxy-02"
     assert names["198.18.0.120"] == "db-master-01"
+
+
+def test_a_node_raft_names_but_patroni_does_not_list_yet_is_starting_not_one_to_add() -> None:
+    # An install stopped while the cluster formed (its patroni.yml names all three, Raft's membership too): the node
+    # whose Patroni never came up is the install's business, not a membership change (CI's killed-install resume).
+    result = plan(selection(DB3), membership(DB3, gone=("db-slave-02",)))
+    assert not result.changes and not result.refused
+    assert any("db-slave-02 (198.18.0.122) is in Raft's membership but not a Patroni member" in n for n in result.notes)
+    # The same node at an address Raft does not name is a real change.
+    moved = plan(selection({**DB3, "db-slave-02": "198.18.0.123"}), membership(DB3, gone=("db-slave-02",)))
+    assert [a.kind for a in moved.actions] == ["raft-remove", "add"]  # no certificate names its old address here

@@ -336,8 +336,14 @@ def plan(selection: Selection, membership: Membership) -> Plan:
     current = list(membership.raft_members)
     reachable = set(membership.raft_reachable)
 
-    # What differs.
-    add = [name for name in wanted if name not in members]
+    # What differs. A DB node of servers.tsv that Raft's membership already names but that is no Patroni member (yet)
+    # is not one to add: its Patroni is not running, or still starting, cloning, or the install that made the
+    # cluster was stopped before it came up; that is the install's business (step 02 starts it and waits for it).
+    starting = [name for name in wanted if name not in members and raft_address(wanted[name]) in current]
+    for name in starting:
+        result.notes.append(f"{name} ({wanted[name]}) is in Raft's membership but not a Patroni member: its Patroni "
+                            "is not running or still starting (kbpg install starts it and waits for it)")
+    add = [name for name in wanted if name not in members and name not in starting]
     replace = [name for name in wanted if name in members and members[name].patroni_address != wanted[name]]
     remove = [name for name in members if name not in wanted]
     owned = {raft_address(ip) for ip in wanted.values()} | {raft_address(node.patroni_address or "")
