@@ -81,6 +81,9 @@ def cmd_nodes_apply(args: argparse.Namespace) -> int:
         for reason in plan.refused:
             print(f"kbpg nodes apply: refused: {reason}", file=sys.stderr)
         if plan.refused:
+            if args.json:
+                print(json.dumps({"ok": False, "refused": plan.refused, "actions": [], "plan": plan.to_dict()},
+                                 indent=2, ensure_ascii=False))
             return EXIT_BAD_INPUT
         if not plan.changes:
             if args.json:

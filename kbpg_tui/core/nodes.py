@@ -390,7 +390,7 @@ def plan(selection: Selection, membership: Membership) -> Plan:
 
     def join(name: str, ip: str) -> None:
         steps.append(("add", name, raft_address(ip), f"add {name} ({ip}): packages and configuration, join Raft, "
-                                                     "clone from a replica"))
+                                                     "clone (Patroni picks the member)"))
 
     dead = [item for item in leaving_all if item[1] not in reachable]
     alive = [item for item in leaving_all if item[1] in reachable]
