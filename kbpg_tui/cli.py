@@ -366,7 +366,7 @@ def _install_node_changes(args: argparse.Namespace, run, interactive: bool) -> i
     if not membership.raft_members and not membership.patroni_read:
         return None
     plan = nodes.plan(run.ctx.selection, membership)
-    if not plan.changes:
+    if not plan.needs_apply:  # nothing, or new HAProxy nodes only: the install's ordinary work
         return None
     print("servers.tsv changes the running cluster's nodes:")
     print_plan(membership, plan)

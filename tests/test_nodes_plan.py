@@ -356,3 +356,14 @@ def test_a_node_raft_names_but_patroni_does_not_list_yet_is_starting_not_one_to_
     # The same node at an address Raft does not name is a real change.
     moved = plan(selection({**DB3, "db-slave-02": "198.18.0.123"}), membership(DB3, gone=("db-slave-02",)))
     assert [a.kind for a in moved.actions] == ["raft-remove", "add"]  # no certificate names its old address here
+
+
+def test_new_haproxy_nodes_alone_need_no_apply_but_a_leaving_one_does() -> None:
+    # A first install stopped before pg_hba named the HAProxy nodes reads as "two HAProxy nodes to add": the install's
+    # ordinary work, which step 02 and `kbpg install` must not refuse.
+    fresh = plan(selection(DB3), membership(DB3, haproxy=[]))
+    assert [a.kind for a in fresh.actions] == ["haproxy-add", "haproxy-add"] and not fresh.needs_apply
+    names = {"198.18.0.11": "haproxy-01", "198.18.0.12": "haproxy-02"}
+    replaced = plan(selection(DB3, {"haproxy-01": "198.18.0.13", "haproxy-02": "198.18.0.12"}),
+                    membership(DB3, names=names))
+    assert replaced.needs_apply

@@ -288,6 +288,13 @@ class Plan:
     def changes(self) -> bool:
         return bool(self.actions)
 
+    @property
+    def needs_apply(self) -> bool:
+        """Whether a step other than a new HAProxy node's is planned: one only ``kbpg nodes apply`` may carry out. A
+        new HAProxy node alone is an install's ordinary work (pg_hba, HAProxy, PgBouncer): a first install stopped
+        before pg_hba named the HAProxy nodes looks the same."""
+        return any(action.kind != "haproxy-add" for action in self.actions)
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["actions"] = [{**asdict(a), "majority": a.majority} for a in self.actions]

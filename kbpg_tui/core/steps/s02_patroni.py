@@ -855,8 +855,9 @@ def refuse_node_changes(run: TaskRun) -> Outcome:
     if not membership.raft_members and not membership.patroni_read:
         return Outcome.unchanged("no cluster runs yet on the DB nodes")
     result = nodes.plan(run.ctx.selection, membership)
-    if not result.changes:
-        return Outcome.unchanged("servers.tsv's nodes are the cluster's")
+    if not result.needs_apply:
+        return Outcome.unchanged("servers.tsv's nodes are the cluster's" if not result.changes else
+                                 "new HAProxy nodes only: this install sets them up")
     steps = "; ".join(f"{number}. {action.text}" for number, action in enumerate(result.actions, 1))
     raise TaskError(f"servers.tsv changes the running cluster's nodes ({steps}): nothing was written. Run "
                     "`kbpg nodes plan` to see the plan and `kbpg nodes apply` to carry it out one node at a time "
