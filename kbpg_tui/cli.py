@@ -374,9 +374,11 @@ def _install_node_changes(args: argparse.Namespace, run, interactive: bool) -> i
         print(f"kbpg install: refused: {reason}", file=sys.stderr)
     if plan.refused:
         return EXIT_BAD_INPUT
-    if args.step:
-        print("kbpg install --step: the nodes change; run `kbpg nodes apply` (or a full `kbpg install`), which "
-              "carries the plan out one node at a time, then the install's steps", file=sys.stderr)
+    verb = getattr(args, "verb", "install")
+    if args.step or verb != "install":  # kbpg install --step, kbpg tls renew: not the time for membership changes
+        shown = "kbpg install --step" if verb == "install" else f"kbpg {verb}"
+        print(f"{shown}: the nodes change; run `kbpg nodes apply` (or a full `kbpg install`), which carries the "
+              "plan out one node at a time, then the install's steps; then run this again", file=sys.stderr)
         return EXIT_BAD_INPUT
     if interactive and input(f"Carry out these {len(plan.actions)} steps, then the install on the new set of nodes? "
                              "[y/N] ").strip().lower() not in ("y", "yes"):

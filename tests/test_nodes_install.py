@@ -456,32 +456,15 @@ def test_what_the_rejoin_moved_aside_is_reported(monkeypatch: pytest.MonkeyPatch
 
 # --- kbpg tls renew --all runs the install: its node plan, and its flag -------------------------------------------
 
-def test_tls_renew_goes_through_the_install_and_so_through_its_node_plan(workdir: Path,  # noqa: F811
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tls_renew_with_a_node_change_pending_refuses_and_applies_nothing(workdir: Path,  # noqa: F811
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys) -> None:
+    # kbpg tls renew runs the install's steps: not the moment for switchovers and removals (nor would the apply's own
+    # installs keep its "renew every certificate" flag): refused, naming the command that carries the plan out.
     fake = Install(monkeypatch, workdir, REPLACED, running=membership(DB3))
-    seen: list[object] = []
-    monkeypatch.setattr(nodes_apply, "apply", lambda run, found, plan: seen.append(dict(run.ctx.state)) or
-                        nodes_apply.ApplyResult(plan, after=nodes.Plan()))
-    assert cli.main(["--workdir", str(workdir), "tls", "renew", "--all", "--yes"]) == 0
-    assert seen == [{"tls_renew_all": True}]  # the run the plan is carried out on is tls renew --all's
-    assert ("lock", True, "kbpg tls renew --all --yes (nodes apply)") in fake.log
-
-
-@pytest.mark.xfail(strict=True, reason="BUG: Applier.install_steps clears ctx.state before each run of the install's "
-                   "steps, so `kbpg tls renew --all --yes` with a node change pending (cli.cmd_tls_renew -> cmd_install "
-                   "-> _install_node_changes -> nodes_apply.apply) loses the tls_renew_all flag that cmd_install put in "
-                   "ctx.state: the final install renews only the certificates due, not every one, and says done")
-def test_the_final_install_of_an_apply_keeps_tls_renew_alls_flag(monkeypatch: pytest.MonkeyPatch,
-                                                                  tmp_path: Path) -> None:
-    fake = dead_replica_replaced(monkeypatch, tmp_path, "")
-    fake.ctx.state["tls_renew_all"] = True  # what cmd_install puts there for kbpg tls renew --all
-    flags: dict[object, object] = {}
-    install = fake.install
-
-    def recording(only: list[str] | None) -> list:
-        flags[None if only is None else ",".join(only)] = fake.ctx.state.get("tls_renew_all")
-        return install(only)
-
-    fake.install = recording  # type: ignore[method-assign]
-    assert fake.apply().ok
-    assert flags[None] is True  # the whole install at the end: step 00 renews every certificate
+    applied: list[object] = []
+    monkeypatch.setattr(nodes_apply, "apply", lambda *a: applied.append(a))
+    assert cli.main(["--workdir", str(workdir), "tls", "renew", "--all", "--yes"]) == 2
+    err = capsys.readouterr().err
+    assert "kbpg tls renew --all: the nodes change; run `kbpg nodes apply`" in err
+    assert applied == [] and not any(entry[0] == "lock" for entry in fake.log)
