@@ -358,8 +358,8 @@ def _install_node_changes(args: argparse.Namespace, run, interactive: bool) -> i
     """When a cluster runs and servers.tsv changes its nodes: the plan shown, and carried out with the operator's yes
     (or --yes) by ``kbpg nodes apply``'s engine, which ends with the whole install; the exit status. None: no cluster
     yet, or nothing to change (the install goes on as usual)."""
-    from .cli_nodes import print_plan
-    from .core import nodes, runlock
+    from .cli_nodes import locked_apply, print_plan
+    from .core import nodes
     from .core.ops import nodes_apply
 
     membership = nodes.read_membership(run.ctx)
@@ -384,25 +384,10 @@ def _install_node_changes(args: argparse.Namespace, run, interactive: bool) -> i
                              "[y/N] ").strip().lower() not in ("y", "yes"):
         print("Nothing done.")
         return EXIT_OK
-    try:
-        lock = runlock.acquire_for_run(run, _install_command(args) + " (nodes apply)")
-    except runlock.LockError as exc:
-        if isinstance(exc, runlock.LockBusy):
-            print(f"kbpg: {exc}", file=sys.stderr)
-            return EXIT_BUSY
-        print(f"   error: {exc}\nNOT done: nothing was changed.")
-        return EXIT_FAILED
-    interrupted = _cancel_on_sigint(run.ctx.cancel)
-    try:
-        result = nodes_apply.apply(run, membership, plan)
-    finally:
-        interrupted.restore()
-        lock.release()
-    for line in nodes_apply.summary_lines(result):
+    result, code = locked_apply(run, membership, plan, _install_command(args) + " (nodes apply)")
+    for line in nodes_apply.summary_lines(result) if result is not None else []:
         print(line)
-    if interrupted.hit and not result.ok:
-        return EXIT_INTERRUPTED
-    return EXIT_OK if result.ok else EXIT_FAILED
+    return code
 
 
 def print_summary(reports: list, selection: inv.Selection, started: float, interrupted: bool, strict: bool) -> int:

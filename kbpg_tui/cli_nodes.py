@@ -65,7 +65,6 @@ def print_plan(membership, result, file=None) -> None:  # noqa: ANN001 (nodes.Me
 
 
 def cmd_nodes_apply(args: argparse.Namespace) -> int:
-    from .cli import _cancel_on_sigint
     from .core import nodes
     from .core.ops import nodes_apply
 
@@ -92,15 +91,9 @@ def cmd_nodes_apply(args: argparse.Namespace) -> int:
         if interactive and not _ask(f"Carry out these {len(plan.actions)} steps on the live cluster?"):
             print("Nothing done.")
             return EXIT_OK
-        lock, code = _take_lock(run, "kbpg nodes apply")
-        if lock is None:
+        result, code = locked_apply(run, membership, plan, "kbpg nodes apply")
+        if result is None:
             return code
-        interrupted = _cancel_on_sigint(run.ctx.cancel)
-        try:
-            result = nodes_apply.apply(run, membership, plan)
-        finally:
-            interrupted.restore()
-            lock.release()
     finally:
         printer.close()
         run.close()
@@ -108,11 +101,27 @@ def cmd_nodes_apply(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     for line in nodes_apply.summary_lines(result):
         print(line, file=out)
-    if interrupted.hit and not result.ok:
-        from .cli import EXIT_INTERRUPTED
+    return code
 
-        return EXIT_INTERRUPTED
-    return EXIT_OK if result.ok else EXIT_FAILED
+
+def locked_apply(run, membership, plan, command: str):  # noqa: ANN001, ANN201 (a Run, nodes.Membership, nodes.Plan)
+    """The plan carried out under the cluster's run lock, Ctrl-C cancelling it: (the ApplyResult, the exit status),
+    or (None, the exit status) when the lock could not be taken (said already)."""
+    from .cli import EXIT_INTERRUPTED, _cancel_on_sigint
+    from .core.ops import nodes_apply
+
+    lock, code = _take_lock(run, command)
+    if lock is None:
+        return None, code
+    interrupted = _cancel_on_sigint(run.ctx.cancel)
+    try:
+        result = nodes_apply.apply(run, membership, plan)
+    finally:
+        interrupted.restore()
+        lock.release()
+    if interrupted.hit and not result.ok:
+        return result, EXIT_INTERRUPTED
+    return result, EXIT_OK if result.ok else EXIT_FAILED
 
 
 def add_nodes_parser(commands: argparse._SubParsersAction) -> None:
@@ -134,4 +143,4 @@ def add_nodes_parser(commands: argparse._SubParsersAction) -> None:
     b.set_defaults(handler=cmd_nodes_apply)
 
 
-__all__ = ["add_nodes_parser", "cmd_nodes_apply", "cmd_nodes_plan", "print_plan"]
+__all__ = ["add_nodes_parser", "cmd_nodes_apply", "cmd_nodes_plan", "locked_apply", "print_plan"]

@@ -347,9 +347,8 @@ def plan(selection: Selection, membership: Membership) -> Plan:
     # is not one to add: its Patroni is not running, or still starting, cloning, or the install that made the
     # cluster was stopped before it came up; that is the install's business (step 02 starts it and waits for it).
     starting = [name for name in wanted if name not in members and raft_address(wanted[name]) in current]
-    for name in starting:
-        result.notes.append(f"{name} ({wanted[name]}) is in Raft's membership but not a Patroni member: its Patroni "
-                            "is not running or still starting (kbpg install starts it and waits for it)")
+    result.notes += [f"{node} ({wanted[node]}) is in Raft's membership but not a Patroni member: its Patroni is not "
+                     "running or still starting (kbpg install starts it and waits for it)" for node in starting]
     add = [name for name in wanted if name not in members and name not in starting]
     replace = [name for name in wanted if name in members and members[name].patroni_address != wanted[name]]
     remove = [name for name in members if name not in wanted]

@@ -18,10 +18,9 @@ STATUS_KEYS = ("leader", "raft_term", "commit_idx", "last_applied", "state", "ha
 PARTNER_PREFIX = "partner_node_status_server_"
 
 
-def ask_raft(config_path: str, timeout: float) -> str:
-    """One line: "r:status {json}" (it answered), "r:silent ADDRESS ERROR" (the Raft port refused the connection,
-    or took it and gave no answer within ``timeout`` seconds) or "r:unknown WHAT" (nothing to ask: no configuration,
-    no pysyncobj)."""
+def _own_raft(config_path: str):
+    """(pysyncobj's utility module, this node's Raft address, the Raft password) from Patroni's configuration, or the
+    "r:unknown WHAT" line when there is nothing to ask (no configuration, no pysyncobj, no raft.self_addr)."""
     try:
         yaml = importlib.import_module("yaml")
         utility = importlib.import_module("pysyncobj.utility")
@@ -32,14 +31,29 @@ def ask_raft(config_path: str, timeout: float) -> str:
     address = raft.get("self_addr")
     if not address:
         return "r:unknown no raft.self_addr"
-    password = raft.get("password")
+    return utility, address, raft.get("password")
+
+
+def _shown_error(exc: Exception, password) -> str:
+    """An error on one short line; whatever it says, the password is not shown (logs, check 3, the drill's report)."""
+    error = str(exc) or type(exc).__name__
+    if password:
+        error = error.replace(str(password), "[password]")
+    return " ".join(error.split())[:80]
+
+
+def ask_raft(config_path: str, timeout: float) -> str:
+    """One line: "r:status {json}" (it answered), "r:silent ADDRESS ERROR" (the Raft port refused the connection,
+    or took it and gave no answer within ``timeout`` seconds) or "r:unknown WHAT" (nothing to ask: no configuration,
+    no pysyncobj)."""
+    found = _own_raft(config_path)
+    if isinstance(found, str):
+        return found
+    utility, address, password = found
     try:
         status = utility.TcpUtility(password, timeout).executeCommand(address, ["status"])
     except Exception as exc:
-        error = str(exc) or type(exc).__name__
-        if password:  # whatever the error says, the password is not shown (logs, check 3, the drill's report)
-            error = error.replace(str(password), "[password]")
-        return f"r:silent {address} {' '.join(error.split())[:80]}"
+        return f"r:silent {address} {_shown_error(exc, password)}"
     if not isinstance(status, dict):  # a refused connection returns None, it does not raise
         return f"r:silent {address} connection refused"
     answer = {key: status.get(key) for key in STATUS_KEYS}
@@ -55,24 +69,14 @@ def change_raft(config_path: str, timeout: float, command: str, address: str) ->
     """A membership change sent to the node's own Raft (pysyncobj forwards it to Raft's leader): ``command`` "add"
     or "remove", ``address`` "host:port". One line: "r:changed COMMAND ADDRESS" (Raft committed it), "r:refused
     COMMAND ADDRESS ANSWER" (Raft answered no) or "r:unknown WHAT" (nothing to ask, or no answer)."""
-    try:
-        yaml = importlib.import_module("yaml")
-        utility = importlib.import_module("pysyncobj.utility")
-        with open(config_path) as f:
-            raft = (yaml.safe_load(f) or {}).get("raft") or {}
-    except Exception as exc:
-        return "r:unknown " + type(exc).__name__
-    me = raft.get("self_addr")
-    if not me:
-        return "r:unknown no raft.self_addr"
-    password = raft.get("password")
+    found = _own_raft(config_path)
+    if isinstance(found, str):
+        return found
+    utility, me, password = found
     try:
         answer = utility.TcpUtility(password, timeout).executeCommand(me, [command, address])
     except Exception as exc:
-        error = str(exc) or type(exc).__name__
-        if password:
-            error = error.replace(str(password), "[password]")
-        return f"r:unknown {' '.join(error.split())[:80]}"
+        return f"r:unknown {_shown_error(exc, password)}"
     text = " ".join(str(answer).split())[:120]
     if text.startswith("SUCCESS"):
         return f"r:changed {command} {address}"
