@@ -314,6 +314,10 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         return [StepReport(step, ev.Status.UNCHANGED, 0.0, []) for step in steps]
 
     monkeypatch.setattr(engine.Engine, "run", run)
+    import kbpg_tui.cli as cli_module
+
+    # No cluster to compare servers.tsv with (the demo's addresses are the lab's: nothing may connect to them here).
+    monkeypatch.setattr(cli_module, "_install_node_changes", lambda *args: None)
 
     class Cli:
         root = hosts_root
