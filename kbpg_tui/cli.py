@@ -315,7 +315,9 @@ def cmd_install(args: argparse.Namespace) -> int:
     print(f"kbpg {getattr(args, 'verb', 'install')}: {len(selection.db_nodes)} DB nodes ({', '.join(s.hostname for s in selection.db_nodes)}), "
           f"{len(selection.haproxy_nodes)} HAProxy nodes ({', '.join(s.hostname for s in selection.haproxy_nodes)})"
           + "".join(f", backup host {s.hostname}" for s in selection.backup_nodes) + f"; log: {log_path}")
-    if not args.step or "02" in args.step:  # servers.tsv changes a running cluster's nodes: the plan, one at a time
+    # servers.tsv changes a running cluster's nodes: the plan, one node at a time (any step from 02 on writes what
+    # names the nodes: patroni.yml, HAProxy's backends, PgBouncer, pgBackRest).
+    if not args.step or any(number >= "02" for number in args.step):
         try:
             code = _install_node_changes(args, run, interactive)
         except BaseException:
@@ -359,9 +361,11 @@ def _install_node_changes(args: argparse.Namespace, run, interactive: bool) -> i
     (or --yes) by ``kbpg nodes apply``'s engine, which ends with the whole install; the exit status. None: no cluster
     yet, or nothing to change (the install goes on as usual)."""
     from .cli_nodes import locked_apply, print_plan
-    from .core import nodes
-    from .core.ops import nodes_apply
+    from .core import nodes, rotation
+    from .core.ops import nodes_apply, restore
 
+    if (args.workdir / rotation.PENDING_FILE).exists() or (args.workdir / restore.PENDING_FILE).exists():
+        return None  # step 00 refuses first, naming what pends: no switchover or removal before that
     membership = nodes.read_membership(run.ctx)
     if not membership.raft_members and not membership.patroni_read:
         return None

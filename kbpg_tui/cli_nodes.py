@@ -84,11 +84,16 @@ def cmd_nodes_apply(args: argparse.Namespace) -> int:
                 print(json.dumps({"ok": False, "refused": plan.refused, "actions": [], "plan": plan.to_dict()},
                                  indent=2, ensure_ascii=False))
             return EXIT_BAD_INPUT
-        if not plan.changes:
+        finishing = not plan.changes and nodes_apply.pending(args.workdir)
+        if finishing:
+            print(f"A `kbpg nodes apply` did not finish ({args.workdir / nodes_apply.PENDING_FILE}): the install's "
+                  "steps on the new set of nodes run again.", file=out)
+        elif not plan.changes:
             if args.json:
                 print(json.dumps({"ok": True, "actions": [], "plan": plan.to_dict()}, indent=2, ensure_ascii=False))
             return EXIT_OK
-        if interactive and not _ask(f"Carry out these {len(plan.actions)} steps on the live cluster?"):
+        if interactive and not _ask(f"Carry out these {len(plan.actions)} steps on the live cluster?" if not finishing
+                                    else "Run the install's steps on the new set of nodes?"):
             print("Nothing done.")
             return EXIT_OK
         result, code = locked_apply(run, membership, plan, "kbpg nodes apply")
@@ -108,6 +113,7 @@ def locked_apply(run, membership, plan, command: str):  # noqa: ANN001, ANN201 (
     """The plan carried out under the cluster's run lock, Ctrl-C cancelling it: (the ApplyResult, the exit status),
     or (None, the exit status) when the lock could not be taken (said already)."""
     from .cli import EXIT_INTERRUPTED, _cancel_on_sigint
+    from .core import nodes
     from .core.ops import nodes_apply
 
     lock, code = _take_lock(run, command)
@@ -115,7 +121,18 @@ def locked_apply(run, membership, plan, command: str):  # noqa: ANN001, ANN201 (
         return None, code
     interrupted = _cancel_on_sigint(run.ctx.cancel)
     try:
-        result = nodes_apply.apply(run, membership, plan)
+        # The plan shown may have waited for a yes; under the lock, the cluster is read again: a failover meanwhile
+        # (a replica to remove that now leads) or another change is not carried out from a stale plan.
+        membership_now = nodes.read_membership(run.ctx)
+        plan_now = nodes.plan(run.ctx.selection, membership_now)
+        steps = [(a.kind, a.node, a.address) for a in plan.actions]
+        if [(a.kind, a.node, a.address) for a in plan_now.actions] != steps or plan_now.refused:
+            print(f"{command}: the cluster changed since the plan was shown; nothing was done. Its plan now:",
+                  file=sys.stderr)
+            for line in nodes.describe(plan_now):
+                print(f"  {line}", file=sys.stderr)
+            return None, EXIT_BAD_INPUT if plan_now.refused else EXIT_FAILED
+        result = nodes_apply.apply(run, membership_now, plan_now)
     finally:
         interrupted.restore()
         lock.release()

@@ -200,18 +200,26 @@ def read_membership(ctx: Context, timeout: float = 20.0) -> Membership:
     else:
         found.notes.append("no DB node showed its pg_hba.conf: HAProxy nodes not compared")
 
-    # Raft's membership: the union of what the members that answered say (they agree once a change is applied).
+    # Raft's membership: the union of what the members that answered say (they agree once a change is applied). A
+    # node whose own Raft lists itself but that no other answering member lists is not a member: a Patroni that
+    # started with the members as partners and whose ask to be added was refused runs a Raft of its own.
     members: list[str] = []
     answered: set[str] = set()
     connected: set[str] = set()
+    listed = {address for me, partners, _ in views.values() if me is not None for address in partners}
+    selves = [me for me, _partners, _ in views.values() if me is not None]
+    alone = {me for me in selves if me not in listed and len(selves) > 1}
     for me, partners, _ in views.values():
-        if me is None:
+        if me is None or me in alone:
             continue
         answered.add(me)
         for address in [me, *partners]:
             if address not in members:
                 members.append(address)
         connected.update(address for address, state in partners.items() if state == CONNECTED)
+    if alone:
+        found.notes.append("not in the other members' Raft membership (a node whose ask to join was not taken): "
+                           + ", ".join(sorted(alone, key=_address_key)))
     seen = {me: {me, *partners} for me, partners, _ in views.values() if me is not None}
     if len({frozenset(view) for view in seen.values()}) > 1:
         found.notes.append("the members' Raft memberships differ: " + "; ".join(

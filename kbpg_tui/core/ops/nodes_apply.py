@@ -29,9 +29,11 @@ the cluster is now (a node already stopped shows as a member that does not answe
 from __future__ import annotations
 
 import dataclasses
+import json
 import shlex
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from .. import nodes, raft
@@ -41,6 +43,10 @@ from ..inventory import Selection, Server
 from ..ssh import Host
 
 RAFT_WAIT = 90.0  # seconds a membership change may take to show on every member that answers
+# In the work dir from the first step until the install on the new set of nodes ended well: a run stopped after its
+# last membership step leaves a plan that is empty while steps 03-06 have not followed; the next run sees the file and
+# runs the install on the new set again (nothing secret in it).
+PENDING_FILE = Path("nodes.pending")
 POLL = 1.0
 REMOVED_SUFFIX = ".removed-"
 PATRONI_CONFIG = raft.PATRONI_CONFIG
@@ -59,6 +65,7 @@ class ApplyResult:
     error: str = ""
     lb_targets: list[str] = field(default_factory=list)  # HAProxy addresses, when they changed
     install_at: float | None = None  # seconds from the start when the whole install on the new set began
+    warnings: list[str] = field(default_factory=list)  # what the operator must know or do (said at the end)
     started: float = 0.0  # the start, Unix time (the actions' "at" are seconds from it)
 
     @property
@@ -67,6 +74,7 @@ class ApplyResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "seconds": round(self.seconds, 1), "error": self.error, "actions": self.actions,
+                "warnings": self.warnings,
                 "install_at": self.install_at, "started": round(self.started, 3),
                 "switchovers": self.switchovers, "plan": self.plan.to_dict(),
                 "after": None if self.after is None else self.after.to_dict(), "lb_targets": self.lb_targets}
@@ -193,6 +201,7 @@ def stop_db_script(stamp: str) -> str:
     config = shlex.quote(PATRONI_CONFIG)
     aside = shlex.quote(PATRONI_CONFIG + REMOVED_SUFFIX + stamp)
     return (f"systemctl disable --now {raft.WATCH_UNIT}.timer >/dev/null 2>&1 || true\n"
+            f"systemctl stop {raft.WATCH_UNIT}.service >/dev/null 2>&1 || true\n"  # a look under way
             "systemctl disable patroni >/dev/null 2>&1 || true\n"
             "systemctl stop patroni\n"
             f"if [ -f {config} ]; then mv {config} {aside}; fi\n"
@@ -209,8 +218,12 @@ def rejoin_script(data_dir: str, raft_dir: str, stamp: str) -> str:
     moves = "".join(f"if [ -d {shlex.quote(d)} ] && [ -n \"$(ls -A {shlex.quote(d)})\" ]; then "
                     f"mv {shlex.quote(d)} {shlex.quote(d + '.before-join-' + stamp)}; echo moved {shlex.quote(d)}; fi\n"
                     for d in (data_dir, raft_dir))
+    # Once acted on, the marker is renamed (config.yml.joined-<stamp>-was-removed-...): a later add of this node must
+    # not move aside what it holds by then.
+    rename = (f"for f in {config}{REMOVED_SUFFIX}*; do [ -e \"$f\" ] && "
+              f"mv \"$f\" \"{PATRONI_CONFIG}.joined-{stamp}-was-${{f##*/config.yml.}}\"; done\n")
     return (f"if systemctl is-active --quiet patroni; then echo active; exit 0; fi\n"
-            f"ls {config}{REMOVED_SUFFIX}* >/dev/null 2>&1 || exit 0\n" + moves)
+            f"ls {config}{REMOVED_SUFFIX}* >/dev/null 2>&1 || exit 0\n" + moves + rename)
 
 
 STOP_HAPROXY_SCRIPT = ("systemctl disable --now haproxy >/dev/null 2>&1 || true\n"
@@ -218,12 +231,25 @@ STOP_HAPROXY_SCRIPT = ("systemctl disable --now haproxy >/dev/null 2>&1 || true\
                        "echo \"haproxy $(systemctl is-active haproxy) pgbouncer $(systemctl is-active pgbouncer)\"\n")
 
 
-def answers_ssh(run: TaskRun, host: Host) -> bool:
-    try:
-        run.run("true", host=host, on_line=None, timeout=15, what="is it there?")
-        return True
-    except Exception:  # noqa: BLE001 (any failure: it does not answer)
-        return False
+SSH_TRIES = 3
+
+
+def answers_ssh(run: TaskRun, host: Host, tries: int = 1) -> bool:
+    for attempt in range(tries):
+        try:
+            run.run("true", host=host, on_line=None, timeout=15, what="is it there?")
+            return True
+        except Exception:  # noqa: BLE001 (any failure: it does not answer)
+            if attempt + 1 < tries:
+                run.check_cancel()
+                time.sleep(2)
+    return False
+
+
+DEAD_HOST_WARNING = ("{where} did not answer over SSH and was not stopped: if that host ever boots again with its "
+                     "disk as it is, its Patroni (enabled, with its configuration) starts and asks Raft to take it back "
+                     "under its old name. Never boot it with that disk, or first run `systemctl disable --now patroni "
+                     f"{raft.WATCH_UNIT}.timer` there and move /etc/patroni/config.yml away")
 
 
 # --- the run -------------------------------------------------------------------------------------------------
@@ -239,6 +265,12 @@ class Applier:
         self.membership = membership
         self.plan = plan
         self.members: dict[str, str] = {n.name: n.patroni_address for n in membership.db if n.patroni_address}
+        # A DB node of servers.tsv that Raft names but Patroni does not list yet (a join a stopped run left under
+        # way) is one of the cluster's nodes for the steps to come: pg_hba and the partners keep naming it.
+        for server in run.ctx.selection.db_nodes:
+            if server.hostname not in self.members and f"{server.ip_private}:{membership.raft_port}" in \
+                    membership.raft_members:
+                self.members[server.hostname] = server.ip_private
         # Until the install's steps on the new set of nodes, the HAProxy nodes are those that stay: a leaving one is
         # stopped first (its plan step), a new one is installed at the end (a switchover on the way pauses the
         # PgBouncers that run, not one servers.tsv adds).
@@ -295,26 +327,35 @@ class Applier:
     def _remove(self, action: nodes.Action) -> Callable[[TaskRun], Outcome]:
         def task(run: TaskRun) -> Outcome:
             ip = action.address.rsplit(":", 1)[0]
-            details = []
+            details, warnings = [], []
             owner = next((name for name, address in self.members.items() if address == ip), None)
-            if action.kind == "remove" and owner is not None:
-                host = host_of(self.target, owner, ip)
-                if answers_ssh(run, host):
-                    answer = run.run(stop_db_script(self.stamp), host=host, on_line=None, timeout=120,
-                                     what="stopping Patroni on the node that leaves").stdout.split()
-                    if "stopped" not in answer:
-                        raise TaskError(f"{owner} ({ip}): Patroni was stopped but a PostgreSQL still runs there; "
-                                        "stop it, then run the same command again")
-                    details.append(f"{owner} ({ip}): Patroni stopped and disabled, {PATRONI_CONFIG} moved aside "
-                                   f"({REMOVED_SUFFIX.strip('.')}{self.stamp})")
-                else:
-                    details.append(f"{owner} ({ip}) does not answer over SSH: not stopped (it is down)")
+            where = f"{owner} ({ip})" if owner else f"the host at {ip}"
+            answering_raft = action.address in self.membership.raft_reachable
+            # Whatever runs at that address is stopped first, a member with a name or a stale address: a Patroni
+            # left running there would ask Raft to take it back at its next start.
+            host = host_of(self.target, owner or action.node, ip)
+            if answers_ssh(run, host, tries=SSH_TRIES if answering_raft else 1):
+                answer = run.run(stop_db_script(self.stamp), host=host, on_line=None, timeout=120,
+                                 what="stopping Patroni on the node that leaves").stdout.split()
+                if "stopped" not in answer:
+                    raise TaskError(f"{where}: Patroni was stopped but a PostgreSQL still runs there; stop it, then "
+                                    "run the same command again")
+                details.append(f"{where}: Patroni stopped and disabled, {PATRONI_CONFIG} moved aside "
+                               f"({REMOVED_SUFFIX.strip('.')}{self.stamp})")
+            elif answering_raft:
+                raise TaskError(f"{where} answers in Raft but not over SSH as {host.user}: it cannot be stopped, and "
+                                "a Patroni left running there would ask Raft to take it back; fix SSH (or stop "
+                                "Patroni there yourself), then run the same command again")
+            else:
+                details.append(f"{where} does not answer over SSH: not stopped (it is down)")
+                warnings.append(DEAD_HOST_WARNING.format(where=where))
             staying = self._staying_hosts(leaving=action.address)
             details.append(change_membership(run, staying, "remove", action.address))
             details.append(wait_membership(run, staying, action.address, present=False))
             if owner is not None:
                 del self.members[owner]
-            return Outcome.changed("; ".join(details))
+            self.result.warnings += warnings
+            return Outcome.changed("; ".join(details), warnings)
         return task
 
     def _add(self, action: nodes.Action) -> Callable[[TaskRun], Outcome]:
@@ -342,14 +383,26 @@ class Applier:
     def _joined(self, action: nodes.Action) -> Callable[[TaskRun], Outcome]:
         def task(run: TaskRun) -> Outcome:
             hosts = self._staying_hosts()
+            others = [h for h in hosts if h.address != action.address.rsplit(":", 1)[0]]
+            views = membership_views(run, others)
+            if any(view is not None and action.address not in view for view in views.values()):
+                # Patroni asks Raft to add a node once, at its start; an ask refused then (no Raft leader at that
+                # moment) is not repeated: sent again from a member that stays.
+                detail = change_membership(run, others, "add", action.address)
+                return Outcome.changed(f"{detail}; {wait_membership(run, hosts, action.address, present=True)}")
             return Outcome.changed(wait_membership(run, hosts, action.address, present=True))
         return task
 
     def _stop_haproxy(self, action: nodes.Action) -> Callable[[TaskRun], Outcome]:
         def task(run: TaskRun) -> Outcome:
             host = host_of(self.target, action.node, action.address)
-            if not answers_ssh(run, host):
-                return Outcome.unchanged(f"{action.address} does not answer over SSH: nothing to stop there")
+            if not answers_ssh(run, host, tries=SSH_TRIES):
+                warning = (f"{action.address} did not answer over SSH: HAProxy and PgBouncer were not stopped there; "
+                           "if it still runs, take it out of the load balancer's targets now (pg_hba no longer "
+                           "admits it after this run)")
+                self.result.warnings.append(warning)
+                return Outcome.unchanged(f"{action.address} does not answer over SSH: nothing stopped there",
+                                         [warning])
             answer = run.run(STOP_HAPROXY_SCRIPT, host=host, on_line=None, timeout=60,
                              what="stopping HAProxy and PgBouncer on the node that leaves").stdout.strip()
             return Outcome.changed(f"{action.address}: HAProxy and PgBouncer stopped and disabled ({answer})")
@@ -361,6 +414,8 @@ class Applier:
     def apply(self) -> ApplyResult:
         started = self.started = time.monotonic()
         self.result.started = time.time()
+        if self.plan.actions:
+            _mark_pending(self.ctx.workdir, self.plan)
         engine = self.run.engine
         try:
             for number, action in enumerate(self.plan.actions, 1):
@@ -413,6 +468,8 @@ class Applier:
             if self.result.after.changes or self.result.after.refused:
                 self.result.error = ("after the apply, servers.tsv and the cluster still differ: "
                                      + "; ".join(nodes.describe(self.result.after)))
+            else:
+                (Path(self.ctx.workdir) / PENDING_FILE).unlink(missing_ok=True)
             if any(a.kind.startswith("haproxy") for a in self.plan.actions):
                 self.result.lb_targets = [s.ip_private for s in self.target.haproxy_nodes]
             return self.result
@@ -425,6 +482,19 @@ class Applier:
                                     "address": action.address, "text": action.text, "status": status.value,
                                     "at": round(begun - self.started, 1),
                                     "seconds": round(time.monotonic() - begun, 1), "detail": detail})
+
+
+def pending(workdir: Path) -> bool:
+    """Whether a `kbpg nodes apply` began and its install on the new set of nodes has not ended well yet."""
+    return (Path(workdir) / PENDING_FILE).exists()
+
+
+def _mark_pending(workdir: Path, plan: nodes.Plan) -> None:
+    from ..files import atomic_write
+
+    text = json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       "steps": [action.text for action in plan.actions]}, indent=2) + "\n"
+    atomic_write(Path(workdir) / PENDING_FILE, text.encode(), 0o600)
 
 
 def apply(run: Any, membership: nodes.Membership, plan: nodes.Plan) -> ApplyResult:
@@ -442,6 +512,7 @@ def summary_lines(result: ApplyResult) -> list[str]:
     for switch in result.switchovers:
         lines.append(f"Switchover {switch['old_leader']} -> {switch['new_leader']}: PgBouncer held queries "
                      f"{switch['pgbouncer_pause_seconds']:.2f} s")
+    lines += [f"warning: {warning}" for warning in result.warnings]
     if result.lb_targets:
         lines.append("The HAProxy nodes changed: the load balancer's targets must be exactly "
                      + ", ".join(result.lb_targets) + " (kbpg does not manage the cloud load balancer)")
@@ -452,5 +523,5 @@ def summary_lines(result: ApplyResult) -> list[str]:
     return lines
 
 
-__all__ = ["ApplyResult", "Applier", "apply", "change_membership", "parse_change", "selection_of", "stop_db_script",
+__all__ = ["PENDING_FILE", "ApplyResult", "Applier", "apply", "pending", "change_membership", "parse_change", "selection_of", "stop_db_script",
            "summary_lines", "wait_membership"]
