@@ -367,3 +367,62 @@ def test_new_haproxy_nodes_alone_need_no_apply_but_a_leaving_one_does() -> None:
     replaced = plan(selection(DB3, {"haproxy-01": "198.18.0.13", "haproxy-02": "198.18.0.12"}),
                     membership(DB3, names=names))
     assert replaced.needs_apply
+
+
+# --- read_membership: a node alone in its own Raft --------------------------------------------------------------
+
+def read_with_views(workdir: Path, monkeypatch: pytest.MonkeyPatch, views: dict[str, list[str] | None]):
+    """read_membership on the lab's servers.tsv (DB3) where each DB node's own Raft says ``views[name]``: its
+    partners (it is its own self_addr), or None: the host does not answer SSH; Patroni lists the nodes that answer."""
+    from kbpg_tui.core import cluster, install, nodes
+    from kbpg_tui.core.settings import load_settings as load
+    from kbpg_tui.core.ssh import SshError
+
+    class Pool(FakePool):
+        def get(self, host: Host):
+            partners = views[host.name]
+            if partners is None:
+                raise SshError(f"{host.name} ({host.address}): no SSH answer within 10 s")
+            status = {"leader": f"{DB3['db-master-01']}:{PORT}", "raft_term": 3, "self": f"{host.address}:{PORT}",
+                      "partners": {f"{DB3[name]}:{PORT}": 2 for name in partners}}
+            text = HBA + f"r:unit active 300\nr:status {json.dumps(status)}\n"
+            return ScriptedConnection(host, lambda script, stdin: result(text))
+
+    members = tuple(cluster.Member(name, ip, "leader" if name == "db-master-01" else "replica", "running", 1, 0)
+                    for name, ip in DB3.items() if views[name] is not None)
+    monkeypatch.setattr(cluster, "read_cluster", lambda ctx, hosts=None, timeout=3.0: cluster.ClusterState(members))
+    run = install.prepare(workdir, load(workdir / "kbpg.toml"), lambda event: None)
+    run.ctx.pool = Pool()
+    return nodes.read_membership(run.ctx)
+
+
+def test_a_node_only_its_own_raft_lists_is_not_a_raft_member_and_a_note_names_it(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # db-slave-02's Patroni started with the members as partners; its ask to be added was refused: its own Raft
+    # lists itself (and them), no other member lists it.
+    found = read_with_views(workdir, monkeypatch, {"db-master-01": ["db-slave-01"], "db-slave-01": ["db-master-01"],
+                                                   "db-slave-02": ["db-master-01", "db-slave-01"]})
+    assert found.raft_members == ["198.18.0.120:7000", "198.18.0.121:7000"]
+    assert found.raft_reachable == ["198.18.0.120:7000", "198.18.0.121:7000"]
+    assert any(note.startswith("not in the other members' Raft membership") and "198.18.0.122:7000" in note
+               for note in found.notes), found.notes
+    result = plan(selection(DB3), found)
+    assert [(a.kind, a.node) for a in result.actions] == [("raft-add", "db-slave-02")]  # it is not counted as a member
+
+
+def test_a_node_the_other_members_list_is_a_member(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    found = read_with_views(workdir, monkeypatch, {"db-master-01": ["db-slave-01", "db-slave-02"],
+                                                   "db-slave-01": ["db-master-01", "db-slave-02"],
+                                                   "db-slave-02": ["db-master-01", "db-slave-01"]})
+    assert found.raft_members == [f"{ip}:{PORT}" for ip in DB3.values()]
+    assert not any("not in the other members' Raft membership" in note for note in found.notes)
+
+
+def test_a_single_answering_member_still_counts_itself(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    found = read_with_views(workdir, monkeypatch, {"db-master-01": ["db-slave-01", "db-slave-02"],
+                                                   "db-slave-01": None, "db-slave-02": None})
+    assert found.raft_members == [f"{ip}:{PORT}" for ip in DB3.values()]
+    assert "198.18.0.120:7000" in found.raft_reachable
+    alone = read_with_views(workdir, monkeypatch, {"db-master-01": [], "db-slave-01": None, "db-slave-02": None})
+    assert alone.raft_members == ["198.18.0.120:7000"]  # even with no partner at all
+    assert not any("not in the other members' Raft membership" in note for note in alone.notes)
