@@ -353,7 +353,13 @@ def cmd_install(args: argparse.Namespace) -> int:
             lock.release()
         printer.close()  # work the engine stopped waiting for may still report: not after the summary
         run.close()
-    return print_summary(reports, selection, started, interrupted.hit, args.strict)
+    code = print_summary(reports, selection, started, interrupted.hit, args.strict)
+    if code == EXIT_OK and not args.step and getattr(args, "verb", "install") == "install":
+        from .core.ops import nodes_apply
+
+        # A whole install that ended well on servers.tsv's nodes is what a stopped `kbpg nodes apply` still owed.
+        (args.workdir / nodes_apply.PENDING_FILE).unlink(missing_ok=True)
+    return code
 
 
 def _install_node_changes(args: argparse.Namespace, run, interactive: bool) -> int | None:  # noqa: ANN001 (a Run)

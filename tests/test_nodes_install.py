@@ -546,9 +546,6 @@ def test_a_second_rejoin_moves_nothing_the_node_holds_by_then(tmp_path: Path) ->
     assert names(tmp_path) == ["data dir", f"data dir.before-join-{STAMP}", "raft", f"raft.before-join-{STAMP}"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: rejoin_script echoes 'moved' after `mv ...;` whatever mv answered, and "
-                   "(since 8b94eed) renames the config.yml.removed-* marker all the same: a data directory that could "
-                   "not be moved aside (a mount point: EBUSY) is reported moved and never tried again by a re-run")
 def test_rejoin_whose_move_fails_says_nothing_moved_and_keeps_the_marker(tmp_path: Path) -> None:
     connection, data, journal, _log = rejoin_node(tmp_path, patroni_active=False, removed=True)
     mv = tmp_path / "bin" / "mv"  # the data directory is a mount point: mv refuses it
@@ -559,6 +556,27 @@ def test_rejoin_whose_move_fails_says_nothing_moved_and_keeps_the_marker(tmp_pat
     assert (data / "PG_VERSION").exists()  # (the fake refused it)
     assert f"moved {data}" not in done.stdout.splitlines()
     assert (tmp_path / "etc" / "config.yml.removed-20261120-101010").exists()  # a re-run tries again
+
+
+def test_rejoin_stops_this_clusters_own_patroni_of_an_earlier_join_but_never_another(tmp_path: Path) -> None:
+    # A join whose ask Raft did not take leaves this cluster's Patroni running at this address: stopped (step 02
+    # starts it again). A Patroni of another scope, or at another address, is left alone and refused.
+    connection, data, journal, log = rejoin_node(tmp_path, patroni_active=True, removed=False)
+    (tmp_path / "etc" / "config.yml").write_text("scope: keybuzz-pg\nraft:\n  self_addr: 198.18.0.121:7000\n")
+    done = connection.run(nodes_apply.rejoin_script(str(data), str(journal), STAMP, "keybuzz-pg", "198.18.0.121:7000"))
+    assert done.stdout.split() == ["stopped-own"] and "stop patroni" in log.read_text()
+    for scope, address in (("another-cluster", "198.18.0.121:7000"), ("keybuzz-pg", "198.18.0.99:7000")):
+        log.write_text("")
+        done = connection.run(nodes_apply.rejoin_script(str(data), str(journal), STAMP, scope, address))
+        assert done.stdout.split() == ["active"] and "stop" not in log.read_text()
+
+
+def test_a_directory_the_rejoin_could_not_move_fails_the_add_naming_it(monkeypatch: pytest.MonkeyPatch,
+                                                                        tmp_path: Path) -> None:
+    fake = dead_replica_replaced(monkeypatch, tmp_path, "moved /var/lib/patroni/raft\nfailed /var/lib/postgresql/17/x")
+    done = fake.apply()
+    assert not done.ok and not any(entry[0] == "install" for entry in fake.log)
+    assert "/var/lib/postgresql/17/x (left by kbpg's removal of this node) could not be moved aside" in done.error
 
 
 def test_rejoin_leaves_an_empty_directory_where_it_is(tmp_path: Path) -> None:

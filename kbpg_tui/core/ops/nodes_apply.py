@@ -209,20 +209,28 @@ def stop_db_script(stamp: str) -> str:
             "if pgrep -u postgres -x postgres >/dev/null; then echo still-running; else echo stopped; fi\n")
 
 
-def rejoin_script(data_dir: str, raft_dir: str, stamp: str) -> str:
-    """Run on a node about to join: when kbpg removed it from a cluster before (its patroni.yml moved aside as
-    ``config.yml.removed-*``) and its Patroni is not running, its old data directory and Raft journal are moved aside
-    (``*.before-join-<stamp>``, renamed, nothing deleted): a stale timeline and an old Raft log would not join. Prints
-    "active" (Patroni runs there: nothing done), "moved PATH" per directory, or nothing."""
+def rejoin_script(data_dir: str, raft_dir: str, stamp: str, scope: str = "", address: str = "") -> str:
+    """Run on a node about to join. Its Patroni running: when it is this cluster's own at this address (``scope``
+    and Raft's ``self_addr`` in its configuration: a join of an earlier run that Raft did not take), it is stopped
+    ("stopped-own": the install's steps start it again); any other Patroni is left alone ("active"). Then, when kbpg
+    removed it from a cluster before (its patroni.yml moved aside as ``config.yml.removed-*``), its old data directory
+    and Raft journal are moved aside (``*.before-join-<stamp>``, renamed, nothing deleted: a stale timeline and an old
+    Raft log would not join): "moved PATH" per directory, "failed PATH" for one that could not be moved (then nothing
+    else is done)."""
     config = shlex.quote(PATRONI_CONFIG)
+    own = (f"grep -qx {shlex.quote('scope: ' + scope)} {config} 2>/dev/null && "
+           f"grep -q {shlex.quote('self_addr: ' + address)} {config} 2>/dev/null") if scope and address else "false"
     moves = "".join(f"if [ -d {shlex.quote(d)} ] && [ -n \"$(ls -A {shlex.quote(d)})\" ]; then "
-                    f"mv {shlex.quote(d)} {shlex.quote(d + '.before-join-' + stamp)}; echo moved {shlex.quote(d)}; fi\n"
+                    f"if mv {shlex.quote(d)} {shlex.quote(d + '.before-join-' + stamp)}; then "
+                    f"echo moved {shlex.quote(d)}; else echo failed {shlex.quote(d)}; exit 0; fi; fi\n"
                     for d in (data_dir, raft_dir))
     # Once acted on, the marker is renamed (config.yml.joined-<stamp>-was-removed-...): a later add of this node must
     # not move aside what it holds by then.
     rename = (f"for f in {config}{REMOVED_SUFFIX}*; do [ -e \"$f\" ] && "
               f"mv \"$f\" \"{PATRONI_CONFIG}.joined-{stamp}-was-${{f##*/config.yml.}}\"; done\n")
-    return (f"if systemctl is-active --quiet patroni; then echo active; exit 0; fi\n"
+    return ("if systemctl is-active --quiet patroni; then\n"
+            f"  if {own}; then systemctl stop patroni; echo stopped-own; else echo active; exit 0; fi\n"
+            "fi\n"
             f"ls {config}{REMOVED_SUFFIX}* >/dev/null 2>&1 || exit 0\n" + moves + rename)
 
 
@@ -368,14 +376,22 @@ class Applier:
             from ..steps.host_guards import RAFT_DIR
 
             host = host_of(self.target, action.node, ip)
-            answer = run.run(rejoin_script(self.ctx.settings.postgresql.effective_data_dir, RAFT_DIR, self.stamp),
-                             host=host, on_line=None, timeout=60, what="looking for what a removal left").stdout.split()
+            script = rejoin_script(self.ctx.settings.postgresql.effective_data_dir, RAFT_DIR, self.stamp,
+                                   self.ctx.credentials.get("PATRONI_CLUSTER_NAME", ""), action.address)
+            answer = run.run(script, host=host, on_line=None, timeout=90,
+                             what="looking for what a removal left").stdout.split()
             if "active" in answer:
                 raise TaskError(f"{action.node} ({ip}) runs a Patroni already: it is not a new node; stop it (or fix "
                                 "servers.tsv), then run the same command again")
+            failed = [answer[i + 1] for i, word in enumerate(answer[:-1]) if word == "failed"]
+            if failed:
+                raise TaskError(f"{action.node} ({ip}): {', '.join(failed)} (left by kbpg's removal of this node) "
+                                "could not be moved aside; move or empty it, then run the same command again")
             moved = [answer[i + 1] for i, word in enumerate(answer[:-1]) if word == "moved"]
             self.members[action.node] = ip
             return Outcome.changed(f"{action.node} ({ip}) is one of the cluster's DB nodes from now on"
+                                   + ("; its own Patroni of an earlier join stopped (started again by step 02)"
+                                      if "stopped-own" in answer else "")
                                    + (f"; what kbpg's removal left there moved aside: {', '.join(moved)} "
                                       f"(.before-join-{self.stamp})" if moved else ""))
         return task
@@ -452,7 +468,8 @@ class Applier:
                     self._record(number, action, bad[0].status, begun, detail)
                     self.result.error = f"step {number} ({action.text}) did not end: {detail}"
                     return self.result
-                self._record(number, action, Status.CHANGED, begun, "")
+                self._record(number, action, Status.CHANGED if any(r.status == Status.CHANGED for r in reports)
+                             else Status.UNCHANGED, begun, "")
             # The whole install on servers.tsv as it is now.
             self.result.install_at = round(time.monotonic() - started, 1)
             self._use(None)
