@@ -34,7 +34,7 @@ from typing import Sequence
 from . import cluster, raft
 from .engine import Context
 from .inventory import Selection
-from .ssh import Host
+from .ssh import Cancelled, Host
 
 CONNECTED = 2  # pysyncobj's partner state for a connected partner
 DB_COUNTS = (3, 5)  # the inventory rule's DB node counts
@@ -175,6 +175,8 @@ def read_membership(ctx: Context, timeout: float = 20.0) -> Membership:
         try:
             return host, ctx.pool.get(host).run(script, timeout=timeout, check=False,
                                                 what="reading Raft's membership").stdout, ""
+        except Cancelled:
+            raise
         except Exception as exc:  # SshError, a host key refused: the node does not answer
             return host, None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 

@@ -278,3 +278,24 @@ async def test_leaving_diagnostics_cancels_its_checks(demo: Path, hanging_diagno
         assert isinstance(app.screen, WelcomeScreen)
         await until(pilot, lambda: work.cancelled_at is not None, 2.0)
         assert work.cancelled_at - left < 1.0
+
+
+async def test_a_cancel_seen_between_two_tasks_shows_cancelled_not_failed(demo: Path) -> None:
+    # CI found it: step 02's first task ("nodes") is quick; a cancel seen after it ended and before the next task
+    # ends the step cancelled with every task finished (none cancelled, none failed): the screen said "step 02
+    # failed ()". It is a cancel: "cancelled at step 02", s or r resumes.
+    from kbpg_tui.core.engine import Step
+    from kbpg_tui.ui.screens.progress import RunDone
+
+    app = KbpgApp(demo)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = InstallScreen()
+        app.push_screen(screen)
+        await pilot.pause()
+        screen.failed_step = "02"
+        task = TaskReport("02", "cluster", "nodes", ev.Status.UNCHANGED, "servers.tsv's nodes are the cluster's", 0.3, [])
+        screen.on_run_done(RunDone([StepReport(Step("02", "Patroni cluster", []), ev.Status.CANCELLED, 0.4, [task])]))
+        await pilot.pause()
+        status = str(screen.query_one("#install-status", Static).render())
+        assert "cancelled at step 02" in status and "failed" not in status, status
+        assert not screen.done

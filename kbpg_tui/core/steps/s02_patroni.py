@@ -852,6 +852,7 @@ def refuse_node_changes(run: TaskRun) -> Outcome:
     if run.ctx.state.get(NODES_APPLY):
         return Outcome.unchanged("the nodes are being changed by kbpg nodes apply")
     membership = nodes.read_membership(run.ctx)
+    run.check_cancel()  # a cancel while reading: no verdict from a half-read cluster
     if not membership.raft_members and not membership.patroni_read:
         return Outcome.unchanged("no cluster runs yet on the DB nodes")
     result = nodes.plan(run.ctx.selection, membership)

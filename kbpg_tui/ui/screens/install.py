@@ -69,7 +69,8 @@ class InstallScreen(RunScreen):
         if ok:
             self.set_status(f"install complete: changed {counts['changed']}, unchanged {counts['unchanged']} — n: diagnostics")
             self.notify("Install complete. Press n for diagnostics.")
-        elif counts["cancelled"]:
+        elif counts["cancelled"] or any(r.status == ev.Status.CANCELLED for r in reports):
+            # (a cancel seen between two tasks ends the step cancelled with no task cancelled)
             self.set_status(f"cancelled at step {self.failed_step}: finished work stays; s or r resumes")
         else:
             failures = [f"{t.host}: {t.detail}" for r in reports for t in r.failures]

@@ -317,7 +317,7 @@ class RotationRunScreen(RunScreen):
                          "application has reloaded.", True)
             self.notify("Rotation complete.")
             return
-        if counts["cancelled"]:
+        if counts["cancelled"] or any(r.status == ev.Status.CANCELLED for r in reports):
             self.set_status(f"cancelled at step {self.failed_step} — r resumes")
             self.summary(f"Cancelled at step {self.failed_step} ({figures}). {self.not_rotated()}", False)
             return
