@@ -306,7 +306,7 @@ def test_a_busy_lock_exits_3_and_nothing_is_applied(workdir: Path, monkeypatch: 
 # --- step 02's refusal -----------------------------------------------------------------------------------------
 
 def task_run(db: dict[str, str], state: dict | None = None) -> TaskRun:
-    ctx = SimpleNamespace(selection=target(db), state=dict(state or {}))
+    ctx = SimpleNamespace(selection=target(db), state=dict(state or {}), cancel=threading.Event())
     return TaskRun(ctx, "02", None)  # type: ignore[arg-type]
 
 

@@ -72,6 +72,9 @@ class Membership:
     haproxy_admitted: list[str] | None = None  # HAProxy addresses pg_hba admits; None: no DB node told
     known_names: dict[str, str] = field(default_factory=dict)  # address -> hostname kbpg installed there
     notes: list[str] = field(default_factory=list)
+    # Raft addresses whose own Raft answered kbpg (over SSH to that node): a subset of raft_reachable, which also
+    # counts an address another member says it is connected to (a host that just died may still look connected).
+    raft_answered: list[str] = field(default_factory=list)
 
     @property
     def leader(self) -> DbNode | None:
@@ -228,6 +231,7 @@ def read_membership(ctx: Context, timeout: float = 20.0) -> Membership:
             f"{me} has {', '.join(sorted(view, key=_address_key))}" for me, view in sorted(seen.items())))
     found.raft_members = sorted(members, key=_address_key)
     found.raft_reachable = sorted((answered | connected) & set(members), key=_address_key)
+    found.raft_answered = sorted(answered & set(members), key=_address_key)
 
     # Patroni's members: the DB nodes of servers.tsv first, then any other address Raft names.
     extra = [Host(f"raft member {address}", address.rsplit(":", 1)[0]) for address in found.raft_members

@@ -338,7 +338,8 @@ class Applier:
             details, warnings = [], []
             owner = next((name for name, address in self.members.items() if address == ip), None)
             where = f"{owner} ({ip})" if owner else f"the host at {ip}"
-            answering_raft = action.address in self.membership.raft_reachable
+            # Its own Raft answered kbpg over SSH when the plan was made: SSH worked seconds ago, and the node runs.
+            answering_raft = action.address in self.membership.raft_answered
             # Whatever runs at that address is stopped first, a member with a name or a stale address: a Patroni
             # left running there would ask Raft to take it back at its next start.
             host = host_of(self.target, owner or action.node, ip)
@@ -351,7 +352,8 @@ class Applier:
                 details.append(f"{where}: Patroni stopped and disabled, {PATRONI_CONFIG} moved aside "
                                f"({REMOVED_SUFFIX.strip('.')}{self.stamp})")
             elif answering_raft:
-                raise TaskError(f"{where} answers in Raft but not over SSH as {host.user}: it cannot be stopped, and "
+                raise TaskError(f"{where} answered in Raft a moment ago but not over SSH as {host.user} now: it cannot "
+                                "be stopped, and "
                                 "a Patroni left running there would ask Raft to take it back; fix SSH (or stop "
                                 "Patroni there yourself), then run the same command again")
             else:
