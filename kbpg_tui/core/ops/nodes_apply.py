@@ -40,6 +40,7 @@ from .. import nodes, raft
 from ..engine import Context, Outcome, Step, StepReport, Task, TaskError, TaskRun
 from ..events import Progress, Status
 from ..inventory import Selection, Server
+from ..logs import redact
 from ..ssh import Host
 
 RAFT_WAIT = 90.0  # seconds a membership change may take to show on every member that answers
@@ -364,7 +365,7 @@ class Applier:
             details.append(wait_membership(run, staying, action.address, present=False))
             if owner is not None:
                 del self.members[owner]
-            self.result.warnings += warnings
+            self.result.warnings += [redact(w) for w in warnings]  # as the engine shows them (a report, --json)
             return Outcome.changed("; ".join(details), warnings)
         return task
 
@@ -418,7 +419,7 @@ class Applier:
                 warning = (f"{action.address} did not answer over SSH: HAProxy and PgBouncer were not stopped there; "
                            "if it still runs, take it out of the load balancer's targets now (pg_hba no longer "
                            "admits it after this run)")
-                self.result.warnings.append(warning)
+                self.result.warnings.append(redact(warning))
                 return Outcome.unchanged(f"{action.address} does not answer over SSH: nothing stopped there",
                                          [warning])
             answer = run.run(STOP_HAPROXY_SCRIPT, host=host, on_line=None, timeout=60,
