@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kbpg_tui.core import cluster, lab  # noqa: E402
 from kbpg_tui.core import install as inst  # noqa: E402
 from kbpg_tui.core.files import atomic_write  # noqa: E402
-from kbpg_tui.core.lab.topology import ALL_HOSTS, SPARE_HOSTS  # noqa: E402
+from kbpg_tui.core.lab.topology import SPARE_HOSTS  # noqa: E402
 from kbpg_tui.core.ops import drill  # noqa: E402
 from kbpg_tui.core.ops.writers import EntryWriter, entry_figures  # noqa: E402
 from kbpg_tui.core.settings import load_settings  # noqa: E402
@@ -44,12 +44,8 @@ COLUMNS_ADDRESS = 3  # servers.tsv: ENV, IP_PUBLIC, HOSTNAME, IP_PRIVATE, FQDN, 
 GROW = [(host.name, host.address) for host in SPARE_HOSTS if host.kind == "db"]
 
 
-def lab_host_at(address: str):
-    return next(host for host in ALL_HOSTS if host.address == address)
-
-
 def ensure_running(address: str, fresh: bool = False) -> None:
-    host = lab_host_at(address)
+    host = lab.lab_host_at(address)
     state = next((h for h in lab.status(probe_ssh=False).hosts if h.name == host.name), None)
     if fresh and state is not None and state.running:
         lab.stop_host(host.name)
@@ -173,7 +169,7 @@ def main() -> int:
     if args.scenario == "replace":
         old = next(row[COLUMNS_ADDRESS] for row in tsv_rows(workdir) if len(row) > 3 and row[2] == args.name)
         if args.stop_old:
-            lab.stop_host(lab_host_at(old).name)
+            lab.stop_host(lab.lab_host_at(old).name)
             time.sleep(8)  # a dead server, as the load balancer's health checks find it (2 checks 2 s apart)
         ensure_running(args.address, fresh=args.fresh)
         figures = apply_under_writers(workdir, lambda: move(workdir, {args.name: args.address}))
