@@ -427,9 +427,6 @@ class Applier:
             return Outcome.changed(f"{action.address}: HAProxy and PgBouncer stopped and disabled ({answer})")
         return task
 
-    def _step(self, number: int, action: nodes.Action, tasks: list[Task]) -> Step:
-        return Step(f"N{number}", action.text, tasks)
-
     def apply(self) -> ApplyResult:
         started = self.started = time.monotonic()
         self.result.started = time.time()
@@ -443,21 +440,11 @@ class Applier:
                     self._record(number, action, Status.UNCHANGED, begun, "done by the install's steps at the end")
                     continue
                 self._use(self.members)
-                if action.kind == "switchover":
-                    reports = [engine.run_step(self._step(number, action, [
-                        Task("switchover", "cluster", self._switchover(action))]))]
-                elif action.kind in ("remove", "raft-remove"):
-                    reports = [engine.run_step(self._step(number, action, [
-                        Task("leave", "cluster", self._remove(action))]))]
-                elif action.kind == "haproxy-remove":
-                    reports = [engine.run_step(self._step(number, action, [
-                        Task("stop", "cluster", self._stop_haproxy(action))]))]
-                elif action.kind == "raft-add":
-                    reports = [engine.run_step(self._step(number, action, [
-                        Task("join", "cluster", self._add(action))]))]
-                else:  # add: the node becomes one of the DB nodes, then the install's 00-02 on them
-                    reports = [engine.run_step(self._step(number, action, [
-                        Task("select", "cluster", self._add(action))]))]
+                name, make = {"switchover": ("switchover", self._switchover), "remove": ("leave", self._remove),
+                              "raft-remove": ("leave", self._remove), "haproxy-remove": ("stop", self._stop_haproxy),
+                              "raft-add": ("join", self._add)}.get(action.kind, ("select", self._add))
+                reports = [engine.run_step(Step(f"N{number}", action.text, [Task(name, "cluster", make(action))]))]
+                if action.kind == "add":  # the node is one of the DB nodes now: the install's 00-02 on them
                     if reports[-1].status not in (Status.FAILED, Status.CANCELLED):
                         self._use(self.members)
                         reports += self.install_steps(["00", "01", "02"])
