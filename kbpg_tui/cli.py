@@ -372,11 +372,15 @@ def _install_node_changes(args: argparse.Namespace, run, interactive: bool) -> i
 
     if (args.workdir / rotation.PENDING_FILE).exists() or (args.workdir / restore.PENDING_FILE).exists():
         return None  # step 00 refuses first, naming what pends: no switchover or removal before that
+    from .core.steps.s02_patroni import NODES_CHECKED
+
     membership = nodes.read_membership(run.ctx)
     if not membership.raft_members and not membership.patroni_read:
+        run.ctx.state[NODES_CHECKED] = True  # step 02 does not read the cluster again
         return None
     plan = nodes.plan(run.ctx.selection, membership)
     if not plan.needs_apply:  # nothing, or new HAProxy nodes only: the install's ordinary work
+        run.ctx.state[NODES_CHECKED] = True
         return None
     print("servers.tsv changes the running cluster's nodes:")
     print_plan(membership, plan)

@@ -839,6 +839,7 @@ def validate_config(run: TaskRun) -> Outcome:
 
 
 NODES_APPLY = "nodes_apply"  # ctx.state's flag: the run is `kbpg nodes apply`'s own (it changes the nodes itself)
+NODES_CHECKED = "nodes_checked"  # ctx.state's flag: `kbpg install` compared the nodes just before this run
 
 
 def refuse_node_changes(run: TaskRun) -> Outcome:
@@ -851,6 +852,8 @@ def refuse_node_changes(run: TaskRun) -> Outcome:
 
     if run.ctx.state.get(NODES_APPLY):
         return Outcome.unchanged("the nodes are being changed by kbpg nodes apply")
+    if run.ctx.state.get(NODES_CHECKED):  # read once per install, not again here
+        return Outcome.unchanged("servers.tsv's nodes are the cluster's (compared by kbpg install before its steps)")
     membership = nodes.read_membership(run.ctx)
     run.check_cancel()  # a cancel while reading: no verdict from a half-read cluster
     if not membership.raft_members and not membership.patroni_read:
@@ -881,4 +884,4 @@ STEP = Step("02", "Patroni cluster", [
     Task("validate", "db", validate_config),
 ])
 
-__all__ = ["NODES_APPLY", "STEP", "CLUSTER", "refuse_node_changes", "render_config"]
+__all__ = ["NODES_APPLY", "NODES_CHECKED", "STEP", "CLUSTER", "refuse_node_changes", "render_config"]
